@@ -1,0 +1,90 @@
+/**
+ * The `narpush` command line: parses flags and the environment once, then
+ * hands a read-only context to the command. This is the edge where errors
+ * become one line on stderr and an exit code; nothing below it prints or exits.
+ * Command modules are imported lazily so that startup stays fast.
+ */
+import { Command, CommanderError } from 'commander';
+import { isNarpushError } from '../errors.js';
+import { DEFAULT_STORE_DIR } from '../store/store-path.js';
+
+export interface CliContext {
+  readonly storeDir: string;
+  readonly debug: boolean;
+  readonly stdout: NodeJS.WritableStream;
+  readonly stderr: NodeJS.WritableStream;
+  readonly env: NodeJS.ProcessEnv;
+}
+
+/** Exit codes: 0 success, 1 a failure narpush reports, 2 bad usage, 70 an internal bug. */
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_BUG = 70;
+
+function version(): string {
+  return '0.1.0';
+}
+
+export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  let debug = argv.includes('--debug') || env.NARPUSH_DEBUG === '1';
+  const ctx = (): CliContext => ({
+    storeDir: (env.NIX_STORE_DIR ?? DEFAULT_STORE_DIR).replace(/\/+$/, ''),
+    debug,
+    stdout: process.stdout,
+    stderr: process.stderr,
+    env,
+  });
+  let exitCode = 0;
+  const program = new Command('narpush')
+    .description('Push Nix store paths into a binary cache (S3 or file://), natively.')
+    .version(version(), '-V, --version')
+    .option('--debug', 'show stack traces and internal detail on errors')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program
+    .command('dump-path')
+    .description('write the NAR serialisation of a store path to stdout, like nix-store --dump')
+    .argument('<path>', 'a store path, or a symlink to one such as ./result')
+    .action(async (path: string) => {
+      const { dumpPath } = await import('./dump-path.js');
+      exitCode = await dumpPath(ctx(), path);
+    });
+
+  program
+    .command('generate-key')
+    .description('create an Ed25519 signing key pair, like nix-store --generate-binary-cache-key')
+    .argument('<name>', 'the key name, e.g. cache.example.org-1')
+    .argument('<secret-key-file>', 'where to write the secret key (mode 0600, never overwritten)')
+    .argument('<public-key-file>', 'where to write the public key')
+    .action(async (name: string, secretFile: string, publicFile: string) => {
+      const { generateKey } = await import('./generate-key.js');
+      exitCode = await generateKey(ctx(), name, secretFile, publicFile);
+    });
+
+  try {
+    await program.parseAsync(argv);
+    debug = debug || Boolean(program.opts().debug);
+    return exitCode;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // commander has already printed its message; --help and --version exit 0.
+      return e.exitCode === 0 ? 0 : EXIT_USAGE;
+    }
+    return reportError(e, debug);
+  }
+}
+
+/** Print an error as one line (plus a stack with --debug) and choose the exit code. */
+export function reportError(e: unknown, debug: boolean): number {
+  if (isNarpushError(e)) {
+    process.stderr.write(`narpush: error: ${e.message}\n`);
+    if (debug) process.stderr.write(`${e.stack ?? ''}\n`);
+    return EXIT_FAILURE;
+  }
+  const message = e instanceof Error ? e.message : String(e);
+  process.stderr.write(`narpush: internal error: ${message.split('\n')[0]} (run with --debug for details)\n`);
+  if (debug && e instanceof Error) process.stderr.write(`${e.stack ?? ''}\n`);
+  return EXIT_BUG;
+}

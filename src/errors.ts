@@ -1,0 +1,27 @@
+/**
+ * The one error type narpush throws on purpose.
+ *
+ * Every failure that a user can cause or fix carries a stable `code` (for
+ * tests, JSON reports and the daemon's answers) and a message that reads as
+ * one line. Library code throws these and never prints, exits or decides what
+ * a user sees: that happens only at the edges (src/cli, src/daemon).
+ */
+export class NarpushError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'NarpushError';
+  }
+}
+
+/** True for errors narpush raised on purpose (as opposed to bugs). */
+export function isNarpushError(e: unknown): e is NarpushError {
+  return e instanceof NarpushError;
+}
+
+/** A Node system error such as ENOENT, as thrown by `fs`. */
+export function isErrnoException(e: unknown): e is NodeJS.ErrnoException {
+  return e instanceof Error && typeof (e as NodeJS.ErrnoException).code === 'string';
+}
