@@ -63,6 +63,17 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       exitCode = await generateKey(ctx(), name, secretFile, publicFile);
     });
 
+  program
+    .command('path-info')
+    .description('print what the Nix store knows of paths, like nix path-info')
+    .argument('<paths...>', 'store paths, or symlinks to them such as ./result')
+    .option('--json', 'print JSON, as nix path-info --json does')
+    .option('-r, --recursive', 'include the closure of the paths')
+    .action(async (paths: string[], opts: { json?: boolean; recursive?: boolean }) => {
+      const { pathInfo } = await import('./path-info.js');
+      exitCode = await pathInfo(ctx(), paths, { json: Boolean(opts.json), recursive: Boolean(opts.recursive) });
+    });
+
   try {
     await program.parseAsync(argv);
     debug = debug || Boolean(program.opts().debug);
