@@ -1,0 +1,83 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes, createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { spawnSync } from 'node:child_process';
+import {
+  COMPRESSIONS,
+  compressionLevel,
+  createCompressor,
+  createDecompressor,
+  narExtension,
+  parseCompression,
+  type Compression,
+} from '../../src/cache/compression.js';
+
+async function collect(method: Compression, chunks: Buffer[], level?: number): Promise<Buffer> {
+  const out: Buffer[] = [];
+  await pipeline(Readable.from(chunks), await createCompressor({ method, level, threads: 2, xzBlockSize: 1 << 20 }), async (src) => {
+    for await (const c of src) out.push(c as Buffer);
+  });
+  return Buffer.concat(out);
+}
+
+async function decompress(method: Compression, data: Buffer): Promise<Buffer> {
+  const out: Buffer[] = [];
+  await pipeline(Readable.from([data]), await createDecompressor(method), async (src) => {
+    for await (const c of src) out.push(c as Buffer);
+  });
+  return Buffer.concat(out);
+}
+
+// Half incompressible, half text, in uneven chunks, across several xz blocks.
+function sample(): Buffer[] {
+  const text = Buffer.from('the quick brown fox jumps over the lazy dog\n'.repeat(40_000));
+  const noise = randomBytes(1_500_000);
+  const all = Buffer.concat([text, noise, text.subarray(0, 12345)]);
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < all.length; i += 65_537) chunks.push(all.subarray(i, i + 65_537));
+  return chunks;
+}
+
+for (const method of COMPRESSIONS) {
+  test(`${method}: round trip through our decompressor`, async () => {
+    const input = sample();
+    const packed = await collect(method, input);
+    const whole = Buffer.concat(input);
+    if (method !== 'none') assert.ok(packed.length < whole.length, 'compresses text');
+    assert.deepEqual(createHash('sha256').update(await decompress(method, packed)).digest(), createHash('sha256').update(whole).digest());
+  });
+
+  test(`${method}: empty input round trips`, async () => {
+    assert.equal((await decompress(method, await collect(method, []))).length, 0);
+  });
+}
+
+// The reference tools read our output (Nix links the same liblzma and libzstd).
+for (const [method, tool] of [['xz', 'xz'], ['zstd', 'zstd']] as const) {
+  const available = spawnSync(tool, ['--version']).status === 0;
+  test(`${method}: the ${tool} command line tool decompresses our output`, { skip: !available && `${tool} not installed` }, async () => {
+    const input = sample();
+    const packed = await collect(method, input, method === 'xz' ? 1 : 5);
+    const r = spawnSync(tool, ['-d', '-c'], { input: packed, maxBuffer: 1 << 30 });
+    assert.equal(r.status, 0, r.stderr.toString());
+    assert.ok(r.stdout.equals(Buffer.concat(input)));
+  });
+}
+
+test('extensions are the ones Nix uses', () => {
+  assert.equal(narExtension('xz'), '.nar.xz');
+  assert.equal(narExtension('zstd'), '.nar.zst');
+  assert.equal(narExtension('none'), '.nar');
+});
+
+test('bad compression names and levels are refused', () => {
+  assert.throws(() => parseCompression('gzip'), { code: 'BAD_COMPRESSION', message: /unknown compression 'gzip'/ });
+  assert.throws(() => compressionLevel('xz', 10), { code: 'BAD_COMPRESSION', message: /out of range for xz \(0-9\)/ });
+  assert.throws(() => compressionLevel('zstd', 0), { code: 'BAD_COMPRESSION' });
+  assert.throws(() => compressionLevel('zstd', 2.5), { code: 'BAD_COMPRESSION' });
+  assert.throws(() => compressionLevel('none', 3), { code: 'BAD_COMPRESSION' });
+  assert.equal(compressionLevel('xz', undefined), 6);
+  assert.equal(compressionLevel('zstd', undefined), 3);
+});
