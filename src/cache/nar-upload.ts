@@ -1,0 +1,104 @@
+/**
+ * One store path's NAR into the cache, in one pass: NAR stream -> SHA-256 and
+ * size (NarHash, NarSize) -> compressor -> SHA-256 and size (FileHash,
+ * FileSize) -> backend. No temporary file, no whole NAR in memory.
+ *
+ * The object's key is derived from the NarHash the store recorded, so it is
+ * known before the bytes are read; when the stream ends the computed NarHash
+ * is compared with it and, on a mismatch, the body throws before it
+ * completes: the backend then aborts the upload and nothing is published.
+ */
+import { createHash } from 'node:crypto';
+import { Readable, pipeline } from 'node:stream';
+import { NarpushError } from '../errors.js';
+import { type Hash, formatHash } from '../hash/hash.js';
+import { nix32Encode } from '../hash/nix32.js';
+import { dumpNar } from '../nar/dump.js';
+import type { StorePath } from '../store/store-path.js';
+import type { CacheBackend } from './backend.js';
+import { type CompressionOptions, createCompressor, narExtension } from './compression.js';
+
+export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
+
+export interface NarSource {
+  readonly path: StorePath;
+  /** What the store recorded: the NAR must hash to this. */
+  readonly narHash: Hash;
+  readonly narSize: number;
+}
+
+export interface UploadedNar {
+  /** Key of the compressed NAR, relative to the cache root (the narinfo's URL). */
+  readonly url: string;
+  readonly compression: CompressionOptions['method'];
+  readonly fileHash: Hash;
+  readonly fileSize: number;
+  readonly narHash: Hash;
+  readonly narSize: number;
+}
+
+export interface NarUploadOptions {
+  readonly compression: CompressionOptions;
+  readonly signal?: AbortSignal;
+  /** Called as bytes flow, with totals so far (uncompressed, compressed). */
+  readonly onProgress?: (narBytes: number, fileBytes: number) => void;
+}
+
+/** The cache key of a NAR: content-addressed by its NarHash, so it is known before streaming. */
+export function narKey(narHash: Hash, compression: CompressionOptions['method']): string {
+  if (narHash.algo !== 'sha256') {
+    throw new NarpushError('BAD_HASH', `NAR hash must be sha256, not ${narHash.algo}`);
+  }
+  return `nar/${nix32Encode(narHash.digest)}${narExtension(compression)}`;
+}
+
+export async function uploadNar(backend: CacheBackend, src: NarSource, opts: NarUploadOptions): Promise<UploadedNar> {
+  const url = narKey(src.narHash, opts.compression.method);
+  const narHasher = createHash('sha256');
+  const fileHasher = createHash('sha256');
+  let narSize = 0;
+  let fileSize = 0;
+  const compressor = await createCompressor(opts.compression);
+
+  async function* tappedNar(): AsyncGenerator<Buffer> {
+    for await (const chunk of dumpNar(src.path.path)) {
+      narHasher.update(chunk);
+      narSize += chunk.length;
+      yield chunk;
+    }
+  }
+
+  async function* body(): AsyncGenerator<Buffer> {
+    // Errors anywhere in the chain destroy `compressed` with that error, so
+    // the loop below throws it and the backend aborts the upload.
+    const compressed = pipeline(Readable.from(tappedNar(), { objectMode: false }), compressor, () => {});
+    for await (const chunk of compressed as AsyncIterable<Buffer>) {
+      fileHasher.update(chunk);
+      fileSize += chunk.length;
+      opts.onProgress?.(narSize, fileSize);
+      yield chunk;
+    }
+    const digest = narHasher.digest();
+    if (narSize !== src.narSize || !digest.equals(src.narHash.digest)) {
+      throw new NarpushError(
+        'NAR_HASH_MISMATCH',
+        `path '${src.path.path}' is corrupted: its NAR has hash ${formatHash({ algo: 'sha256', digest })} and ` +
+          `size ${narSize}, but the store recorded ${formatHash(src.narHash)} and size ${src.narSize} ` +
+          `(run 'nix-store --verify-path ${src.path.path}' or 'nix-store --repair-path')`,
+      );
+    }
+  }
+
+  await backend.putStream(url, body(), NAR_CONTENT_TYPE, {
+    sizeHint: src.narSize,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  });
+  return {
+    url,
+    compression: opts.compression.method,
+    fileHash: { algo: 'sha256', digest: fileHasher.digest() },
+    fileSize,
+    narHash: src.narHash,
+    narSize,
+  };
+}

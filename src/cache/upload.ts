@@ -1,0 +1,185 @@
+/**
+ * Putting a set of store paths into a cache: which ones are already there,
+ * uploading the rest in parallel, and publishing each narinfo only when it is
+ * safe to. The invariant this module exists for: the cache never advertises
+ * a path (its `.narinfo`) before that path's NAR is complete and before the
+ * narinfos of all its references are there, whatever fails midway. Progress
+ * and results are reported as events; nothing here prints.
+ */
+import { NarpushError, isNarpushError } from '../errors.js';
+import type { NarInfo } from '../narinfo/narinfo.js';
+import { formatNarInfo } from '../narinfo/narinfo.js';
+import type { SecretKey } from '../signing/keys.js';
+import { signNarInfo } from '../signing/sign.js';
+import type { PathInfo } from '../store/path-info.js';
+import type { StorePath } from '../store/store-path.js';
+import type { CacheBackend } from './backend.js';
+import type { CompressionOptions } from './compression.js';
+import { createLimiter } from './limit.js';
+import { type UploadedNar, uploadNar } from './nar-upload.js';
+
+export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
+
+export function narInfoKey(path: StorePath): string {
+  return `${path.hashPart}.narinfo`;
+}
+
+export interface UploadOptions {
+  readonly backend: CacheBackend;
+  readonly compression: CompressionOptions;
+  readonly signingKeys: readonly SecretKey[];
+  /** NARs uploaded at once. */
+  readonly jobs: number;
+  /** Upload even when the narinfo exists. */
+  readonly force?: boolean;
+  /** Decide what would be uploaded, upload nothing. */
+  readonly dryRun?: boolean;
+  /** Existence checks at once (they are small requests). */
+  readonly checkConcurrency?: number;
+  readonly signal?: AbortSignal;
+  readonly onEvent?: (event: UploadEvent) => void;
+}
+
+export type UploadEvent =
+  | { readonly type: 'planned'; readonly total: number; readonly toUpload: readonly PathInfo[]; readonly present: number }
+  | { readonly type: 'started'; readonly info: PathInfo }
+  | { readonly type: 'progress'; readonly info: PathInfo; readonly narBytes: number; readonly fileBytes: number }
+  | { readonly type: 'uploaded'; readonly info: PathInfo; readonly nar: UploadedNar; readonly seconds: number }
+  | { readonly type: 'skipped'; readonly info: PathInfo }
+  | { readonly type: 'failed'; readonly info: PathInfo; readonly error: NarpushError };
+
+export interface UploadedPath {
+  readonly info: PathInfo;
+  readonly nar: UploadedNar;
+  readonly seconds: number;
+}
+
+export interface UploadReport {
+  readonly uploaded: readonly UploadedPath[];
+  /** Already in the cache (or, with dryRun, what would be skipped). */
+  readonly skipped: readonly PathInfo[];
+  /** With dryRun: what would be uploaded. */
+  readonly wouldUpload: readonly PathInfo[];
+  readonly failed: readonly { readonly info: PathInfo; readonly error: NarpushError }[];
+  readonly seconds: number;
+}
+
+function asNarpushError(e: unknown, info: PathInfo): NarpushError {
+  if (isNarpushError(e)) return e;
+  const message = e instanceof Error ? e.message : String(e);
+  return new NarpushError('UPLOAD_FAILED', `uploading '${info.path.path}' failed: ${message}`, { cause: e });
+}
+
+/** The narinfo for an uploaded path: what the store knows, where the NAR went, signed. */
+export function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly SecretKey[]): NarInfo {
+  const unsigned: NarInfo = {
+    storePath: info.path,
+    url: nar.url,
+    compression: nar.compression,
+    fileHash: nar.fileHash,
+    fileSize: nar.fileSize,
+    narHash: info.narHash,
+    narSize: info.narSize,
+    references: info.references,
+    ...(info.deriver ? { deriver: info.deriver } : {}),
+    sigs: info.sigs,
+    ...(info.ca ? { ca: info.ca } : {}),
+  };
+  return keys.length > 0 ? signNarInfo(unsigned, keys) : unsigned;
+}
+
+/**
+ * Upload `infos` (any order; references outside the set must already be in
+ * the cache). Never throws for a single path's failure: it is in `failed`.
+ */
+export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOptions): Promise<UploadReport> {
+  const started = performance.now();
+  const emit = opts.onEvent ?? (() => {});
+  const { backend } = opts;
+  const inSet = new Map(infos.map((i) => [i.path.baseName, i]));
+
+  // Which narinfos exist: the paths themselves (unless forced) and any reference outside the set.
+  const check = createLimiter(opts.checkConcurrency ?? 32);
+  const outside = new Map<string, StorePath>();
+  for (const i of infos) for (const r of i.references) if (!inSet.has(r.baseName)) outside.set(r.baseName, r);
+  const toCheck = [...(opts.force ? [] : infos.map((i) => i.path)), ...outside.values()];
+  const presence = new Map<string, boolean>();
+  await Promise.all(
+    toCheck.map((p) => check(async () => presence.set(p.baseName, await backend.exists(narInfoKey(p))))),
+  );
+
+  const toUpload = infos.filter((i) => opts.force || !presence.get(i.path.baseName));
+  const skipped = infos.filter((i) => !opts.force && presence.get(i.path.baseName));
+  emit({ type: 'planned', total: infos.length, toUpload, present: skipped.length });
+  for (const info of skipped) emit({ type: 'skipped', info });
+  if (opts.dryRun) {
+    return { uploaded: [], skipped, wouldUpload: toUpload, failed: [], seconds: (performance.now() - started) / 1000 };
+  }
+
+  const jobs = createLimiter(opts.jobs);
+  const uploaded: UploadedPath[] = [];
+  const failed: { info: PathInfo; error: NarpushError }[] = [];
+  // Resolves when a path's narinfo is in the cache; rejects when it will not be.
+  const published = new Map<string, Promise<void>>();
+
+  const publish = async (info: PathInfo): Promise<void> => {
+    const t0 = performance.now();
+    let nar: UploadedNar;
+    try {
+      nar = await jobs(async () => {
+        opts.signal?.throwIfAborted();
+        emit({ type: 'started', info });
+        return uploadNar(backend, info, {
+          compression: opts.compression,
+          ...(opts.signal ? { signal: opts.signal } : {}),
+          onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
+        });
+      });
+    } catch (e) {
+      const error = opts.signal?.aborted
+        ? new NarpushError('UPLOAD_ABORTED', `upload of '${info.path.path}' was interrupted`, { cause: e })
+        : asNarpushError(e, info);
+      failed.push({ info, error });
+      emit({ type: 'failed', info, error });
+      throw error;
+    }
+    // The NAR is complete; the narinfo waits for the narinfos of the references.
+    for (const ref of info.references) {
+      if (ref.baseName === info.path.baseName) continue;
+      const pending = published.get(ref.baseName);
+      const ok = pending
+        ? await pending.then(() => true, () => false)
+        : presence.get(ref.baseName) === true;
+      if (!ok) {
+        const why = pending ? 'failed to upload' : 'is not in the cache (upload it, or leave out --no-closure)';
+        const error = new NarpushError(
+          'REFERENCE_MISSING',
+          `not publishing '${info.path.path}': its reference '${ref.path}' ${why}`,
+        );
+        failed.push({ info, error });
+        emit({ type: 'failed', info, error });
+        throw error;
+      }
+    }
+    try {
+      const narinfo = makeNarInfo(info, nar, opts.signingKeys);
+      await backend.putBytes(narInfoKey(info.path), Buffer.from(formatNarInfo(narinfo)), NARINFO_CONTENT_TYPE);
+    } catch (e) {
+      const error = asNarpushError(e, info);
+      failed.push({ info, error });
+      emit({ type: 'failed', info, error });
+      throw error;
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    uploaded.push({ info, nar, seconds });
+    emit({ type: 'uploaded', info, nar, seconds });
+  };
+
+  for (const info of toUpload) {
+    const p = publish(info);
+    p.catch(() => {}); // failures are collected in `failed`
+    published.set(info.path.baseName, p);
+  }
+  await Promise.allSettled(published.values());
+  return { uploaded, skipped, wouldUpload: [], failed, seconds: (performance.now() - started) / 1000 };
+}

@@ -1,0 +1,194 @@
+// The upload orchestrator on an in-memory backend, with trees in a temporary
+// "store" directory: ordering of narinfos, skips, failures and corruption.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import fc from 'fast-check';
+import { nix32Encode } from '../../src/hash/nix32.js';
+import { dumpNar } from '../../src/nar/dump.js';
+import { StorePath } from '../../src/store/store-path.js';
+import type { PathInfo } from '../../src/store/path-info.js';
+import { narInfoKey, uploadPaths } from '../../src/cache/upload.js';
+import { parseNarInfo } from '../../src/narinfo/narinfo.js';
+import { newSecretKey, toPublicKey } from '../../src/signing/keys.js';
+import { verifyNarInfo } from '../../src/signing/sign.js';
+import { createDecompressor } from '../../src/cache/compression.js';
+import { MemoryBackend } from '../helpers/memory-backend.js';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+
+async function narOf(p: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of dumpNar(p)) chunks.push(Buffer.from(c));
+  return Buffer.concat(chunks);
+}
+
+/** A fake store: paths are directories in a temp dir, with path infos computed from their NARs. */
+async function makeStore(refs: Record<string, string[]>): Promise<{ dir: string; infos: Map<string, PathInfo> }> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-store-'));
+  const paths = new Map<string, StorePath>();
+  for (const name of Object.keys(refs)) {
+    const hash = nix32Encode(createHash('sha1').update(name).digest());
+    paths.set(name, new StorePath(hash, name, dir));
+  }
+  const infos = new Map<string, PathInfo>();
+  for (const [name, rs] of Object.entries(refs)) {
+    const sp = paths.get(name)!;
+    await mkdir(sp.path);
+    await writeFile(path.join(sp.path, 'data'), randomBytes(2000 + name.length * 1000));
+    await writeFile(path.join(sp.path, 'refs'), rs.map((r) => paths.get(r)!.path).join('\n'));
+    const nar = await narOf(sp.path);
+    infos.set(name, {
+      path: sp,
+      deriver: undefined,
+      narHash: { algo: 'sha256', digest: createHash('sha256').update(nar).digest() },
+      references: rs.map((r) => paths.get(r)!).sort((a, b) => (a.baseName < b.baseName ? -1 : 1)),
+      registrationTime: 0,
+      narSize: nar.length,
+      ultimate: true,
+      sigs: [],
+      ca: undefined,
+    });
+  }
+  return { dir, infos };
+}
+
+const DIAMOND = { top: ['left', 'right', 'top'], left: ['base'], right: ['base'], base: [], lone: [] };
+
+test('narinfos appear only after their NAR and the narinfos of their references', async () => {
+  const { dir, infos } = await makeStore(DIAMOND);
+  try {
+    const key = newSecretKey('test-1');
+    const backend = new MemoryBackend();
+    // Any order of input must give a safe order of publication.
+    await fc.assert(
+      fc.asyncProperty(fc.shuffledSubarray([...infos.values()], { minLength: 5, maxLength: 5 }), fc.integer({ min: 1, max: 4 }), async (order, jobs) => {
+        backend.objects.clear();
+        backend.log.length = 0;
+        const report = await uploadPaths(order, { backend, compression: { method: 'zstd' }, signingKeys: [key], jobs });
+        assert.equal(report.failed.length, 0, report.failed.map((f) => f.error.message).join('; '));
+        assert.equal(report.uploaded.length, 5);
+        const at = (op: string, k: string): number => backend.log.findIndex((l) => l.op === op && l.key === k);
+        for (const info of infos.values()) {
+          const ni = at('putBytes', narInfoKey(info.path));
+          const narinfo = parseNarInfo(backend.objects.get(narInfoKey(info.path))!.body.toString(), dir);
+          assert.ok(ni > at('putStream-done', narinfo.url), 'narinfo after its NAR');
+          for (const r of info.references) {
+            if (r.equals(info.path)) continue;
+            assert.ok(ni > at('putBytes', narInfoKey(r)), `${info.path.name} after ${r.name}`);
+          }
+        }
+      }),
+      { numRuns: 15 },
+    );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('every narinfo describes its NAR exactly, and is signed', async () => {
+  const { dir, infos } = await makeStore(DIAMOND);
+  try {
+    const key = newSecretKey('test-1');
+    const backend = new MemoryBackend();
+    for (const method of ['xz', 'zstd', 'none'] as const) {
+      backend.objects.clear();
+      await uploadPaths([...infos.values()], { backend, compression: { method }, signingKeys: [key], jobs: 2 });
+      for (const info of infos.values()) {
+        const ni = parseNarInfo(backend.objects.get(narInfoKey(info.path))!.body.toString(), dir);
+        const file = backend.objects.get(ni.url)!;
+        assert.equal(file.contentType, 'application/x-nix-nar');
+        assert.equal(ni.compression, method);
+        assert.equal(ni.fileSize, file.body.length);
+        assert.ok(ni.fileHash!.digest.equals(createHash('sha256').update(file.body).digest()));
+        assert.ok(ni.narHash.digest.equals(info.narHash.digest));
+        assert.equal(ni.narSize, info.narSize);
+        assert.deepEqual(ni.references.map(String), info.references.map(String));
+        assert.equal(verifyNarInfo(ni, [toPublicKey(key)]), 1);
+        const out: Buffer[] = [];
+        await pipeline(Readable.from([file.body]), await createDecompressor(method), async (s) => {
+          for await (const c of s) out.push(c as Buffer);
+        });
+        assert.ok(Buffer.concat(out).equals(await narOf(info.path.path)), 'the file decompresses to the NAR');
+      }
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('paths already in the cache are skipped; --force uploads them again', async () => {
+  const { dir, infos } = await makeStore(DIAMOND);
+  try {
+    const backend = new MemoryBackend();
+    const all = [...infos.values()];
+    const opts = { backend, compression: { method: 'none' as const }, signingKeys: [], jobs: 2 };
+    assert.equal((await uploadPaths(all, opts)).uploaded.length, 5);
+    const again = await uploadPaths(all, opts);
+    assert.equal(again.uploaded.length, 0);
+    assert.equal(again.skipped.length, 5);
+    assert.equal(backend.log.filter((l) => l.op === 'putStream-start').length, 5, 'no second NAR upload');
+    assert.equal((await uploadPaths(all, { ...opts, force: true })).uploaded.length, 5);
+    const dry = await uploadPaths(all, { ...opts, dryRun: true, force: true });
+    assert.equal(dry.wouldUpload.length, 5);
+    assert.equal(backend.log.filter((l) => l.op === 'putStream-start').length, 10, 'dry run uploads nothing');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a failed NAR keeps every path that refers to it out of the cache', async () => {
+  const { dir, infos } = await makeStore(DIAMOND);
+  try {
+    const backend = new MemoryBackend();
+    const left = infos.get('left')!;
+    const leftNar = `nar/${nix32Encode(left.narHash.digest)}.nar`;
+    backend.failPut = (k) => k === leftNar;
+    const report = await uploadPaths([...infos.values()], { backend, compression: { method: 'none' }, signingKeys: [], jobs: 2 });
+    assert.deepEqual(report.failed.map((f) => f.info.path.name).sort(), ['left', 'top']);
+    assert.match(report.failed.find((f) => f.info.path.name === 'top')!.error.message, /reference '.*-left' failed to upload/);
+    assert.ok(!backend.objects.has(narInfoKey(left.path)));
+    assert.ok(!backend.objects.has(narInfoKey(infos.get('top')!.path)));
+    assert.ok(!backend.objects.has(leftNar));
+    assert.ok(backend.objects.has(narInfoKey(infos.get('base')!.path)));
+    assert.ok(backend.objects.has(narInfoKey(infos.get('right')!.path)));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a path whose contents do not match the store record is refused and nothing is published', async () => {
+  const { dir, infos } = await makeStore({ a: [] });
+  try {
+    const backend = new MemoryBackend();
+    const a = infos.get('a')!;
+    await writeFile(path.join(a.path.path, 'data'), 'tampered after registration');
+    const report = await uploadPaths([a], { backend, compression: { method: 'zstd' }, signingKeys: [], jobs: 1 });
+    assert.equal(report.failed.length, 1);
+    assert.equal(report.failed[0]!.error.code, 'NAR_HASH_MISMATCH');
+    assert.match(report.failed[0]!.error.message, /is corrupted/);
+    assert.equal(backend.objects.size, 0, 'no NAR, no narinfo');
+    assert.ok(backend.log.some((l) => l.op === 'putStream-aborted'));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a reference outside the set must already be in the cache', async () => {
+  const { dir, infos } = await makeStore(DIAMOND);
+  try {
+    const backend = new MemoryBackend();
+    const opts = { backend, compression: { method: 'none' as const }, signingKeys: [], jobs: 1 };
+    const r1 = await uploadPaths([infos.get('left')!], opts);
+    assert.equal(r1.failed[0]?.error.code, 'REFERENCE_MISSING');
+    assert.ok(!backend.objects.has(narInfoKey(infos.get('left')!.path)));
+    await uploadPaths([infos.get('base')!], opts);
+    const r2 = await uploadPaths([infos.get('left')!], opts);
+    assert.equal(r2.uploaded.length, 1);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
