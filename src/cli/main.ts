@@ -21,6 +21,10 @@ export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_BUG = 70;
 
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
 function version(): string {
   return '0.1.0';
 }
@@ -72,6 +76,34 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .action(async (paths: string[], opts: { json?: boolean; recursive?: boolean }) => {
       const { pathInfo } = await import('./path-info.js');
       exitCode = await pathInfo(ctx(), paths, { json: Boolean(opts.json), recursive: Boolean(opts.recursive) });
+    });
+
+  program
+    .command('upload-path')
+    .description('upload store paths and their closure to a binary cache (S3 or file://)')
+    .argument('<paths...>', 'store paths, or symlinks to them such as ./result')
+    .requiredOption('--to <url>', 'the cache: file:///dir or s3://bucket?region=...&endpoint=...&profile=...')
+    .option('--secret-key-file <file>', 'sign narinfos with this Nix secret key (repeatable)', collect, [])
+    .option('--compression <method>', 'xz (default), zstd or none')
+    .option('--compression-level <n>', 'xz: 0-9 (default 6); zstd: 1-19 (default 3)')
+    .option('-j, --jobs <n>', 'paths uploaded in parallel (default 4)')
+    .option('--no-closure', 'upload only the paths given, not their closure')
+    .option('--force', 'upload paths even when the cache has them')
+    .option('--dry-run', 'show what would be uploaded, upload nothing')
+    .option('--json', 'print a machine-readable report on stdout')
+    .action(async (paths: string[], opts: Record<string, unknown>) => {
+      const { uploadPath } = await import('./upload-path.js');
+      exitCode = await uploadPath(ctx(), paths, {
+        to: opts.to as string,
+        secretKeyFile: opts.secretKeyFile as string[],
+        compression: opts.compression as string | undefined,
+        compressionLevel: opts.compressionLevel as string | undefined,
+        jobs: opts.jobs as string | undefined,
+        closure: opts.closure !== false,
+        force: Boolean(opts.force),
+        dryRun: Boolean(opts.dryRun),
+        json: Boolean(opts.json),
+      });
     });
 
   try {

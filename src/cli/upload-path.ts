@@ -1,0 +1,160 @@
+/**
+ * `narpush upload-path --to URL PATH...`: put store paths (and their closure)
+ * into a binary cache, with no `nix` process anywhere. Everything the user
+ * gave is checked before the first byte is uploaded: the URL, the keys, the
+ * compression, every path. Then: progress on stderr, a summary, exit 0 only
+ * when every path reached the cache.
+ */
+import { NarpushError } from '../errors.js';
+import { formatHash } from '../hash/hash.js';
+import { openCacheBackend } from '../cache/backend.js';
+import { ensureCacheInfo } from '../cache/cache-info.js';
+import { parseCacheUrl } from '../cache/cache-url.js';
+import { type Compression, compressionLevel, parseCompression } from '../cache/compression.js';
+import { resolvePaths } from '../cache/push.js';
+import { type UploadReport, uploadPaths } from '../cache/upload.js';
+import { readSecretKeyFile } from '../signing/key-file.js';
+import type { SecretKey } from '../signing/keys.js';
+import { StoreClient } from '../store/client.js';
+import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
+import { storeTransportFromEnv } from '../store/transport.js';
+import { formatBytes, formatRate, formatSeconds } from './format.js';
+import type { CliContext } from './main.js';
+import { createProgress } from './progress.js';
+
+export interface UploadPathFlags {
+  readonly to: string;
+  readonly secretKeyFile: readonly string[];
+  readonly compression?: string;
+  readonly compressionLevel?: string;
+  readonly jobs?: string;
+  readonly closure: boolean;
+  readonly force: boolean;
+  readonly dryRun: boolean;
+  readonly json: boolean;
+}
+
+export const DEFAULT_JOBS = 4;
+
+function positiveInt(flag: string, s: string, max: number): number {
+  if (!/^\d+$/.test(s) || Number(s) < 1 || Number(s) > max) {
+    throw new NarpushError('BAD_OPTION', `${flag} takes a whole number from 1 to ${max}, not '${s}'`);
+  }
+  return Number(s);
+}
+
+function integer(flag: string, s: string): number {
+  if (!/^-?\d+$/.test(s)) throw new NarpushError('BAD_OPTION', `${flag} takes a whole number, not '${s}'`);
+  return Number(s);
+}
+
+export async function uploadPath(ctx: CliContext, paths: readonly string[], flags: UploadPathFlags): Promise<number> {
+  // 1. Everything the user typed, checked before any I/O that matters.
+  const config = parseCacheUrl(flags.to, { cwd: process.cwd() });
+  const method: Compression = flags.compression
+    ? parseCompression(flags.compression)
+    : (config.params.compression ?? 'xz');
+  const level = compressionLevel(
+    method,
+    flags.compressionLevel !== undefined ? integer('--compression-level', flags.compressionLevel) : config.params.compressionLevel,
+  );
+  const jobs = flags.jobs !== undefined ? positiveInt('--jobs', flags.jobs, 256) : DEFAULT_JOBS;
+  const keyFiles = [...new Set([...flags.secretKeyFile, ...config.params.secretKeyFiles])];
+  const keys: SecretKey[] = [];
+  for (const f of keyFiles) keys.push(await readSecretKeyFile(f));
+  const storePaths: StorePath[] = [];
+  for (const p of paths) {
+    const { storePath, subpath } = await followLinksToStorePath(p, ctx.storeDir);
+    if (subpath !== '') {
+      throw new NarpushError('BAD_STORE_PATH', `'${p}' is inside the store path '${storePath.path}'; give the store path itself`);
+    }
+    storePaths.push(storePath);
+  }
+
+  // 2. The store: closure and GC roots (held until the client closes).
+  const store = await StoreClient.open({ transport: storeTransportFromEnv(ctx.env), storeDir: ctx.storeDir });
+  const abort = new AbortController();
+  const onSignal = (): void => abort.abort(new NarpushError('INTERRUPTED', 'interrupted'));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  let report: UploadReport;
+  const backend = await openCacheBackend(config);
+  try {
+    const infos = await resolvePaths(store, storePaths, flags.closure);
+    if (!flags.dryRun) {
+      await ensureCacheInfo(backend, {
+        storeDir: ctx.storeDir,
+        wantMassQuery: config.params.wantMassQuery ?? true,
+        ...(config.params.priority !== undefined ? { priority: config.params.priority } : {}),
+      });
+    }
+    const progress = createProgress(ctx.stderr as NodeJS.WriteStream, flags.json);
+    try {
+      report = await uploadPaths(infos, {
+        backend,
+        compression: { method, level, ...(config.params.parallelCompression === false ? { threads: 1 } : {}) },
+        signingKeys: keys,
+        jobs,
+        force: flags.force,
+        dryRun: flags.dryRun,
+        signal: abort.signal,
+        onEvent: progress,
+      });
+    } finally {
+      progress.done();
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await Promise.allSettled([store.close(), backend.close()]);
+  }
+
+  if (flags.json) ctx.stdout.write(`${JSON.stringify(jsonReport(config.description, report, flags.dryRun), null, 2)}\n`);
+  else printSummary(ctx, report, flags.dryRun, method);
+  if (abort.signal.aborted) return 130;
+  return report.failed.length === 0 ? 0 : 1;
+}
+
+function printSummary(ctx: CliContext, r: UploadReport, dryRun: boolean, method: Compression): void {
+  if (dryRun) {
+    for (const i of r.wouldUpload) ctx.stderr.write(`would upload ${i.path.path}\n`);
+    const bytes = r.wouldUpload.reduce((n, i) => n + i.narSize, 0);
+    ctx.stderr.write(
+      `dry run: would upload ${r.wouldUpload.length} paths (${formatBytes(bytes)} before compression), ${r.skipped.length} already in the cache\n`,
+    );
+    return;
+  }
+  const nar = r.uploaded.reduce((n, u) => n + u.nar.narSize, 0);
+  const file = r.uploaded.reduce((n, u) => n + u.nar.fileSize, 0);
+  const parts = [
+    r.uploaded.length === 0 && r.failed.length === 0
+      ? 'nothing to upload'
+      : `uploaded ${r.uploaded.length} paths (${formatBytes(nar)} -> ${formatBytes(file)} ${method}, ${formatRate(nar, r.seconds)})`,
+    `${r.skipped.length} already in the cache`,
+  ];
+  if (r.failed.length > 0) parts.push(`${r.failed.length} FAILED`);
+  ctx.stderr.write(`${parts.join(', ')}, in ${formatSeconds(r.seconds)}\n`);
+}
+
+function jsonReport(cache: string, r: UploadReport, dryRun: boolean): Record<string, unknown> {
+  return {
+    cache,
+    dryRun,
+    uploaded: r.uploaded.map((u) => ({
+      path: u.info.path.path,
+      url: u.nar.url,
+      compression: u.nar.compression,
+      narHash: formatHash(u.nar.narHash),
+      narSize: u.nar.narSize,
+      fileHash: formatHash(u.nar.fileHash),
+      fileSize: u.nar.fileSize,
+      seconds: Number(u.seconds.toFixed(3)),
+    })),
+    skipped: r.skipped.map((i) => i.path.path),
+    ...(dryRun ? { wouldUpload: r.wouldUpload.map((i) => i.path.path) } : {}),
+    failed: r.failed.map((f) => ({ path: f.info.path.path, code: f.error.code, error: f.error.message })),
+    narBytes: r.uploaded.reduce((n, u) => n + u.nar.narSize, 0),
+    fileBytes: r.uploaded.reduce((n, u) => n + u.nar.fileSize, 0),
+    seconds: Number(r.seconds.toFixed(3)),
+  };
+}
