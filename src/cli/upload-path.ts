@@ -54,10 +54,9 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   const method: Compression = flags.compression
     ? parseCompression(flags.compression)
     : (config.params.compression ?? 'xz');
-  const level = compressionLevel(
-    method,
-    flags.compressionLevel !== undefined ? integer('--compression-level', flags.compressionLevel) : config.params.compressionLevel,
-  );
+  const levelGiven =
+    flags.compressionLevel !== undefined ? integer('--compression-level', flags.compressionLevel) : config.params.compressionLevel;
+  const level = levelGiven === undefined ? undefined : compressionLevel(method, levelGiven);
   const jobs = flags.jobs !== undefined ? positiveInt('--jobs', flags.jobs, 256) : DEFAULT_JOBS;
   const keyFiles = [...new Set([...flags.secretKeyFile, ...config.params.secretKeyFiles])];
   const keys: SecretKey[] = [];
