@@ -6,8 +6,12 @@
 import { run, runOk, FIXTURES } from './run.js';
 import * as path from 'node:path';
 
-/** Environment for Nix commands: no network substituters, no sandbox, nix-command on. */
-export function nixEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+/**
+ * Environment for Nix commands: no network substituters, no sandbox,
+ * nix-command on, and no caching of narinfo lookups (tests re-read caches
+ * they have just changed). `extraConfig` lines are appended to NIX_CONFIG.
+ */
+export function nixEnv(extra: NodeJS.ProcessEnv = {}, extraConfig: readonly string[] = []): NodeJS.ProcessEnv {
   return {
     ...process.env,
     NIX_CONFIG: [
@@ -15,6 +19,9 @@ export function nixEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
       'sandbox = false',
       'experimental-features = nix-command',
       'warn-dirty = false',
+      'narinfo-cache-negative-ttl = 0',
+      'narinfo-cache-positive-ttl = 0',
+      ...extraConfig,
     ].join('\n'),
     ...extra,
   };
