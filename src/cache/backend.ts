@@ -1,0 +1,125 @@
+/**
+ * Where a binary cache lives: the small interface the upload pipeline writes
+ * through, and the factory that opens a file:// or s3:// backend from a parsed
+ * `--to` URL. Keys are relative paths in Nix's cache layout (`nix-cache-info`,
+ * `<hash>.narinfo`, `nar/<…>.nar.xz`).
+ *
+ * Backends never hold a whole NAR in memory, never make a partial object
+ * visible, and never delete an object they did not just create (a key may
+ * already hold the same content-addressed NAR that a published narinfo uses).
+ * The S3 SDK is imported only when an s3:// backend is opened.
+ */
+import { NarpushError } from '../errors.js';
+import type { CacheConfig } from './cache-url.js';
+import type { S3BackendOptions } from '../s3/s3-backend.js';
+
+/** The largest object `get` will read into memory (narinfo and nix-cache-info are a few KiB). */
+export const MAX_GET_BYTES = 16 * 1024 * 1024;
+
+export interface PutStreamOptions {
+  /**
+   * Expected size in bytes (for a NAR, its NarSize). S3 picks its part size
+   * from it so that the object fits in 10,000 parts; without it the part size
+   * is the S3 backend's default and objects are limited to 10,000 of those.
+   */
+  readonly sizeHint?: number;
+  /** Aborting stops reading `body` at once and cleans up; the promise rejects with UPLOAD_ABORTED. */
+  readonly signal?: AbortSignal;
+}
+
+export interface CacheBackend {
+  /** For logs and messages, e.g. `s3://bucket (in eu-west-1)`; never contains secrets. */
+  readonly description: string;
+  /** A small object (at most MAX_GET_BYTES), or undefined when it does not exist. */
+  get(key: string): Promise<Buffer | undefined>;
+  exists(key: string): Promise<boolean>;
+  /** Write a small object in one request / one atomic rename; memory: the body the caller holds. */
+  putBytes(key: string, body: Uint8Array, contentType: string): Promise<void>;
+  /**
+   * Stream a large object (a NAR). It becomes visible only when complete: if
+   * `body` throws (even after its last byte) or `signal` aborts, nothing is
+   * left behind (the multipart upload is aborted / the temp file removed)
+   * and the promise settles only after that clean-up. Memory is bounded by
+   * the backend: S3 holds at most (queueSize + 1) parts, file:// one chunk.
+   */
+  putStream(
+    key: string,
+    body: AsyncIterable<Uint8Array>,
+    contentType: string,
+    opts?: PutStreamOptions,
+  ): Promise<{ readonly bytes: number }>;
+  /** Release sockets and handles; the backend must not be used afterwards. */
+  close(): Promise<void>;
+}
+
+export interface OpenBackendOptions {
+  /** Options for s3:// only (credentials, retries, timeouts, concurrency). */
+  readonly s3?: S3BackendOptions;
+}
+
+/** Open the backend a parsed `--to` URL names. Does no network or filesystem I/O itself. */
+export async function openCacheBackend(config: CacheConfig, opts: OpenBackendOptions = {}): Promise<CacheBackend> {
+  if (config.kind === 'file') {
+    const { FileBackend } = await import('./file-backend.js');
+    return new FileBackend(config.dir);
+  }
+  const { openS3Backend } = await import('../s3/s3-backend.js');
+  return openS3Backend(config, opts.s3);
+}
+
+/**
+ * Keys are relative, slash-separated paths with no empty, `.` or `..`
+ * segments: the file backend joins them to its directory, so this is also
+ * what keeps a write inside the cache.
+ */
+export function checkCacheKey(key: string): string {
+  const ok =
+    key.length > 0 &&
+    key.length <= 1024 &&
+    !/[\0-\x1f\x7f\\]/.test(key) &&
+    key.split('/').every((seg) => seg !== '' && seg !== '.' && seg !== '..');
+  if (!ok) throw new NarpushError('BAD_CACHE_KEY', `invalid cache key '${key}': expected a relative path such as nar/<hash>.nar.xz`);
+  return key;
+}
+
+export function abortedError(what: string, reason?: unknown): NarpushError {
+  return new NarpushError('UPLOAD_ABORTED', `upload of ${what} was aborted`, { cause: reason });
+}
+
+/**
+ * Iterate `body`, stopping as soon as `signal` aborts even while the source is
+ * waiting for data (it is then asked to stop with `return()`, not awaited).
+ * Chunks are passed through as they are: no copy, no buffering.
+ */
+export async function* abortable(
+  body: AsyncIterable<Uint8Array>,
+  signal: AbortSignal | undefined,
+  what: string,
+): AsyncGenerator<Uint8Array, void, undefined> {
+  if (!signal) {
+    yield* body;
+    return;
+  }
+  const it = body[Symbol.asyncIterator]();
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(abortedError(what, signal.reason));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  aborted.catch(() => {}); // observed below; this only silences the unhandled-rejection warning
+  let finished = false;
+  try {
+    for (;;) {
+      const r = await Promise.race([it.next(), aborted]);
+      if (r.done) {
+        finished = true;
+        return;
+      }
+      yield r.value;
+    }
+  } finally {
+    signal.removeEventListener('abort', onAbort!);
+    if (!finished) void Promise.resolve(it.return?.()).catch(() => {});
+  }
+}

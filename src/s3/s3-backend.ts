@@ -1,0 +1,288 @@
+/**
+ * The s3:// cache backend: AWS S3 or any S3-compatible server (MinIO,
+ * Garage, s3rver …) through the AWS SDK v3, which is imported only when a
+ * backend is opened so that CLI startup stays fast.
+ *
+ * - Credentials come from the SDK's standard chain (environment, shared
+ *   config/credentials files with `profile`, SSO, container and instance
+ *   metadata) unless the caller passes some: narpush itself never reads
+ *   process.env, the SDK does so at the edge.
+ * - Small objects go in one PutObject; NARs stream through lib-storage's
+ *   Upload. Memory per putStream is bounded by (queueSize + 1) x partSize:
+ *   queueSize parts in flight plus the one being filled (4 x 5 MiB parts ~ 25 MiB
+ *   for NARs up to 48 GiB).
+ * - Every request, multipart parts included, is retried by SdkRetryStrategy
+ *   (see retry.ts); connection and idle-socket timeouts detect a dead server.
+ * - A failed or aborted putStream waits for its in-flight parts, then aborts
+ *   the multipart upload (leavePartsOnError false) before it settles.
+ *
+ * Must never delete an object (a key may hold a NAR a published narinfo uses)
+ * and never put credentials into messages or `description`.
+ */
+import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { NarpushError } from '../errors.js';
+import {
+  MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type PutStreamOptions,
+} from '../cache/backend.js';
+import type { S3CacheConfig } from '../cache/cache-url.js';
+import { EtagTracker, choosePartSize } from './multipart.js';
+import { DEFAULT_RETRY_POLICY, SdkRetryStrategy, backoffDelay, classifyFailure, type RetryEvent, type RetryPolicy } from './retry.js';
+import { s3Error, type S3ErrorContext } from './s3-errors.js';
+
+export interface S3Credentials {
+  readonly accessKeyId: string;
+  readonly secretAccessKey: string;
+  readonly sessionToken?: string;
+}
+
+export interface S3BackendOptions {
+  /** Explicit credentials (or a provider of them); default: the SDK's standard chain with the URL's `profile`. */
+  readonly credentials?: S3Credentials | (() => Promise<S3Credentials>);
+  /** Overrides of DEFAULT_RETRY_POLICY (tests use tiny delays). */
+  readonly retry?: Partial<RetryPolicy>;
+  /** Source of jitter in [0, 1); default Math.random. */
+  readonly random?: () => number;
+  /** Called before each retry (for logs and tests). */
+  readonly onRetry?: (e: RetryEvent) => void;
+  /** Time to establish a TCP/TLS connection, default 10 s. */
+  readonly connectionTimeoutMs?: number;
+  /** Time a socket may stay silent mid-request before it counts as dead, default 60 s. */
+  readonly socketTimeoutMs?: number;
+  /** Parts of one NAR uploaded in parallel, default 4. Memory: (queueSize + 1) x part size per upload. */
+  readonly queueSize?: number;
+  /** Sockets per client, default 50. */
+  readonly maxSockets?: number;
+}
+
+type ClientS3 = typeof import('@aws-sdk/client-s3');
+type UploadCtor = (typeof import('@aws-sdk/lib-storage'))['Upload'];
+
+const SILENT = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+// The SDK's context key (@smithy/types SMITHY_CONTEXT_KEY), where it keeps the command being sent.
+const SMITHY_CONTEXT_KEY = '__smithy_context';
+
+/** Open an S3 backend. No request is made until the first operation. */
+export async function openS3Backend(config: S3CacheConfig, opts: S3BackendOptions = {}): Promise<CacheBackend> {
+  const [sdk, storage] = await Promise.all([import('@aws-sdk/client-s3'), import('@aws-sdk/lib-storage')]);
+  return new S3Backend(config, opts, sdk, storage.Upload);
+}
+
+class S3Backend implements CacheBackend {
+  readonly description: string;
+  private readonly client: S3Client;
+  private readonly policy: RetryPolicy;
+  private readonly random: () => number;
+  private readonly queueSize: number;
+  // Upload's requests are checked against the abort signal of the putStream that made them.
+  private readonly signals = new WeakMap<object, AbortSignal>();
+
+  constructor(
+    private readonly config: S3CacheConfig,
+    private readonly opts: S3BackendOptions,
+    private readonly sdk: ClientS3,
+    private readonly Upload: UploadCtor,
+  ) {
+    this.description = config.description;
+    this.policy = { ...DEFAULT_RETRY_POLICY, ...opts.retry };
+    if (!(this.policy.maxAttempts >= 1)) throw new NarpushError('BAD_OPTION', 'retry.maxAttempts must be at least 1');
+    this.random = opts.random ?? Math.random;
+    this.queueSize = Math.max(1, opts.queueSize ?? 4);
+    const agent = { keepAlive: true, maxSockets: opts.maxSockets ?? 50 };
+    this.client = new sdk.S3Client({
+      region: config.region,
+      ...(config.endpoint !== undefined && { endpoint: config.endpoint }),
+      ...(config.endpoint === undefined && config.scheme === 'http' && { tls: false }),
+      forcePathStyle: config.forcePathStyle,
+      ...(config.profile !== undefined && { profile: config.profile }),
+      ...(opts.credentials !== undefined && { credentials: credentialProvider(opts.credentials) }),
+      // On AWS a wrong region is answered with a redirect the SDK can follow.
+      followRegionRedirects: config.endpoint === undefined,
+      maxAttempts: this.policy.maxAttempts,
+      retryStrategy: new SdkRetryStrategy(this.policy, this.random, opts.onRetry),
+      // Many S3-compatible servers reject the SDK's newer default CRC32 checksums; Nix sends none either.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      logger: SILENT,
+      requestHandler: {
+        connectionTimeout: opts.connectionTimeoutMs ?? 10_000,
+        socketTimeout: opts.socketTimeoutMs ?? 60_000,
+        httpAgent: agent,
+        httpsAgent: agent,
+        logger: SILENT,
+      },
+    });
+    // Inside the retry loop (finalizeRequest, low priority): no new attempt once the upload is aborted.
+    this.client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const cmd = (context as Record<string, { commandInstance?: object } | undefined>)[SMITHY_CONTEXT_KEY]?.commandInstance;
+        const signal = cmd ? this.signals.get(cmd) : undefined;
+        if (signal?.aborted) throw Object.assign(new Error('request aborted'), { name: 'AbortError' });
+        return next(args);
+      },
+      { step: 'finalizeRequest', priority: 'low', name: 'narpushAbortCheck' },
+    );
+  }
+
+  private ctx(op: string): S3ErrorContext {
+    const c = this.config;
+    return {
+      op,
+      bucket: c.bucket,
+      where: c.endpoint ?? `AWS region ${c.region}`,
+      region: c.region,
+      ...(c.profile !== undefined && { profile: c.profile }),
+    };
+  }
+
+  async get(key: string): Promise<Buffer | undefined> {
+    checkCacheKey(key);
+    const ctx = this.ctx(`read ${key}`);
+    // The SDK retries the request; a reset while the body streams in happens after it returned, so it is retried here.
+    for (let attempt = 1; ; attempt++) {
+      let out;
+      try {
+        out = await this.client.send(new this.sdk.GetObjectCommand({ Bucket: this.config.bucket, Key: key }));
+      } catch (e) {
+        if (isNotFound(e)) return undefined;
+        throw s3Error(e, ctx);
+      }
+      if ((out.ContentLength ?? 0) > MAX_GET_BYTES) {
+        (out.Body as Readable | undefined)?.destroy?.();
+        throw new NarpushError('CACHE_OBJECT_TOO_LARGE', `${key} in ${this.description} is ${out.ContentLength} bytes, more than a metadata file can be`);
+      }
+      try {
+        return Buffer.from((await out.Body?.transformToByteArray()) ?? new Uint8Array());
+      } catch (e) {
+        const kind = classifyFailure(e);
+        if (kind === 'permanent' || attempt >= this.policy.maxAttempts) throw s3Error(e, ctx);
+        const delayMs = backoffDelay(attempt - 1, kind, this.policy, this.random);
+        this.opts.onRetry?.({ attempt: attempt + 1, delayMs, kind, error: e });
+        await sleep(delayMs);
+      }
+    }
+  }
+
+  async exists(key: string): Promise<boolean> {
+    checkCacheKey(key);
+    try {
+      await this.client.send(new this.sdk.HeadObjectCommand({ Bucket: this.config.bucket, Key: key }));
+      return true;
+    } catch (e) {
+      if (isNotFound(e)) return false;
+      throw s3Error(e, this.ctx(`check ${key}`));
+    }
+  }
+
+  async putBytes(key: string, body: Uint8Array, contentType: string): Promise<void> {
+    checkCacheKey(key);
+    try {
+      await this.client.send(
+        new this.sdk.PutObjectCommand({ Bucket: this.config.bucket, Key: key, Body: body, ContentType: contentType, ...this.storageClass() }),
+      );
+    } catch (e) {
+      throw s3Error(e, this.ctx(`upload ${key}`));
+    }
+  }
+
+  async putStream(
+    key: string,
+    body: AsyncIterable<Uint8Array>,
+    contentType: string,
+    opts: PutStreamOptions = {},
+  ): Promise<{ bytes: number }> {
+    checkCacheKey(key);
+    const what = `${key} to ${this.description}`;
+    const { signal } = opts;
+    if (signal?.aborted) throw abortedError(what, signal.reason);
+    const partSize = choosePartSize(opts.sizeHint, this.config.minPartSize);
+    const etags = new EtagTracker(partSize);
+    let ended = false;
+    let bodyError: unknown;
+    const source = abortable(body, signal, what);
+    async function* tracked(): AsyncGenerator<Uint8Array> {
+      try {
+        for await (const chunk of source) {
+          etags.update(chunk);
+          yield chunk;
+        }
+      } catch (e) {
+        bodyError = e;
+        throw e;
+      }
+      ended = true;
+    }
+    // highWaterMark 1: no read-ahead beyond the part lib-storage is filling.
+    const readable = Readable.from(tracked(), { objectMode: true, highWaterMark: 1 });
+    const upload = new this.Upload({
+      client: this.scopedClient(signal),
+      queueSize: this.queueSize,
+      partSize,
+      leavePartsOnError: false,
+      params: { Bucket: this.config.bucket, Key: key, Body: readable, ContentType: contentType, ...this.storageClass() },
+    });
+    try {
+      await upload.done();
+      return { bytes: etags.bytes };
+    } catch (e) {
+      if (signal?.aborted) throw abortedError(what, signal.reason);
+      if (bodyError !== undefined) throw bodyError;
+      const err = s3Error(e, this.ctx(`upload ${key}`));
+      // Only a failure that may hide a success is worth a look (not a missing bucket or bad credentials).
+      const unclear = err.code === 'S3_UNAVAILABLE' || err.code === 'S3_ERROR';
+      if (ended && unclear && (await this.completedDespite(key, etags))) return { bytes: etags.bytes };
+      throw err;
+    } finally {
+      readable.destroy();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+
+  private storageClass(): { StorageClass?: S3CacheConfig['storageClass'] } {
+    return this.config.storageClass !== undefined ? { StorageClass: this.config.storageClass } : {};
+  }
+
+  /** The client as lib-storage sees it: every command it sends is tied to this upload's signal. */
+  private scopedClient(signal: AbortSignal | undefined): S3Client {
+    const scoped = Object.create(this.client) as S3Client;
+    const send = this.client.send.bind(this.client) as (cmd: object) => Promise<unknown>;
+    // Aborting the multipart upload is the clean-up itself and must still go out.
+    (scoped as { send: unknown }).send = (cmd: object) => {
+      if (signal && !(cmd instanceof this.sdk.AbortMultipartUploadCommand)) this.signals.set(cmd, signal);
+      return send(cmd);
+    };
+    return scoped;
+  }
+
+  /**
+   * After an upload failed with its whole body sent: did it take effect
+   * anyway? A CompleteMultipartUpload whose answer was lost and whose retry
+   * was refused (NoSuchUpload, or s3rver's 500) leaves a complete object.
+   * Only an object of our length and our ETag counts.
+   */
+  private async completedDespite(key: string, etags: EtagTracker): Promise<boolean> {
+    const expected = etags.finish();
+    try {
+      const head = await this.client.send(new this.sdk.HeadObjectCommand({ Bucket: this.config.bucket, Key: key }));
+      const etag = (head.ETag ?? '').replace(/"/g, '');
+      return head.ContentLength === etags.bytes && expected.includes(etag);
+    } catch {
+      return false;
+    }
+  }
+}
+
+// The SDK annotates the credentials object it is given, so it gets a fresh copy each time.
+function credentialProvider(c: S3Credentials | (() => Promise<S3Credentials>)): () => Promise<S3Credentials> {
+  return async () => ({ ...(typeof c === 'function' ? await c() : c) });
+}
+
+function isNotFound(e: unknown): boolean {
+  const err = e as { name?: string; $metadata?: { httpStatusCode?: number } };
+  if (err.name === 'NoSuchBucket') return false;
+  return err.name === 'NoSuchKey' || err.name === 'NotFound' || err.$metadata?.httpStatusCode === 404;
+}

@@ -1,0 +1,114 @@
+/**
+ * A real S3 implementation on loopback for the tests: s3rver on 127.0.0.1, a
+ * random free port and a fresh temp directory, with one bucket created.
+ *
+ * s3rver 3.7 lacks two operations narpush relies on, so this helper answers
+ * them in front of it, from s3rver's own on-disk state:
+ * - AbortMultipartUpload (DELETE /bucket/key?uploadId=…): s3rver answers 405;
+ *   here it removes the upload directory and answers 204 (404 NoSuchUpload
+ *   when there is none), as S3 does.
+ * - ListMultipartUploads (GET /bucket?uploads) is not implemented either:
+ *   tests read pending uploads straight from s3rver's directory with
+ *   `pendingUploads()` instead.
+ *
+ * Anonymous GET works as it is: s3rver only checks a signature when a request
+ * carries one, so `httpUrl` can serve as Nix's `http://` substituter.
+ * Credentials are s3rver's built-in S3RVER/S3RVER (S3RVER_ENV for a child).
+ */
+import { createRequire } from 'node:module';
+import * as http from 'node:http';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import type { AddressInfo } from 'node:net';
+
+// The SDK warns on stderr that its 2027 releases will need Node 22; tests run on Node 20 on purpose.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
+export const S3RVER_CREDENTIALS = Object.freeze({ accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' });
+export const S3RVER_ENV = Object.freeze({ AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' });
+
+interface S3rverInstance {
+  configureBuckets(): Promise<void>;
+  callback(): (req: http.IncomingMessage, res: http.ServerResponse) => void;
+  logger?: { close?(): void; exceptions?: { unhandle?(): void } };
+}
+type S3rverCtor = new (opts: Record<string, unknown>) => S3rverInstance;
+
+export interface S3rverHandle {
+  readonly port: number;
+  /** `http://127.0.0.1:PORT` */
+  readonly endpoint: string;
+  readonly bucket: string;
+  /** The narpush `--to` URL: `s3://bucket?endpoint=http://127.0.0.1:PORT&region=us-east-1` */
+  readonly url: string;
+  /** Plain HTTP view of the bucket, usable as a Nix substituter: `http://127.0.0.1:PORT/bucket` */
+  readonly httpUrl: string;
+  /** s3rver's storage directory. */
+  readonly dir: string;
+  /** Every request seen, in order ("PUT /bucket/key?uploadId=…"). */
+  readonly requests: string[];
+  /** Upload ids of multipart uploads begun and neither completed nor aborted. */
+  pendingUploads(): Promise<string[]>;
+  stop(): Promise<void>;
+}
+
+function xmlError(res: http.ServerResponse, status: number, code: string, message: string): void {
+  res.writeHead(status, { 'content-type': 'application/xml' });
+  res.end(`<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message></Error>`);
+}
+
+export async function startS3rver(opts: { bucket?: string } = {}): Promise<S3rverHandle> {
+  const S3rver = createRequire(import.meta.url)('s3rver') as S3rverCtor;
+  const bucket = opts.bucket ?? 'narpush-test';
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-s3rver-'));
+  const s3rver = new S3rver({ silent: true, directory: dir, vhostBuckets: false, configureBuckets: [{ name: bucket }] });
+  await s3rver.configureBuckets();
+  const app = s3rver.callback();
+  // Where s3rver keeps multipart uploads of a bucket (FilesystemStore.getResourcePath(bucket, '', 'uploads')).
+  const uploadsDir = (b: string): string => path.join(dir, b, '._S3rver_uploads');
+  const requests: string[] = [];
+
+  const server = http.createServer((req, res) => {
+    requests.push(`${req.method} ${req.url}`);
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const [, b, ...rest] = url.pathname.split('/');
+    const uploadId = url.searchParams.get('uploadId');
+    if (req.method === 'DELETE' && uploadId !== null && b && rest.length > 0) {
+      req.resume();
+      void (async () => {
+        const target = path.join(uploadsDir(decodeURIComponent(b)), path.basename(uploadId));
+        const exists = await readdir(target).then(() => true, () => false);
+        if (!exists) return xmlError(res, 404, 'NoSuchUpload', 'The specified upload does not exist.');
+        await rm(target, { recursive: true, force: true });
+        res.writeHead(204);
+        res.end();
+      })().catch((e: unknown) => xmlError(res, 500, 'InternalError', String(e)));
+      return;
+    }
+    app(req, res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  const endpoint = `http://127.0.0.1:${port}`;
+
+  return {
+    port,
+    endpoint,
+    bucket,
+    url: `s3://${bucket}?endpoint=${endpoint}&region=us-east-1`,
+    httpUrl: `${endpoint}/${bucket}`,
+    dir,
+    requests,
+    async pendingUploads() {
+      return readdir(uploadsDir(bucket)).catch(() => [] as string[]);
+    },
+    async stop() {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      s3rver.logger?.exceptions?.unhandle?.();
+      s3rver.logger?.close?.();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
