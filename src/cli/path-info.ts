@@ -1,0 +1,74 @@
+/**
+ * `narpush path-info [--json] [-r] PATH...`: what the Nix store knows of
+ * paths, printed exactly as `nix path-info` of Nix 2.8 prints it. It reads
+ * the store through the worker protocol (src/store), never by running nix.
+ *
+ * Edge module: reads the environment to find the daemon, writes stdout.
+ * Differences from Nix 2.8, on purpose: an invalid path is an error (exit 1)
+ * with --json too, where Nix prints `"valid":false` and exits 0.
+ */
+import { NarpushError } from '../errors.js';
+import { StoreClient } from '../store/client.js';
+import { fetchClosure, invalidPath, sortByReferences } from '../store/closure.js';
+import { type PathInfo, formatNixPathInfoJson } from '../store/path-info.js';
+import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
+import { storeTransportFromEnv } from '../store/transport.js';
+import type { CliContext } from './main.js';
+
+/**
+ * Nix 2.8 reads a .drv argument as "all outputs of this derivation"
+ * (InstallableStorePath::toDerivedPaths); later Nix needs `drv^*` for that.
+ */
+async function resolveArguments(client: StoreClient, paths: readonly StorePath[]): Promise<StorePath[]> {
+  const out: StorePath[] = [];
+  for (const p of paths) {
+    if (!p.name.endsWith('.drv')) {
+      out.push(p);
+      continue;
+    }
+    for (const [name, output] of await client.derivationOutputs(p)) {
+      if (!output) throw new NarpushError('INVALID_PATH', `output '${name}' of '${p.path}' has not been built`);
+      out.push(output);
+    }
+  }
+  return out;
+}
+
+async function queryAll(client: StoreClient, paths: readonly StorePath[]): Promise<PathInfo[]> {
+  return Promise.all(
+    paths.map(async (p) => {
+      const info = await client.queryPathInfo(p);
+      if (!info) throw invalidPath(p);
+      return info;
+    }),
+  );
+}
+
+export async function pathInfo(
+  ctx: CliContext,
+  paths: string[],
+  opts: { json: boolean; recursive: boolean },
+): Promise<number> {
+  const args: StorePath[] = [];
+  for (const p of paths) args.push((await followLinksToStorePath(p, ctx.storeDir)).storePath);
+
+  const client = await StoreClient.open({
+    transport: storeTransportFromEnv(ctx.env),
+    storeDir: ctx.storeDir,
+    onLog: (e) => {
+      if (e.kind === 'message') ctx.stderr.write(e.text.endsWith('\n') ? e.text : `${e.text}\n`);
+    },
+  });
+  try {
+    const roots = await resolveArguments(client, args);
+    const infos = opts.recursive ? await fetchClosure(client, roots) : await queryAll(client, roots);
+    // Nix 2.8 prints JSON sorted by path without a final newline; plain
+    // output in dependency order (Store::topoSortPaths, reversed).
+    ctx.stdout.write(
+      opts.json ? formatNixPathInfoJson(infos) : sortByReferences(infos).map((i) => `${i.path.path}\n`).join(''),
+    );
+  } finally {
+    await client.close();
+  }
+  return 0;
+}
