@@ -1,0 +1,71 @@
+/**
+ * Shared pieces of the benchmarks: timing a command, medians and
+ * percentiles, and a command's peak memory. Benchmarks print figures; they
+ * never pass or fail on them (machines are noisy: tests must not time).
+ */
+import { spawnSync } from 'node:child_process';
+
+export interface Timed {
+  readonly ms: number;
+  readonly stdout: Buffer;
+}
+
+/** Run a command to completion and return its wall time; throws when it fails. */
+export function timeRun(cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; stdout?: number | 'pipe' } = {}): Timed {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(cmd, args, {
+    stdio: ['ignore', opts.stdout ?? 'pipe', 'pipe'],
+    env: opts.env ?? process.env,
+    maxBuffer: 1 << 30,
+  });
+  const t1 = process.hrtime.bigint();
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${String(r.stderr).slice(0, 2000)}`);
+  return { ms: Number(t1 - t0) / 1e6, stdout: r.stdout ?? Buffer.alloc(0) };
+}
+
+/**
+ * Run a command and return its wall time and peak resident memory (the
+ * kernel's ru_maxrss of the child, read by GNU time).
+ */
+export function measureRss(cmd: string, args: readonly string[], env?: NodeJS.ProcessEnv): { ms: number; maxRssKiB: number } {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync('/usr/bin/time', ['-f', 'MAXRSS %M', cmd, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: env ?? process.env,
+    maxBuffer: 1 << 26,
+  });
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  const err = String(r.stderr);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${err.slice(0, 2000)}`);
+  const m = /MAXRSS (\d+)/.exec(err);
+  if (!m) throw new Error(`no MAXRSS from /usr/bin/time: ${err.slice(0, 500)}`);
+  return { ms, maxRssKiB: Number(m[1]) };
+}
+
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** The p-th percentile (0-100), nearest rank. */
+export function percentile(xs: readonly number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+}
+
+/** Alternate runs of each side so noise hits both alike; returns each side's times. */
+export function alternate<K extends string>(runs: number, sides: Record<K, () => number>, between?: () => void): Record<K, number[]> {
+  const times = Object.fromEntries(Object.keys(sides).map((k) => [k, [] as number[]])) as unknown as Record<K, number[]>;
+  for (let i = 0; i < runs; i++) {
+    for (const k of Object.keys(sides) as K[]) {
+      between?.();
+      times[k].push(sides[k]());
+    }
+  }
+  return times;
+}
+
+export function mib(bytes: number): number {
+  return bytes / (1 << 20);
+}

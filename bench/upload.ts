@@ -1,0 +1,123 @@
+/**
+ * Benchmark: `narpush upload-path` against `nix copy`, side by side in one
+ * run, alternating, each into a fresh file:// cache (both sign):
+ *   - a ~104 MiB mixed closure (half random, half text) with xz and zstd;
+ *   - a closure of >= 1,000 small paths with zstd (startup included);
+ * then narpush alone against s3rver on loopback:
+ *   - throughput on the mixed closure (MiB/s of NAR);
+ *   - peak RSS on a 1 GiB NAR (xz) and a 10 GiB NAR (--compression none).
+ * Figures are medians of the runs; ratios are narpush/nix.
+ *
+ * Usage: node dist/bench/upload.js [runs (default 3)] [--skip-10g] [--only=mixed,small,s3,rss]
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { nix, nixBuildFile, nixEnv } from '../test/helpers/nix.js';
+import { NARPUSH_BIN, FIXTURES } from '../test/helpers/run.js';
+import { startS3rver, S3RVER_ENV } from '../test/helpers/s3rver.js';
+import { alternate, measureRss, median, mib, timeRun } from './lib.js';
+
+const args = process.argv.slice(2);
+const runs = Math.max(1, Number(args.find((a) => /^\d+$/.test(a)) ?? 3));
+const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',');
+const want = (k: string): boolean => !only || only.includes(k);
+
+const env = nixEnv({ ...S3RVER_ENV, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' });
+
+async function closureNarSize(top: string): Promise<{ paths: number; bytes: number }> {
+  const infos = JSON.parse((await nix('nix', ['path-info', '--json', '--recursive', top])).toString()) as { narSize: number }[];
+  return { paths: infos.length, bytes: infos.reduce((n, i) => n + i.narSize, 0) };
+}
+
+async function freshDir(label: string): Promise<string> {
+  return mkdtemp(path.join(tmpdir(), `narpush-bench-${label.replace(/[^a-z0-9]+/gi, "-")}-`));
+}
+
+async function compare(label: string, top: string, compression: 'xz' | 'zstd', key: string): Promise<void> {
+  const size = await closureNarSize(top);
+  const dirs: string[] = [];
+  const dir = async (): Promise<string> => {
+    const d = await freshDir(label);
+    dirs.push(d);
+    return d;
+  };
+  // Directories are made up front so that making them is not timed.
+  const pool = await Promise.all(Array.from({ length: 2 * runs + 2 }, () => dir()));
+  let next = 0;
+  const sides = {
+    nix: () => timeRun('nix', ['copy', '--to', `file://${pool[next++]}?compression=${compression}&secret-key=${key}`, top], { env }).ms,
+    narpush: () =>
+      timeRun(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', `file://${pool[next++]}`, '--compression', compression, '--secret-key-file', key, top], { env }).ms,
+  };
+  sides.nix();
+  sides.narpush(); // warm-up, untimed
+  const t = alternate(runs, sides);
+  const n = median(t.nix);
+  const p = median(t.narpush);
+  const m = mib(size.bytes);
+  console.log(
+    `${label.padEnd(26)} | ${String(size.paths).padStart(5)} | ${m.toFixed(0).padStart(5)} MiB | ${n.toFixed(0).padStart(7)} ms | ${p.toFixed(0).padStart(7)} ms | ${(p / n).toFixed(2)}x`,
+  );
+  console.log(`  runs (ms): nix ${t.nix.map((x) => x.toFixed(0)).join(' ')}; narpush ${t.narpush.map((x) => x.toFixed(0)).join(' ')}`);
+  await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+}
+
+async function main(): Promise<void> {
+  const keyDir = await freshDir('key');
+  const key = path.join(keyDir, 'secret.key');
+  timeRun(process.execPath, [NARPUSH_BIN, 'generate-key', 'bench-1', key, path.join(keyDir, 'public.key')]);
+  const bench = path.join(FIXTURES, 'bench.nix');
+  process.stderr.write('building the benchmark closures with Nix (once per machine)...\n');
+  const [mixed] = await nixBuildFile(bench, 'mixed');
+  const [small] = await nixBuildFile(path.join(FIXTURES, 'store-bench.nix'));
+
+  console.log(`node ${process.version}; ${runs} runs per side, alternating; medians of wall time including process start`);
+  if (want('mixed') || want('small')) {
+    console.log('case                       | paths |   NAR     | nix copy   | narpush    | ratio');
+    if (want('mixed')) {
+      await compare('mixed closure, xz', mixed!, 'xz', key);
+      await compare('mixed closure, zstd', mixed!, 'zstd', key);
+    }
+    if (want('small')) await compare('1,000+ small paths, zstd', small!, 'zstd', key);
+  }
+
+  if (want('s3') || want('rss')) {
+    const s3 = await startS3rver();
+    try {
+      if (want('s3')) {
+        const size = await closureNarSize(mixed!);
+        for (const compression of ['zstd', 'xz', 'none']) {
+          const times: number[] = [];
+          for (let i = 0; i < runs; i++) {
+            const url = `s3://${s3.bucket}?endpoint=${s3.endpoint}&region=us-east-1`;
+            // --force: every run uploads everything.
+            times.push(timeRun(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', url, '--force', '--compression', compression, '--secret-key-file', key, mixed!], { env }).ms);
+          }
+          const ms = median(times);
+          console.log(`s3rver upload, mixed closure, ${compression}: ${ms.toFixed(0)} ms, ${(mib(size.bytes) / (ms / 1000)).toFixed(1)} MiB/s of NAR`);
+        }
+      }
+      if (want('rss')) {
+        const cases: [string, string, string][] = [['big1g', 'xz', '1 GiB NAR, xz']];
+        if (!args.includes('--skip-10g')) cases.push(['big10g', 'none', '10 GiB NAR, none']);
+        for (const [attr, compression, label] of cases) {
+          const [p] = await nixBuildFile(bench, attr);
+          const url = `s3://${s3.bucket}?endpoint=${s3.endpoint}&region=us-east-1`;
+          const r = measureRss(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', url, '--force', '--compression', compression, p!], env);
+          const size = await closureNarSize(p!);
+          console.log(
+            `peak RSS, ${label} to s3rver: ${(r.maxRssKiB / 1024).toFixed(0)} MiB (${(mib(size.bytes) / (r.ms / 1000)).toFixed(0)} MiB/s, ${(r.ms / 1000).toFixed(1)} s)`,
+          );
+          // Free s3rver's disk before the next case.
+          await rm(path.join(s3.dir, s3.bucket, 'nar'), { recursive: true, force: true });
+        }
+      }
+    } finally {
+      await s3.stop();
+    }
+  }
+  await rm(keyDir, { recursive: true, force: true });
+}
+
+await main();
