@@ -11,9 +11,9 @@
 import * as nodePath from 'node:path';
 import { NarpushError } from '../errors.js';
 
-/** Compression methods narpush can write (Nix also knows bzip2, gzip, br, lz4 …). */
-export const COMPRESSIONS = ['xz', 'zstd', 'none'] as const;
-export type Compression = (typeof COMPRESSIONS)[number];
+import { COMPRESSIONS, LEVEL_RANGES, type Compression } from './compression.js';
+
+export { COMPRESSIONS, type Compression };
 
 export type AddressingStyle = 'auto' | 'path' | 'virtual';
 
@@ -42,7 +42,6 @@ export interface CacheParams {
   readonly secretKeyFiles: readonly string[];
   readonly wantMassQuery?: boolean;
   readonly priority?: number;
-  readonly writeNarListing?: boolean;
 }
 
 export interface FileCacheConfig {
@@ -72,9 +71,6 @@ export interface S3CacheConfig {
   readonly minPartSize?: number;
   /** `multipart-upload` as given; narpush streams, so objects larger than one part always go multipart. */
   readonly multipartUpload?: boolean;
-  /** `narinfo-compression` and `ls-compression`: Content-Encoding of .narinfo / .ls objects. */
-  readonly narinfoCompression?: Compression;
-  readonly lsCompression?: Compression;
   readonly params: CacheParams;
   readonly description: string;
 }
@@ -205,7 +201,16 @@ function nonEmpty(url: string, name: string, v: string): string {
   return v;
 }
 
-const LEVELS: Record<Compression, readonly [number, number]> = { xz: [0, 9], zstd: [1, 22], none: [0, 0] };
+const LEVELS: Record<Compression, readonly [number, number]> = {
+  xz: [LEVEL_RANGES.xz.min, LEVEL_RANGES.xz.max],
+  zstd: [LEVEL_RANGES.zstd.min, LEVEL_RANGES.zstd.max],
+  none: [0, 0],
+};
+
+/** Accepted only with the value that means "what narpush does anyway", so no setting is silently ignored. */
+function onlyNone(url: string, name: string, v: string, why: string): void {
+  if (v !== 'none') throw bad(url, `${name}=${v} is not supported by narpush: ${why}`);
+}
 
 function parseCommon(url: string, q: Query): CacheParams {
   const get = (k: string): string | undefined => q.get(k);
@@ -237,7 +242,10 @@ function parseCommon(url: string, q: Query): CacheParams {
     secretKeyFiles,
     ...opt('want-mass-query', (v) => ({ wantMassQuery: bool(url, 'want-mass-query', v) })),
     ...opt('priority', (v) => ({ priority: int(url, 'priority', v, 0, 2 ** 31 - 1) })),
-    ...opt('write-nar-listing', (v) => ({ writeNarListing: bool(url, 'write-nar-listing', v) })),
+    ...opt('write-nar-listing', (v) => {
+      if (bool(url, 'write-nar-listing', v)) throw bad(url, 'write-nar-listing is not supported by narpush yet (it writes no .ls listings)');
+      return {};
+    }),
   };
 }
 
@@ -362,7 +370,9 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
   const minPartSize = chunk === undefined ? undefined : int(url, chunkName, chunk, MIN_PART_SIZE, MAX_PART_SIZE);
   const mpu = q.get('multipart-upload');
   const narinfoC = q.get('narinfo-compression');
+  if (narinfoC !== undefined) onlyNone(url, 'narinfo-compression', narinfoC, 'narinfo files are stored uncompressed');
   const lsC = q.get('ls-compression');
+  if (lsC !== undefined) onlyNone(url, 'ls-compression', lsC, 'narpush writes no .ls listings');
 
   const where = endpoint !== undefined ? `at ${endpoint}` : `in ${region}`;
   const description = `s3://${bucket} (${where}${profile !== undefined ? `, profile ${profile}` : ''})`;
@@ -378,8 +388,6 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
     ...(sc !== undefined && { storageClass: sc as StorageClass }),
     ...(minPartSize !== undefined && { minPartSize }),
     ...(mpu !== undefined && { multipartUpload: bool(url, 'multipart-upload', mpu) }),
-    ...(narinfoC !== undefined && { narinfoCompression: compression(url, 'narinfo-compression', narinfoC) }),
-    ...(lsC !== undefined && { lsCompression: compression(url, 'ls-compression', lsC) }),
     params: Object.freeze(parseCommon(url, q)),
     description,
   });

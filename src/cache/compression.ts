@@ -15,7 +15,7 @@ export const COMPRESSIONS: readonly Compression[] = ['xz', 'zstd', 'none'];
 
 export interface CompressionOptions {
   readonly method: Compression;
-  /** xz: preset 0-9 (default 6, as Nix); zstd: level 1-19 (default 3, as Nix). */
+  /** xz: preset 0-9 (default 6, as Nix); zstd: level 1-22 (default 3, as Nix). */
   readonly level?: number;
   /** Encoder threads for one stream; default one per core. */
   readonly threads?: number;
@@ -23,9 +23,9 @@ export interface CompressionOptions {
   readonly xzBlockSize?: number;
 }
 
-const LEVELS: Record<Compression, { min: number; max: number; fallback: number }> = {
+export const LEVEL_RANGES: Readonly<Record<Compression, { min: number; max: number; fallback: number }>> = {
   xz: { min: 0, max: 9, fallback: 6 },
-  zstd: { min: 1, max: 19, fallback: 3 },
+  zstd: { min: 1, max: 22, fallback: 3 },
   none: { min: 0, max: 0, fallback: 0 },
 };
 
@@ -36,7 +36,7 @@ export function parseCompression(s: string): Compression {
 
 /** Validate a level for a method; undefined means the method's default. */
 export function compressionLevel(method: Compression, level: number | undefined): number {
-  const range = LEVELS[method];
+  const range = LEVEL_RANGES[method];
   if (level === undefined) return range.fallback;
   if (method === 'none') {
     throw new NarpushError('BAD_COMPRESSION', `--compression-level makes no sense with compression 'none'`);

@@ -20,21 +20,18 @@ export class StorePath {
   /** The name after the dash. */
   readonly name: string;
   readonly storeDir: string;
+  /** `<hash>-<name>`, as written in narinfo References and Deriver. */
+  readonly baseName: string;
+  /** The full path. */
+  readonly path: string;
 
+  // Closures sort and print thousands of these: compute the strings once.
   constructor(hashPart: string, name: string, storeDir: string = DEFAULT_STORE_DIR) {
     this.hashPart = hashPart;
     this.name = name;
     this.storeDir = storeDir;
-  }
-
-  /** `<hash>-<name>`, as written in narinfo References and Deriver. */
-  get baseName(): string {
-    return `${this.hashPart}-${this.name}`;
-  }
-
-  /** The full path. */
-  get path(): string {
-    return `${this.storeDir}/${this.baseName}`;
+    this.baseName = `${hashPart}-${name}`;
+    this.path = `${storeDir}/${this.baseName}`;
   }
 
   toString(): string {

@@ -75,6 +75,8 @@ test('extensions are the ones Nix uses', () => {
 test('bad compression names and levels are refused', () => {
   assert.throws(() => parseCompression('gzip'), { code: 'BAD_COMPRESSION', message: /unknown compression 'gzip'/ });
   assert.throws(() => compressionLevel('xz', 10), { code: 'BAD_COMPRESSION', message: /out of range for xz \(0-9\)/ });
+  assert.throws(() => compressionLevel('zstd', 23), { code: 'BAD_COMPRESSION', message: /1-22/ });
+  assert.equal(compressionLevel('zstd', 22), 22);
   assert.throws(() => compressionLevel('zstd', 0), { code: 'BAD_COMPRESSION' });
   assert.throws(() => compressionLevel('zstd', 2.5), { code: 'BAD_COMPRESSION' });
   assert.throws(() => compressionLevel('none', 3), { code: 'BAD_COMPRESSION' });
