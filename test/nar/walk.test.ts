@@ -1,0 +1,154 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import * as net from 'node:net';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import fc from 'fast-check';
+import { dumpNar, narStream } from '../../src/nar/dump.js';
+import { encodeNar, encodeNarSync } from '../../src/nar/encode.js';
+import type { NarEvent } from '../../src/nar/events.js';
+import { walkNar } from '../../src/nar/walk.js';
+import { runOk } from '../helpers/run.js';
+import { nixDump } from './fixtures.js';
+import { treeArb, treeEvents, writeTree, type Tree } from './tree.js';
+
+/** Collect chunks, copying each one: with reuseBuffers a chunk is only valid until the next is pulled. */
+async function collect(it: AsyncIterable<Uint8Array>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of it) parts.push(Buffer.from(c));
+  return Buffer.concat(parts);
+}
+
+async function withTemp<T>(f: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-walk-'));
+  try {
+    return await f(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const OPTION_SETS = [
+  {},
+  { reuseBuffers: true },
+  { smallFileSize: 8, readChunkSize: 5, chunkSize: 1024 },
+  { smallFileSize: 8, readChunkSize: 5, chunkSize: 1024, reuseBuffers: true },
+  { smallFileSize: 0, readChunkSize: 4096, reuseBuffers: true },
+];
+
+test('property: a random tree written to disk walks to the same bytes as the in-memory encoder', async () => {
+  await withTemp(async (dir) => {
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(treeArb(), fc.constantFrom(...OPTION_SETS), async (tree, opts) => {
+        const root = Buffer.from(path.join(dir, `t${n++}`));
+        writeTree(root, tree);
+        const expected = encodeNarSync(treeEvents(tree));
+        assert.deepEqual(await collect(dumpNar(root, opts)), expected);
+      }),
+      { numRuns: 150 },
+    );
+  });
+});
+
+test('property: ... and Nix dumps such trees to the same bytes', async () => {
+  await withTemp(async (dir) => {
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(treeArb(3), async (tree) => {
+        const root = path.join(dir, `t${n++}`);
+        writeTree(Buffer.from(root), tree);
+        assert.deepEqual(await nixDump(root), encodeNarSync(treeEvents(tree)));
+      }),
+      { numRuns: 12 },
+    );
+  });
+});
+
+test('only the owner-execute bit counts, as for Nix', async () => {
+  await withTemp(async (dir) => {
+    const root = path.join(dir, 'modes');
+    fs.mkdirSync(root);
+    const modes = [0o644, 0o755, 0o744, 0o700, 0o100, 0o611, 0o654, 0o645, 0o444, 0o4755, 0o2644, 0o1644];
+    for (const m of modes) {
+      const f = path.join(root, m.toString(8).padStart(4, '0'));
+      fs.writeFileSync(f, 'x');
+      fs.chmodSync(f, m);
+    }
+    const events = [...walkNar(root)].filter((e): e is NarEvent & { type: 'regular' } => e.type === 'regular');
+    assert.deepEqual(
+      events.map((e) => [e.name!.toString(), e.executable]),
+      modes.map((m) => [m.toString(8).padStart(4, '0'), (m & 0o100) !== 0]).sort(),
+    );
+    assert.deepEqual(await collect(dumpNar(root)), await nixDump(root));
+  });
+});
+
+test('names are bytes, sorted unsigned (not as JS strings)', async () => {
+  await withTemp(async (dir) => {
+    const names = ['\u{fffd}', '\u{1f600}', '\u{e000}', 'Z', 'a'].map((s) => Buffer.from(s)).concat([Buffer.from([0xff]), Buffer.from([0x80, 0x41])]);
+    const tree: Tree = { type: 'directory', entries: names.map((n) => [n, { type: 'regular', executable: false, contents: n }] as const) };
+    const root = path.join(dir, 'names');
+    writeTree(Buffer.from(root), tree);
+    const walked = [...walkNar(root)].flatMap((e) => (e.type === 'regular' && e.name ? [e.name] : []));
+    assert.deepEqual(walked, [...names].sort(Buffer.compare));
+    // JS string order would put U+1F600 (a surrogate pair, 0xD83D...) before U+FFFD.
+    assert.ok(walked.findIndex((n) => n.equals(Buffer.from('\u{fffd}'))) < walked.findIndex((n) => n.equals(Buffer.from('\u{1f600}'))));
+    assert.deepEqual(await collect(dumpNar(root)), await nixDump(root));
+  });
+});
+
+test('FIFOs and sockets are errors naming the file', async () => {
+  await withTemp(async (dir) => {
+    const root = path.join(dir, 'special');
+    fs.mkdirSync(root);
+    fs.writeFileSync(path.join(root, 'a-file'), 'x');
+    await runOk('mkfifo', [path.join(root, 'b-fifo')]);
+    await assert.rejects(collect(dumpNar(root)), {
+      code: 'UNSUPPORTED_FILE_TYPE',
+      message: `'${path.join(root, 'b-fifo')}' is a FIFO: a NAR holds only regular files, symlinks and directories`,
+    });
+    await assert.rejects(collect(dumpNar(path.join(root, 'b-fifo'))), { code: 'UNSUPPORTED_FILE_TYPE', message: /b-fifo' is a FIFO/ });
+    fs.rmSync(path.join(root, 'b-fifo'));
+    const sock = path.join(root, 'c-socket');
+    const server = net.createServer().listen(sock);
+    await new Promise((r) => server.once('listening', r));
+    try {
+      await assert.rejects(collect(dumpNar(root)), { code: 'UNSUPPORTED_FILE_TYPE', message: /c-socket' is a socket/ });
+    } finally {
+      server.close();
+    }
+    await assert.rejects(collect(dumpNar(path.join(dir, 'missing'))), { code: 'PATH_NOT_FOUND', message: /missing' does not exist/ });
+  });
+});
+
+test('a file that shrinks while being read is an error', async () => {
+  await withTemp(async (dir) => {
+    const f = path.join(dir, 'shrinks');
+    fs.writeFileSync(f, Buffer.alloc(1 << 20, 1));
+    const it = walkNar(f, { smallFileSize: 1024, readChunkSize: 4096 });
+    const ev = it.next().value;
+    assert.ok(ev?.type === 'regular');
+    fs.truncateSync(f, 1000);
+    await assert.rejects(collect(ev.contents as AsyncIterable<Uint8Array>), { code: 'FILE_CHANGED', message: /shrinks' changed while being read: expected 1048576 bytes, read 1000/ });
+  });
+});
+
+test('stopping early closes the file being read; narStream gives the same bytes', async () => {
+  await withTemp(async (dir) => {
+    const f = path.join(dir, 'big');
+    fs.writeFileSync(f, Buffer.alloc(8 << 20, 7));
+    const fds = (): number => fs.readdirSync('/proc/self/fd').length;
+    const before = fds();
+    const it = encodeNar(walkNar(f, { readChunkSize: 1 << 16 }));
+    await it.next();
+    await it.next();
+    assert.ok(fds() > before, 'the file should be open while being read');
+    await it.return();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(fds(), before);
+    assert.deepEqual(await collect(narStream(f)), await nixDump(f));
+  });
+});
