@@ -58,7 +58,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
   const fileHasher = createHash('sha256');
   let narSize = 0;
   let fileSize = 0;
-  const compressor = await createCompressor(opts.compression);
+  const compressor = await createCompressor(opts.compression, src.narSize);
 
   async function* tappedNar(): AsyncGenerator<Buffer> {
     for await (const chunk of dumpNar(src.path.path)) {

@@ -83,3 +83,27 @@ test('bad compression names and levels are refused', () => {
   assert.equal(compressionLevel('xz', undefined), 6);
   assert.equal(compressionLevel('zstd', undefined), 3);
 });
+
+test('xz block size: every core gets a block, within 1-8 MiB', async () => {
+  const { xzBlockSize } = await import('../../src/cache/compression.js');
+  const MiB = 1 << 20;
+  assert.equal(xzBlockSize(13 * MiB, 2), 7 * MiB);
+  assert.equal(xzBlockSize(100, 2), MiB);
+  assert.equal(xzBlockSize(1 << 30, 2), 8 * MiB);
+  for (const [size, threads] of [[3 * MiB, 2], [20 * MiB, 4], [9 * MiB, 1]] as const) {
+    assert.ok(Math.ceil(size / xzBlockSize(size, threads)) >= Math.min(threads, Math.ceil(size / (8 * MiB))));
+  }
+});
+
+for (const method of ['xz', 'zstd'] as const) {
+  test(`${method}: small NARs (single-threaded) and large ones (multi-threaded) both round trip`, async () => {
+    for (const sizeHint of [100, 4 << 20]) {
+      const input = [Buffer.from('abc'.repeat(1000)), randomBytes(50_000)];
+      const out: Buffer[] = [];
+      await pipeline(Readable.from(input), await createCompressor({ method }, sizeHint), async (src) => {
+        for await (const c of src) out.push(c as Buffer);
+      });
+      assert.ok((await decompress(method, Buffer.concat(out))).equals(Buffer.concat(input)));
+    }
+  });
+}
