@@ -8,7 +8,7 @@ export function formatBytes(n: number): string {
     v /= 1024;
     u++;
   }
-  return u === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${UNITS[u]}`;
+  return u === 0 ? `${Math.round(v)} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${UNITS[u]}`;
 }
 
 export function formatRate(bytes: number, seconds: number): string {

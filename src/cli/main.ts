@@ -106,6 +106,45 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       });
     });
 
+  program
+    .command('daemon')
+    .description('run the upload daemon that bin/narpush-hook hands built paths to')
+    .requiredOption('--to <url>', 'the cache: file:///dir or s3://bucket?region=...&endpoint=...&profile=...')
+    .option('--secret-key-file <file>', 'sign narinfos with this Nix secret key (repeatable)', collect, [])
+    .option('--socket <path>', 'the Unix socket to listen on (default $NARPUSH_SOCKET, else /run/narpush/narpush.sock)')
+    .option('--state-dir <dir>', 'queue journal and hook spool (default $NARPUSH_STATE_DIR, else /var/lib/narpush)')
+    .option('-j, --jobs <n>', 'paths uploaded in parallel (default 4)')
+    .option('--compression <method>', 'xz (default), zstd or none')
+    .option('--compression-level <n>', 'xz: 0-9 (default 6); zstd: 1-19 (default 3)')
+    .option('--shutdown-grace <seconds>', 'on SIGTERM, how long uploads in flight may finish before they are aborted (default 10)')
+    .option('--retry-delay <seconds>', 'wait after a failed upload before the first retry, doubling each time (default 5)')
+    .option('--retry-max-delay <seconds>', 'the longest wait between retries (default 600)')
+    .action(async (opts: Record<string, unknown>) => {
+      const { daemon } = await import('./daemon.js');
+      exitCode = await daemon(ctx(), {
+        to: opts.to as string,
+        secretKeyFile: opts.secretKeyFile as string[],
+        socket: opts.socket as string | undefined,
+        stateDir: opts.stateDir as string | undefined,
+        jobs: opts.jobs as string | undefined,
+        compression: opts.compression as string | undefined,
+        compressionLevel: opts.compressionLevel as string | undefined,
+        shutdownGrace: opts.shutdownGrace as string | undefined,
+        retryDelay: opts.retryDelay as string | undefined,
+        retryMaxDelay: opts.retryMaxDelay as string | undefined,
+      });
+    });
+
+  program
+    .command('status')
+    .description('show what the running daemon is doing: queue, uploads, failures, throughput')
+    .option('--socket <path>', 'the daemon\'s socket (default $NARPUSH_SOCKET, else /run/narpush/narpush.sock)')
+    .option('--json', 'print JSON')
+    .action(async (opts: { socket?: string; json?: boolean }) => {
+      const { status } = await import('./status.js');
+      exitCode = await status(ctx(), { socket: opts.socket, json: Boolean(opts.json) });
+    });
+
   try {
     await program.parseAsync(argv);
     debug = debug || Boolean(program.opts().debug);

@@ -1,0 +1,149 @@
+/**
+ * `narpush daemon --to URL ...`: the long-running uploader behind
+ * bin/narpush-hook. Everything is checked before the socket opens (the URL,
+ * the keys, the compression, the store, the state directory), each problem
+ * as one line. Then it runs until SIGTERM/SIGINT: the first one stops it
+ * gracefully (uploads in flight get --shutdown-grace seconds), a second one
+ * aborts them; either way the exit code is 0 and the queue is on disk.
+ * Logs go to stderr, one line per event.
+ */
+import { NarpushError } from '../errors.js';
+import { openCacheBackend } from '../cache/backend.js';
+import { parseCacheUrl } from '../cache/cache-url.js';
+import { type Compression, compressionLevel, parseCompression } from '../cache/compression.js';
+import { DEFAULT_RETRY_POLICY } from '../daemon/backoff.js';
+import { startDaemon } from '../daemon/daemon.js';
+import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
+import { formatLogEvent, type LogEvent } from '../daemon/log.js';
+import { createPipeline } from '../daemon/pipeline.js';
+import { StoreHandle } from '../daemon/store-handle.js';
+import { readSecretKeyFile } from '../signing/key-file.js';
+import type { SecretKey } from '../signing/keys.js';
+import { StoreClient } from '../store/client.js';
+import { storeTransportFromEnv } from '../store/transport.js';
+import type { CliContext } from './main.js';
+import { DEFAULT_JOBS } from './upload-path.js';
+import * as nodePath from 'node:path';
+
+export interface DaemonFlags {
+  readonly to: string;
+  readonly secretKeyFile: readonly string[];
+  readonly socket?: string;
+  readonly stateDir?: string;
+  readonly jobs?: string;
+  readonly compression?: string;
+  readonly compressionLevel?: string;
+  readonly shutdownGrace?: string;
+  readonly retryDelay?: string;
+  readonly retryMaxDelay?: string;
+}
+
+function number(flag: string, s: string, min: number, max: number, integer: boolean): number {
+  const ok = integer ? /^-?\d+$/.test(s) : /^\d+(\.\d+)?$/.test(s);
+  const n = Number(s);
+  if (!ok || n < min || n > max) {
+    throw new NarpushError('BAD_OPTION', `${flag} takes a ${integer ? 'whole ' : ''}number from ${min} to ${max}, not '${s}'`);
+  }
+  return n;
+}
+
+/** The inherited listening socket, when systemd started us by socket activation. */
+function socketActivationFd(env: NodeJS.ProcessEnv): number | undefined {
+  if (env.LISTEN_PID !== String(process.pid)) return undefined;
+  const n = Number(env.LISTEN_FDS);
+  return Number.isInteger(n) && n >= 1 ? 3 : undefined;
+}
+
+export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<number> {
+  // 1. Everything the user gave, checked before anything starts.
+  const config = parseCacheUrl(flags.to, { cwd: process.cwd() });
+  const method: Compression = flags.compression ? parseCompression(flags.compression) : (config.params.compression ?? 'xz');
+  const levelGiven =
+    flags.compressionLevel !== undefined ? number('--compression-level', flags.compressionLevel, -1e6, 1e6, true) : config.params.compressionLevel;
+  // Undefined: the method's default ('none' takes no level at all).
+  const level = levelGiven === undefined ? undefined : compressionLevel(method, levelGiven);
+  const jobs = flags.jobs !== undefined ? number('--jobs', flags.jobs, 1, 256, true) : DEFAULT_JOBS;
+  const graceMs = 1000 * (flags.shutdownGrace !== undefined ? number('--shutdown-grace', flags.shutdownGrace, 0, 3600, false) : 10);
+  const retry = {
+    initialDelayMs:
+      flags.retryDelay !== undefined ? 1000 * number('--retry-delay', flags.retryDelay, 0.001, 86400, false) : DEFAULT_RETRY_POLICY.initialDelayMs,
+    maxDelayMs:
+      flags.retryMaxDelay !== undefined ? 1000 * number('--retry-max-delay', flags.retryMaxDelay, 0.001, 86400, false) : DEFAULT_RETRY_POLICY.maxDelayMs,
+  };
+  if (retry.maxDelayMs < retry.initialDelayMs) throw new NarpushError('BAD_OPTION', '--retry-max-delay is shorter than --retry-delay');
+  const keys: SecretKey[] = [];
+  for (const f of new Set([...flags.secretKeyFile, ...config.params.secretKeyFiles])) keys.push(await readSecretKeyFile(f));
+
+  // LISTEN_* are meant for this process only, not for the nix-daemon it may spawn.
+  const env: NodeJS.ProcessEnv = { ...ctx.env };
+  const listenFd = socketActivationFd(env);
+  delete env.LISTEN_FDS;
+  delete env.LISTEN_PID;
+  delete env.LISTEN_FDNAMES;
+  const socketPath = nodePath.resolve(flags.socket ?? (env.NARPUSH_SOCKET || DEFAULT_SOCKET));
+  const stateDir = nodePath.resolve(flags.stateDir ?? (env.NARPUSH_STATE_DIR || DEFAULT_STATE_DIR));
+
+  const transport = storeTransportFromEnv(env);
+  const openStore = (): Promise<StoreClient> => StoreClient.open({ transport, storeDir: ctx.storeDir });
+  // The query connection: opened now, so that an unusable store is an error at start.
+  const queries = new StoreHandle(openStore);
+  await queries.get();
+
+  const log = (e: LogEvent): void => void ctx.stderr.write(`${formatLogEvent(e)}\n`);
+  const backend = await openCacheBackend(config);
+  const pipeline = createPipeline({
+    storeDir: ctx.storeDir,
+    openStore,
+    backend,
+    cacheInfo: {
+      storeDir: ctx.storeDir,
+      wantMassQuery: config.params.wantMassQuery ?? true,
+      ...(config.params.priority !== undefined ? { priority: config.params.priority } : {}),
+    },
+    compression: {
+      method,
+      ...(level !== undefined ? { level } : {}),
+      ...(config.params.parallelCompression === false ? { threads: 1 } : {}),
+    },
+    signingKeys: keys,
+    jobs,
+  });
+
+  let running;
+  try {
+    running = await startDaemon(
+      {
+        stateDir,
+        storeDir: ctx.storeDir,
+        ...(listenFd !== undefined ? { listenFd } : { socketPath }),
+        cache: backend.description,
+        retry,
+        shutdownGraceMs: graceMs,
+      },
+      {
+        validPaths: async (paths) =>
+          new Set((await queries.use((s) => s.queryValidPaths(paths), { retry: true })).map((p) => p.path)),
+        upload: pipeline.upload,
+        onIdle: () => pipeline.idle(),
+        log,
+      },
+    );
+  } catch (e) {
+    await Promise.allSettled([queries.close(), pipeline.close()]);
+    throw e;
+  }
+
+  // 2. Run until told to stop.
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals): void => {
+      log({ event: 'stopping', detail: `received ${signal}` });
+      void running.stop().then(resolve, resolve);
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+  await Promise.allSettled([queries.close(), pipeline.close()]);
+  // Whatever handle a library left open must not keep a stopped daemon alive.
+  setTimeout(() => process.exit(0), 2000).unref();
+  return 0;
+}

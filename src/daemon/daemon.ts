@@ -1,0 +1,299 @@
+/**
+ * The narpush daemon, assembled: state directory, journal and queue, the
+ * hook's spool, the socket server and the worker. The store and the cache
+ * come in as functions (`validPaths`, `upload`), so this file is tested
+ * with fakes and never imports the store client, the S3 SDK or a
+ * compressor; src/cli/daemon.ts wires the real ones.
+ *
+ * Order of events that makes "nothing acknowledged is ever lost" hold:
+ * a request is validated, its paths are appended to the journal and
+ * fsync'd, and only then answered; a spool file is deleted only after its
+ * paths are in the journal; a path leaves the journal (a `done` record)
+ * only after its closure is in the cache.
+ */
+import type { StorePath } from '../store/store-path.js';
+import { type RetryPolicy, DEFAULT_RETRY_POLICY } from './backoff.js';
+import { Journal } from './journal.js';
+import type { DaemonLogger } from './log.js';
+import { type EnqueueAnswer, type ErrorAnswer, MAX_LINE_BYTES, type RejectedPath } from './protocol.js';
+import { WorkQueue } from './queue.js';
+import { type ParsedRequest, parseRequest } from './request.js';
+import { startServer, type SocketServer } from './server.js';
+import { listSpool, markSpoolFileRejected, readSpoolFile, removeSpoolFile, removeStaleTempFiles } from './spool.js';
+import { type StateDirLayout, claimStateDir, releaseStateDir } from './state-dir.js';
+import { type PipelineEvent, type UploadBatch, Worker } from './worker.js';
+
+export interface DaemonConfig {
+  readonly stateDir: string;
+  readonly storeDir: string;
+  /** The socket to create; or `listenFd` for an inherited one (systemd). */
+  readonly socketPath?: string;
+  readonly listenFd?: number;
+  /** The cache, for status (no secrets: a CacheBackend description). */
+  readonly cache: string;
+  readonly retry?: RetryPolicy;
+  /** How long in-flight uploads may run on after SIGTERM before they are aborted; default 10 s. */
+  readonly shutdownGraceMs?: number;
+  readonly idleTimeoutMs?: number;
+  /** How often the spool is checked for new files; default 1 s. */
+  readonly spoolPollMs?: number;
+  readonly maxBatch?: number;
+  readonly compactAtBytes?: number;
+}
+
+export interface DaemonDeps {
+  /** The subset of `paths` that is valid in the local store; may throw when the store cannot be asked. */
+  readonly validPaths: (paths: readonly StorePath[]) => Promise<ReadonlySet<string>>;
+  readonly upload: UploadBatch;
+  /** The queue ran dry. */
+  readonly onIdle?: () => Promise<void>;
+  readonly log: DaemonLogger;
+  readonly now?: () => number;
+  readonly random?: () => number;
+}
+
+export interface FailingPath {
+  readonly path: string;
+  readonly attempts: number;
+  readonly lastError: string;
+  /** Seconds until the next attempt; 0 when it is queued or uploading now. */
+  readonly nextRetryInSeconds: number;
+}
+
+/** What `narpush status` shows. Counts of `uploaded`/`skipped` are of closure paths; the rest are of queued paths. */
+export interface DaemonStatus {
+  readonly pid: number;
+  readonly socket: string;
+  readonly stateDir: string;
+  readonly cache: string;
+  readonly startedAt: string;
+  readonly uptimeSeconds: number;
+  /** Waiting to be uploaded (including those waiting for a retry). */
+  readonly queued: number;
+  readonly inFlight: readonly string[];
+  readonly waitingRetry: number;
+  readonly uploaded: number;
+  readonly skipped: number;
+  /** Queued paths given up on because they left the store. */
+  readonly dropped: number;
+  /** Paths refused at the socket or in the spool. */
+  readonly rejected: number;
+  /** Failed attempts since start. */
+  readonly failures: number;
+  readonly failing: readonly FailingPath[];
+  readonly narBytes: number;
+  readonly fileBytes: number;
+  /** Time spent uploading. */
+  readonly busySeconds: number;
+  /** NAR bytes per second of busy time. */
+  readonly narBytesPerSecond: number;
+}
+
+export interface RunningDaemon {
+  readonly address: string;
+  /** Paths the journal held at start. */
+  readonly resumed: number;
+  status(): DaemonStatus;
+  /** Ingest the spool now (it is also polled). */
+  ingestSpool(): Promise<void>;
+  /** Stop: no new requests, in-flight uploads get the grace period. A second call aborts them at once. */
+  stop(): Promise<void>;
+}
+
+function message(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0]!;
+}
+
+export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promise<RunningDaemon> {
+  const { log } = deps;
+  const now = deps.now ?? Date.now;
+  const started = now();
+  const layout: StateDirLayout = await claimStateDir(config.stateDir);
+  const { journal, replayed } = await Journal.open(layout.journal, { compactAtBytes: config.compactAtBytes });
+  if (replayed.tornTail) log({ event: 'warning', detail: 'the queue journal ended in a partial line (a crash mid-write); ignored it' });
+  if (replayed.badLines > 0) log({ event: 'warning', detail: `skipped ${replayed.badLines} unreadable line(s) of the queue journal` });
+
+  const queue = new WorkQueue(journal, {
+    retry: config.retry ?? DEFAULT_RETRY_POLICY,
+    now,
+    ...(deps.random ? { random: deps.random } : {}),
+  });
+  queue.restore(replayed.pending.values());
+
+  const stats = { uploaded: 0, skipped: 0, dropped: 0, rejected: 0, failures: 0, narBytes: 0, fileBytes: 0, busySeconds: 0 };
+  const onEvent = (e: PipelineEvent): void => {
+    if (e.type === 'uploaded') {
+      stats.uploaded++;
+      stats.narBytes += e.narSize;
+      stats.fileBytes += e.fileSize;
+      log({ event: 'uploaded', subject: e.path, detail: `(${e.narSize} bytes -> ${e.fileSize} bytes, ${e.seconds.toFixed(2)} s)` });
+    } else if (e.type === 'skipped') {
+      stats.skipped++;
+      log({ event: 'skipped', subject: e.path, detail: '(already in the cache)' });
+    } else {
+      log({ event: 'failed', subject: e.path, detail: e.error });
+    }
+  };
+  const worker = new Worker(queue, {
+    upload: deps.upload,
+    ...(config.maxBatch !== undefined ? { maxBatch: config.maxBatch } : {}),
+    log: (e) => {
+      if (e.event === 'retry') stats.failures++;
+      if (e.event === 'dropped') stats.dropped++;
+      log(e);
+    },
+    onEvent,
+    ...(deps.onIdle ? { onIdle: deps.onIdle } : {}),
+    onBatch: (s) => (stats.busySeconds += s),
+  });
+
+  /** Validate against the store and queue durably. Throws only when the journal cannot be written. */
+  const enqueue = async (req: Extract<ParsedRequest, { op: 'enqueue' }>, source: string): Promise<EnqueueAnswer> => {
+    const rejected: RejectedPath[] = [...req.rejected];
+    let targets = req.targets;
+    if (targets.length > 0) {
+      try {
+        const valid = await deps.validPaths(targets);
+        for (const t of targets) if (!valid.has(t.path)) rejected.push({ path: t.path, reason: 'not valid in the local store' });
+        targets = targets.filter((t) => valid.has(t.path));
+      } catch (e) {
+        // Queue them anyway: the worker checks again before uploading, and a path must not be lost to a store hiccup.
+        log({ event: 'warning', detail: `cannot check paths against the store (${message(e)}); queueing them unchecked` });
+      }
+    }
+    for (const r of rejected) log({ event: 'rejected', subject: r.path, detail: `${r.reason} (from ${source})` });
+    stats.rejected += rejected.length;
+    const r = await queue.enqueue(targets.map((t) => t.path));
+    const via = req.drv && !r.queued.includes(req.drv.path) ? `from ${source}, ${req.drv.path}` : `from ${source}`;
+    for (const p of r.queued) log({ event: 'queued', subject: p, detail: `(${via})` });
+    return { ok: true, queued: r.queued.length, duplicates: r.duplicates.length, rejected };
+  };
+
+  const handle = async (line: string): Promise<unknown> => {
+    const parsed = parseRequest(line, config.storeDir);
+    if (!parsed.ok) {
+      stats.rejected++;
+      log({ event: 'rejected', subject: 'a request', detail: parsed.error });
+      return { ok: false, code: 'BAD_REQUEST', error: parsed.error } satisfies ErrorAnswer;
+    }
+    if (parsed.request.op === 'status') return { ok: true, status: status() };
+    try {
+      return await enqueue(parsed.request, 'the socket');
+    } catch (e) {
+      log({ event: 'warning', detail: `cannot write the queue journal: ${message(e)}` });
+      return { ok: false, code: 'QUEUE_UNAVAILABLE', error: `the daemon cannot write its queue: ${message(e)}` } satisfies ErrorAnswer;
+    }
+  };
+
+  // Spool ingestion runs one pass at a time; a pass asked for meanwhile runs after it.
+  let ingesting: Promise<void> = Promise.resolve();
+  const ingestOnce = async (): Promise<void> => {
+    await removeStaleTempFiles(layout.spool, 10 * 60_000).catch(() => 0);
+    for (const name of await listSpool(layout.spool)) {
+      let line: string;
+      try {
+        line = (await readSpoolFile(layout.spool, name, MAX_LINE_BYTES + 1)).replace(/\n$/, '');
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        log({ event: 'rejected', subject: name, detail: `unreadable spool file (${message(e)}); kept as ${name}.rejected` });
+        await markSpoolFileRejected(layout.spool, name).catch(() => {});
+        continue;
+      }
+      const parsed = parseRequest(line, config.storeDir);
+      if (!parsed.ok || parsed.request.op !== 'enqueue') {
+        stats.rejected++;
+        log({ event: 'rejected', subject: name, detail: `${parsed.ok ? 'not an enqueue request' : parsed.error}; kept as ${name}.rejected` });
+        await markSpoolFileRejected(layout.spool, name).catch(() => {});
+        continue;
+      }
+      try {
+        await enqueue(parsed.request, 'the spool');
+      } catch (e) {
+        log({ event: 'warning', detail: `cannot queue spool file ${name} (${message(e)}); will try again` });
+        return;
+      }
+      await removeSpoolFile(layout.spool, name).catch(() => {});
+    }
+  };
+  const ingestSpool = (): Promise<void> => {
+    ingesting = ingesting.then(ingestOnce).catch((e: unknown) => log({ event: 'warning', detail: `spool: ${message(e)}` }));
+    return ingesting;
+  };
+
+  const status = (): DaemonStatus => {
+    const t = now();
+    const items = queue.list();
+    const failing = items
+      .filter((i) => i.attempts > 0)
+      .slice(0, 100)
+      .map((i) => ({
+        path: i.path,
+        attempts: i.attempts,
+        lastError: i.lastError ?? '',
+        nextRetryInSeconds: i.state === 'waiting' ? Math.max(0, Math.round((i.notBefore - t) / 1000)) : 0,
+      }));
+    return {
+      pid: process.pid,
+      socket: server?.address ?? '',
+      stateDir: config.stateDir,
+      cache: config.cache,
+      startedAt: new Date(started).toISOString(),
+      uptimeSeconds: Math.round((t - started) / 1000),
+      queued: items.filter((i) => i.state !== 'running').length,
+      inFlight: items.filter((i) => i.state === 'running').map((i) => i.path),
+      waitingRetry: items.filter((i) => i.state === 'waiting').length,
+      uploaded: stats.uploaded,
+      skipped: stats.skipped,
+      dropped: stats.dropped,
+      rejected: stats.rejected,
+      failures: stats.failures,
+      failing,
+      narBytes: stats.narBytes,
+      fileBytes: stats.fileBytes,
+      busySeconds: Number(stats.busySeconds.toFixed(3)),
+      narBytesPerSecond: stats.busySeconds > 0 ? Math.round(stats.narBytes / stats.busySeconds) : 0,
+    };
+  };
+
+  let server: SocketServer | undefined;
+  try {
+    await ingestSpool();
+    server = await startServer({
+      ...(config.listenFd !== undefined ? { listenFd: config.listenFd } : { socketPath: config.socketPath! }),
+      ...(config.idleTimeoutMs !== undefined ? { idleTimeoutMs: config.idleTimeoutMs } : {}),
+      handle,
+      log,
+    });
+  } catch (e) {
+    await journal.close().catch(() => {});
+    await releaseStateDir(layout);
+    throw e;
+  }
+  const poll = setInterval(() => void ingestSpool(), config.spoolPollMs ?? 1000);
+  worker.start();
+  log({
+    event: 'started',
+    detail: `listening on ${server.address}, state in ${config.stateDir}, uploading to ${config.cache}; ${replayed.pending.size} path(s) resumed from the journal`,
+  });
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    if (stopping) {
+      worker.abortNow();
+      return stopping;
+    }
+    stopping = (async () => {
+      log({ event: 'stopping', detail: `waiting up to ${((config.shutdownGraceMs ?? 10_000) / 1000).toFixed(0)} s for uploads in flight` });
+      clearInterval(poll);
+      await server!.close();
+      await ingesting;
+      await worker.stop(config.shutdownGraceMs ?? 10_000);
+      await journal.close();
+      await releaseStateDir(layout);
+      log({ event: 'stopped', detail: `${queue.size} path(s) left in the queue for the next start` });
+    })();
+    return stopping;
+  };
+
+  return { address: server.address, resumed: replayed.pending.size, status, ingestSpool, stop };
+}

@@ -1,0 +1,173 @@
+/**
+ * The daemon's upload function: the same pipeline as `narpush upload-path`
+ * (src/cache/push.ts resolvePaths, src/cache/upload.ts uploadPaths), applied
+ * to a batch of queued paths and turned into one outcome per queued path.
+ *
+ * A queued .drv means its outputs (Nix 2.8.0 gives the hook an empty
+ * OUT_PATHS). Each queued path is resolved on its own, so one path that left
+ * the store (`dropped`) or cannot be read fails only itself; the closures are
+ * then merged and uploaded together, so shared dependencies go up once and
+ * paths already in the cache are skipped. A queued path is `done` only when
+ * its whole closure is in the cache.
+ */
+import { isNarpushError } from '../errors.js';
+import type { CacheBackend } from '../cache/backend.js';
+import { type CacheInfo, ensureCacheInfo } from '../cache/cache-info.js';
+import type { CompressionOptions } from '../cache/compression.js';
+import { resolvePaths } from '../cache/push.js';
+import { type UploadEvent, uploadPaths } from '../cache/upload.js';
+import type { SecretKey } from '../signing/keys.js';
+import type { StoreClient } from '../store/client.js';
+import type { PathInfo } from '../store/path-info.js';
+import { type StorePath, parseStorePath } from '../store/store-path.js';
+import { StoreHandle, isConnectionError } from './store-handle.js';
+import type { PathOutcome, PipelineEvent, UploadBatch, UploadContext } from './worker.js';
+
+export interface PipelineOptions {
+  readonly storeDir: string;
+  /** Opens a store connection for the worker (kept while busy, reopened when broken). */
+  readonly openStore: () => Promise<StoreClient>;
+  readonly backend: CacheBackend;
+  /** What nix-cache-info must say; created when the cache has none. */
+  readonly cacheInfo: CacheInfo;
+  readonly compression: CompressionOptions;
+  readonly signingKeys: readonly SecretKey[];
+  /** NARs uploaded at once. */
+  readonly jobs: number;
+}
+
+export interface Pipeline {
+  readonly upload: UploadBatch;
+  /** The queue ran dry: close the store connection, releasing its temporary GC roots. */
+  idle(): Promise<void>;
+  close(): Promise<void>;
+}
+
+function message(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0]!;
+}
+
+async function resolveOne(store: StoreClient, path: string, storeDir: string): Promise<{ outputs: StorePath[]; infos: PathInfo[] } | PathOutcome> {
+  const sp = parseStorePath(path, storeDir);
+  let outputs: StorePath[] = [sp];
+  if (sp.name.endsWith('.drv')) {
+    if (!(await store.isValidPath(sp))) return { kind: 'dropped', reason: 'the derivation is no longer in the local store' };
+    const outs = await store.derivationOutputs(sp);
+    const unbuilt = [...outs].filter(([, o]) => !o).map(([name]) => name);
+    if (unbuilt.length > 0) return { kind: 'failed', error: `output(s) ${unbuilt.join(', ')} of the derivation are not built` };
+    outputs = [...outs.values()] as StorePath[];
+  }
+  const valid = new Set((await store.queryValidPaths(outputs)).map((p) => p.path));
+  const gone = outputs.filter((o) => !valid.has(o.path));
+  if (gone.length > 0) {
+    return { kind: 'dropped', reason: `${gone.map((g) => g.path).join(', ')} is no longer valid in the local store (garbage-collected?)` };
+  }
+  return { outputs, infos: await resolvePaths(store, outputs, true) };
+}
+
+/** The first failure in the closure of `outputs` that is not merely "a reference failed": the cause. */
+function rootCause(outputs: readonly StorePath[], infos: ReadonlyMap<string, PathInfo>, failed: ReadonlyMap<string, string>, codes: ReadonlyMap<string, string>): string | undefined {
+  const seen = new Set<string>();
+  const stack = outputs.map((o) => o.baseName);
+  let first: string | undefined;
+  while (stack.length > 0) {
+    const b = stack.pop()!;
+    if (seen.has(b)) continue;
+    seen.add(b);
+    const err = failed.get(b);
+    if (err !== undefined) {
+      if (codes.get(b) !== 'REFERENCE_MISSING') return err;
+      first ??= err;
+    }
+    for (const r of infos.get(b)?.references ?? []) stack.push(r.baseName);
+  }
+  return first;
+}
+
+export function createPipeline(opts: PipelineOptions): Pipeline {
+  const store = new StoreHandle(opts.openStore);
+  let cacheChecked = false;
+
+  const upload: UploadBatch = async (paths: readonly string[], ctx: UploadContext) => {
+    const outcomes = new Map<string, PathOutcome>();
+    const failAll = (error: string): Map<string, PathOutcome> => {
+      for (const p of paths) if (!outcomes.has(p)) outcomes.set(p, { kind: 'failed', error });
+      return outcomes;
+    };
+    if (!cacheChecked) {
+      try {
+        await ensureCacheInfo(opts.backend, opts.cacheInfo);
+        cacheChecked = true;
+      } catch (e) {
+        return failAll(`cannot use the cache: ${message(e)}`);
+      }
+    }
+    let client: StoreClient;
+    try {
+      client = await store.get();
+    } catch (e) {
+      return failAll(`cannot open the Nix store: ${message(e)}`);
+    }
+
+    let broken = false;
+    const roots = new Map<string, readonly StorePath[]>();
+    const infos = new Map<string, PathInfo>();
+    await Promise.all(
+      paths.map(async (p) => {
+        try {
+          const r = await resolveOne(client, p, opts.storeDir);
+          if ('kind' in r) return void outcomes.set(p, r);
+          roots.set(p, r.outputs);
+          for (const i of r.infos) infos.set(i.path.baseName, i);
+        } catch (e) {
+          if (isConnectionError(e)) broken = true;
+          if (isNarpushError(e) && (e.code === 'INVALID_PATH' || e.code === 'BAD_STORE_PATH')) {
+            outcomes.set(p, { kind: 'dropped', reason: message(e) });
+          } else {
+            outcomes.set(p, { kind: 'failed', error: message(e) });
+          }
+        }
+      }),
+    );
+    if (broken) await store.reset();
+    if (roots.size === 0) return outcomes;
+
+    const forward = (e: UploadEvent): void => {
+      if (e.type === 'uploaded') {
+        ctx.onEvent({ type: 'uploaded', path: e.info.path.path, narSize: e.info.narSize, fileSize: e.nar.fileSize, seconds: e.seconds });
+      } else if (e.type === 'skipped') {
+        ctx.onEvent({ type: 'skipped', path: e.info.path.path });
+      } else if (e.type === 'failed' && !ctx.signal.aborted && e.error.code !== 'REFERENCE_MISSING') {
+        ctx.onEvent({ type: 'failed', path: e.info.path.path, error: e.error.message });
+      }
+    };
+    let report;
+    try {
+      report = await uploadPaths([...infos.values()], {
+        backend: opts.backend,
+        compression: opts.compression,
+        signingKeys: opts.signingKeys,
+        jobs: opts.jobs,
+        signal: ctx.signal,
+        onEvent: forward,
+      });
+    } catch (e) {
+      return failAll(message(e));
+    }
+    const failed = new Map(report.failed.map((f) => [f.info.path.baseName, f.error.message]));
+    const codes = new Map(report.failed.map((f) => [f.info.path.baseName, f.error.code]));
+    for (const [p, outputs] of roots) {
+      const cause = rootCause(outputs, infos, failed, codes);
+      outcomes.set(p, cause === undefined ? { kind: 'done' } : { kind: 'failed', error: cause });
+    }
+    return outcomes;
+  };
+
+  return {
+    upload,
+    idle: () => store.reset(),
+    close: async () => {
+      await Promise.allSettled([store.close(), opts.backend.close()]);
+    },
+  };
+}
