@@ -1,0 +1,358 @@
+# NixOS module: services.narpush.
+#
+# Runs `narpush daemon` as a hardened systemd service behind a socket unit,
+# and points nix.settings.post-build-hook at a tiny wrapper around
+# bin/narpush-hook. Every build nix-daemon performs is handed to the narpush
+# daemon in milliseconds; uploading happens outside the build loop.
+#
+# How the pieces fit (and why):
+# - narpush.socket owns the hook socket, so hooks are answered (systemd starts
+#   the service on the first connection) even before narpush.service runs.
+# - nix-daemon runs the hook as root. The wrapper drops to the service user
+#   with setpriv before exec'ing narpush-hook: then a request the hook must
+#   spool (daemon down or slow) is a file the service can read and delete.
+# - Secrets never reach the Nix store: the signing key is passed by path and
+#   read through LoadCredential= (so it may stay root:root 0600), and S3
+#   credentials come from `environmentFile`, read by systemd as root.
+# - The daemon reads the store through nix-daemon's socket (NIX_REMOTE=daemon)
+#   as an ordinary user, so the whole filesystem can be read-only to it.
+#
+# This module must never put a secret in the store, nor change who may use
+# Nix (it only adds its own user to allowed-users).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.narpush;
+  narpushLib = import ./lib.nix;
+  inherit (lib) mkOption types;
+
+  cacheDir = narpushLib.fileCacheDir cfg.uploadTo;
+  stateDirectoryName = narpushLib.stateDirectoryName cfg.stateDir;
+  isStorePath = p: lib.hasPrefix "${builtins.storeDir}/" (toString p);
+
+  hookWrapper = pkgs.writeScript "narpush-post-build-hook" (
+    narpushLib.hookScript {
+      shell = "${pkgs.runtimeShell}";
+      hook = "${cfg.package}/bin/narpush-hook";
+      setpriv = "${pkgs.util-linux}/bin/setpriv";
+      inherit (cfg)
+        socketPath
+        stateDir
+        user
+        group
+        ;
+    }
+  );
+in
+{
+  options.services.narpush = {
+    enable = lib.mkEnableOption "narpush, which uploads every path Nix builds to a binary cache, outside the build loop";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.narpush;
+      defaultText = lib.literalExpression "pkgs.narpush (the flake's packages.\${system}.default)";
+      description = "The narpush package. Both `narpush` and `narpush-hook` are taken from it.";
+    };
+
+    uploadTo = mkOption {
+      type = types.str;
+      example = "s3://example-nix-cache?region=eu-west-1";
+      description = ''
+        The cache to upload to: the `--to` URL of `narpush daemon`.
+        `s3://bucket?region=…&endpoint=…&profile=…` for S3 and S3-compatible
+        servers such as MinIO, or `file:///absolute/dir` for a directory
+        (which the service is then allowed to write). See the README for
+        every URL parameter.
+      '';
+    };
+
+    secretKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/secrets/narpush/cache.example.org-1.secret";
+      description = ''
+        Path to a Nix binary cache secret key (`narpush generate-key` or
+        `nix-store --generate-binary-cache-key`); narinfos are signed with
+        it. A string, not a Nix path, so the key is never copied into the
+        world-readable store. It may be owned by root with mode 0600: the
+        service reads it through systemd's `LoadCredential=`. Without a key
+        the uploads are unsigned, and clients must not require signatures.
+      '';
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/secrets/narpush/s3.env";
+      description = ''
+        A file of `NAME=value` lines for the daemon's environment, read by
+        systemd as root (so it may be mode 0600): S3 credentials
+        (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`),
+        or `AWS_SHARED_CREDENTIALS_FILE`/`AWS_CONFIG_FILE` for `profile=`.
+        A path string, never copied into the store.
+      '';
+    };
+
+    compression = mkOption {
+      type = types.enum [
+        "xz"
+        "zstd"
+        "none"
+      ];
+      default = narpushLib.defaults.compression;
+      description = "How NARs are compressed. xz is Nix's default; zstd is much faster at a slightly larger size.";
+    };
+
+    compressionLevel = mkOption {
+      type = types.nullOr types.int;
+      default = null;
+      example = 9;
+      description = "The compression level (xz: 0-9, default 6; zstd: 1-19, default 3). Null keeps the method's default.";
+    };
+
+    jobs = mkOption {
+      type = types.ints.between 1 256;
+      default = narpushLib.defaults.jobs;
+      description = "How many store paths are uploaded in parallel.";
+    };
+
+    socketPath = mkOption {
+      type = types.str;
+      default = narpushLib.defaults.socketPath;
+      description = "The Unix socket the hook talks to (owned by narpush.socket).";
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = narpushLib.defaults.stateDir;
+      description = ''
+        The daemon's durable queue and the hook's spool. Under /var/lib it is
+        managed with `StateDirectory=`; anywhere else it is created by
+        tmpfiles and made writable to the service.
+      '';
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = narpushLib.defaults.user;
+      description = ''
+        The user the daemon (and, through setpriv, the hook) runs as. The
+        default `narpush` is created as a system user. It needs no access
+        beyond the Nix daemon's socket, the state directory and the network.
+      '';
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = narpushLib.defaults.group;
+      description = "The group of the daemon; members may write to the hook socket (mode 0660).";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "--shutdown-grace"
+        "30"
+        "--retry-max-delay"
+        "300"
+      ];
+      description = "More arguments for `narpush daemon` (see `narpush daemon --help`).";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = lib.hasPrefix "s3://" cfg.uploadTo || lib.hasPrefix "file:///" cfg.uploadTo;
+        message = "services.narpush.uploadTo must be an s3://bucket or a file:///absolute/dir URL, not '${cfg.uploadTo}'.";
+      }
+      {
+        assertion = cfg.secretKeyFile == null || (lib.hasPrefix "/" cfg.secretKeyFile && !isStorePath cfg.secretKeyFile);
+        message = "services.narpush.secretKeyFile must be an absolute path outside the Nix store (the store is world-readable): write it as a string, not a Nix path.";
+      }
+      {
+        assertion = cfg.environmentFile == null || (lib.hasPrefix "/" cfg.environmentFile && !isStorePath cfg.environmentFile);
+        message = "services.narpush.environmentFile must be an absolute path outside the Nix store: it holds credentials.";
+      }
+      {
+        assertion = !(lib.hasInfix "secret-key=" cfg.uploadTo || lib.hasInfix "secret-keys=" cfg.uploadTo);
+        message = "services.narpush.uploadTo: give the signing key with services.narpush.secretKeyFile, not secret-key= in the URL (the service could not read it).";
+      }
+      {
+        assertion = cfg.compression != "none" || cfg.compressionLevel == null;
+        message = "services.narpush.compressionLevel makes no sense with compression = \"none\".";
+      }
+      {
+        assertion =
+          cfg.compressionLevel == null
+          || cfg.compression == "none"
+          || (
+            let
+              r = narpushLib.compressionLevels.${cfg.compression};
+            in
+            cfg.compressionLevel >= r.min && cfg.compressionLevel <= r.max
+          );
+        message = "services.narpush.compressionLevel is out of range for ${cfg.compression} (xz: 0-9, zstd: 1-19).";
+      }
+      {
+        assertion = lib.hasPrefix "/" cfg.socketPath && lib.hasPrefix "/" cfg.stateDir;
+        message = "services.narpush.socketPath and services.narpush.stateDir must be absolute paths.";
+      }
+      {
+        assertion = cacheDir == null || (cacheDir != "/" && !isStorePath cacheDir && !lib.hasPrefix "/nix/" cacheDir);
+        message = "services.narpush.uploadTo: a file:// cache needs a directory of its own, outside /nix.";
+      }
+    ];
+
+    warnings = lib.optional (cfg.user == "root") "services.narpush.user is root: the daemon then runs with far more privilege than it needs.";
+
+    users.users = lib.mkIf (cfg.user == narpushLib.defaults.user) {
+      ${cfg.user} = {
+        isSystemUser = true;
+        inherit (cfg) group;
+        home = cfg.stateDir;
+        description = "narpush binary cache uploader";
+      };
+    };
+    users.groups = lib.mkIf (cfg.group == narpushLib.defaults.group) { ${cfg.group} = { }; };
+
+    # The daemon reads the store through nix-daemon as this user.
+    nix.settings.extra-allowed-users = [ cfg.user ];
+    # Only one post-build-hook can exist: a second definition is a conflict
+    # the module system reports.
+    nix.settings.post-build-hook = "${hookWrapper}";
+
+    environment.systemPackages = [ cfg.package ];
+    # `narpush status` as root or a member of the group finds the daemon without --socket.
+    environment.variables.NARPUSH_SOCKET = cfg.socketPath;
+
+    # The state directory and the spool exist from boot, before the service
+    # first runs, so that a hook can spool even then.
+    systemd.tmpfiles.rules = [
+      "d ${cfg.stateDir} 0750 ${cfg.user} ${cfg.group} - -"
+      "d ${cfg.stateDir}/spool 0700 ${cfg.user} ${cfg.group} - -"
+    ];
+
+    systemd.sockets.narpush = {
+      description = "narpush post-build-hook socket";
+      wantedBy = [ "sockets.target" ];
+      socketConfig = {
+        ListenStream = cfg.socketPath;
+        SocketUser = cfg.user;
+        SocketGroup = cfg.group;
+        # Only root, the service user and the group may queue paths.
+        SocketMode = "0660";
+        DirectoryMode = "0755";
+        Service = "narpush.service";
+      };
+    };
+
+    systemd.services.narpush = {
+      description = "narpush: upload built store paths to ${lib.head (lib.splitString "?" cfg.uploadTo)}";
+      # Started at boot too, not only on the first hook: it resumes its queue
+      # and ingests the spool when it starts.
+      wantedBy = [ "multi-user.target" ];
+      requires = [
+        "narpush.socket"
+        "nix-daemon.socket"
+      ];
+      wants = [ "network-online.target" ];
+      after = [
+        "narpush.socket"
+        "nix-daemon.socket"
+        "network-online.target"
+      ];
+      # NIX_REMOTE: always nix-daemon's socket (the service may not open the
+      # store database itself). The NARPUSH_* variables only matter to
+      # commands run by hand in the service's environment.
+      environment = {
+        NIX_REMOTE = "daemon";
+        NARPUSH_SOCKET = cfg.socketPath;
+        NARPUSH_STATE_DIR = cfg.stateDir;
+      };
+
+      serviceConfig = {
+        Type = "exec";
+        ExecStart = narpushLib.execStart {
+          program = "${cfg.package}/bin/narpush";
+          loadsSecretKey = cfg.secretKeyFile != null;
+          inherit (cfg)
+            uploadTo
+            socketPath
+            stateDir
+            jobs
+            compression
+            compressionLevel
+            extraArgs
+            ;
+        };
+        User = cfg.user;
+        Group = cfg.group;
+        EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
+        LoadCredential = lib.optional (cfg.secretKeyFile != null) "${narpushLib.secretKeyCredential}:${cfg.secretKeyFile}";
+
+        # SIGTERM: the daemon lets uploads in flight finish (10 s by default,
+        # --shutdown-grace) and exits 0; whatever is left stays queued on disk.
+        KillSignal = "SIGTERM";
+        TimeoutStopSec = "60s";
+        Restart = "on-failure";
+        RestartSec = "10s";
+
+        StateDirectory = lib.mkIf (stateDirectoryName != null) stateDirectoryName;
+        StateDirectoryMode = "0750";
+        ReadWritePaths =
+          lib.optional (stateDirectoryName == null) cfg.stateDir ++ lib.optional (cacheDir != null) cacheDir;
+        # Files of a file:// cache must be readable by whatever serves it; the
+        # daemon creates its journal 0600 itself.
+        UMask = "0022";
+
+        # Hardening. The daemon needs: the network (S3), nix-daemon's socket
+        # (connecting to a socket works on a read-only mount), reading
+        # /nix/store, and writing its state directory (and a file:// cache).
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ReadOnlyPaths = [ "/nix/store" ];
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        DevicePolicy = "closed";
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        ProtectProc = "invisible";
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+        ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        # Node's JIT writes machine code at run time.
+        MemoryDenyWriteExecute = false;
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        # A filtered call fails with EPERM instead of killing Node (libuv
+        # probes io_uring and falls back).
+        SystemCallErrorNumber = "EPERM";
+        RemoveIPC = true;
+      };
+    };
+  };
+}
