@@ -1,0 +1,24 @@
+/**
+ * `npm run bench`: every benchmark, one after the other, each in its own
+ * process (so one's memory and JIT state do not colour the next). Each
+ * prints its own table; nothing here judges the figures.
+ *
+ * Usage: npm run bench [-- NAME...]   NAME: dump-path, path-info, upload, hook-latency
+ */
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import * as path from 'node:path';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const all = ['dump-path', 'path-info', 'upload', 'hook-latency'];
+const chosen = process.argv.slice(2).filter((a) => all.includes(a));
+let failed = 0;
+for (const name of chosen.length > 0 ? chosen : all) {
+  console.log(`\n=== ${name} ===`);
+  const r = spawnSync(process.execPath, [path.join(here, `${name}.js`)], { stdio: 'inherit' });
+  if (r.status !== 0) {
+    console.log(`(${name} failed with ${r.status ?? r.signal})`);
+    failed++;
+  }
+}
+process.exit(failed === 0 ? 0 : 1);
