@@ -25,7 +25,7 @@ rec {
     };
     zstd = {
       min = 1;
-      max = 19;
+      max = 22;
     };
   };
 

@@ -113,7 +113,7 @@ in
       type = types.nullOr types.int;
       default = null;
       example = 9;
-      description = "The compression level (xz: 0-9, default 6; zstd: 1-19, default 3). Null keeps the method's default.";
+      description = "The compression level (xz: 0-9, default 6; zstd: 1-22, default 3). Null keeps the method's default.";
     };
 
     jobs = mkOption {
@@ -199,7 +199,7 @@ in
             in
             cfg.compressionLevel >= r.min && cfg.compressionLevel <= r.max
           );
-        message = "services.narpush.compressionLevel is out of range for ${cfg.compression} (xz: 0-9, zstd: 1-19).";
+        message = "services.narpush.compressionLevel is out of range for ${cfg.compression} (xz: 0-9, zstd: 1-22).";
       }
       {
         assertion = lib.hasPrefix "/" cfg.socketPath && lib.hasPrefix "/" cfg.stateDir;
