@@ -7,42 +7,13 @@
  * Differences from Nix 2.8, on purpose: an invalid path is an error (exit 1)
  * with --json too, where Nix prints `"valid":false` and exits 0.
  */
-import { NarpushError } from '../errors.js';
+import { expandDerivations, queryPathInfos } from '../store/arguments.js';
 import { StoreClient } from '../store/client.js';
-import { fetchClosure, invalidPath, sortByReferences } from '../store/closure.js';
+import { fetchClosure, sortByReferences } from '../store/closure.js';
 import { type PathInfo, formatNixPathInfoJson } from '../store/path-info.js';
 import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
 import { storeTransportFromEnv } from '../store/transport.js';
 import type { CliContext } from './main.js';
-
-/**
- * Nix 2.8 reads a .drv argument as "all outputs of this derivation"
- * (InstallableStorePath::toDerivedPaths); later Nix needs `drv^*` for that.
- */
-async function resolveArguments(client: StoreClient, paths: readonly StorePath[]): Promise<StorePath[]> {
-  const out: StorePath[] = [];
-  for (const p of paths) {
-    if (!p.name.endsWith('.drv')) {
-      out.push(p);
-      continue;
-    }
-    for (const [name, output] of await client.derivationOutputs(p)) {
-      if (!output) throw new NarpushError('INVALID_PATH', `output '${name}' of '${p.path}' has not been built`);
-      out.push(output);
-    }
-  }
-  return out;
-}
-
-async function queryAll(client: StoreClient, paths: readonly StorePath[]): Promise<PathInfo[]> {
-  return Promise.all(
-    paths.map(async (p) => {
-      const info = await client.queryPathInfo(p);
-      if (!info) throw invalidPath(p);
-      return info;
-    }),
-  );
-}
 
 export async function pathInfo(
   ctx: CliContext,
@@ -60,8 +31,8 @@ export async function pathInfo(
     },
   });
   try {
-    const roots = await resolveArguments(client, args);
-    const infos = opts.recursive ? await fetchClosure(client, roots) : await queryAll(client, roots);
+    const roots = await expandDerivations(client, args);
+    const infos = opts.recursive ? await fetchClosure(client, roots) : await queryPathInfos(client, roots);
     // Nix 2.8 prints JSON sorted by path without a final newline; plain
     // output in dependency order (Store::topoSortPaths, reversed).
     ctx.stdout.write(

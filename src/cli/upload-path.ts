@@ -11,7 +11,7 @@ import { openCacheBackend } from '../cache/backend.js';
 import { ensureCacheInfo } from '../cache/cache-info.js';
 import { parseCacheUrl } from '../cache/cache-url.js';
 import { type Compression, compressionLevel, parseCompression } from '../cache/compression.js';
-import { resolvePaths } from '../cache/push.js';
+import { resolvePaths } from '../store/arguments.js';
 import { type UploadReport, uploadPaths } from '../cache/upload.js';
 import { readSecretKeyFile } from '../signing/key-file.js';
 import type { SecretKey } from '../signing/keys.js';

@@ -14,7 +14,7 @@ import { isNarpushError } from '../errors.js';
 import type { CacheBackend } from '../cache/backend.js';
 import { type CacheInfo, ensureCacheInfo } from '../cache/cache-info.js';
 import type { CompressionOptions } from '../cache/compression.js';
-import { resolvePaths } from '../cache/push.js';
+import { resolvePaths } from '../store/arguments.js';
 import { type UploadEvent, uploadPaths } from '../cache/upload.js';
 import type { SecretKey } from '../signing/keys.js';
 import type { StoreClient } from '../store/client.js';
