@@ -2,7 +2,7 @@
 // Runs the compiled test files (dist/test/**/*.test.js) with node's test
 // runner. Node 20 has no glob support in `node --test`, hence this script.
 // Usage: node scripts/run-tests.mjs [substring...]  (only files whose path contains one)
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { spawnSync } from 'node:child_process';
 
@@ -20,7 +20,9 @@ function walk(dir) {
 }
 
 const filters = process.argv.slice(2);
+// Only files whose source still exists: tsc does not delete the output of a removed test.
 const files = walk(testDir)
+  .filter((f) => existsSync(join(root, relative(join(root, 'dist'), f)).replace(/\.js$/, '.ts')))
   .filter((f) => filters.length === 0 || filters.some((s) => relative(root, f).includes(s)))
   .sort();
 if (files.length === 0) {
