@@ -110,3 +110,20 @@ test('signNarInfo adds one signature per key, sorted and without duplicates; ver
     { numRuns: 15 },
   );
 });
+
+test('OpenSSL (node:crypto) and tweetnacl make the same signatures, and each verifies the other', async () => {
+  const nacl = (await import('tweetnacl')).default;
+  const { newSecretKey, toPublicKey } = await import('../../src/signing/keys.js');
+  const { signFingerprint, verifySignature } = await import('../../src/signing/sign.js');
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 32, maxLength: 32 }), fc.string({ maxLength: 300 }), (seed, fp) => {
+      const key = newSecretKey('k-1', seed);
+      const ours = signFingerprint(fp, key);
+      const theirs = Buffer.from(nacl.sign.detached(Buffer.from(fp, 'utf8'), key.secretKey)).toString('base64');
+      assert.equal(ours, `k-1:${theirs}`);
+      assert.ok(nacl.sign.detached.verify(Buffer.from(fp, 'utf8'), Buffer.from(theirs, 'base64'), toPublicKey(key).publicKey));
+      assert.ok(verifySignature(fp, `k-1:${theirs}`, [toPublicKey(key)]));
+    }),
+    { numRuns: 200 },
+  );
+});
