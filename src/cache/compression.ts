@@ -108,3 +108,37 @@ export async function createDecompressor(method: Compression): Promise<Transform
       return new (await import('zstd-napi')).DecompressStream();
   }
 }
+
+type ZstdCompressor = { setParameters(p: Record<string, unknown>): void; compress(b: Uint8Array): Buffer };
+// A zstd context is costly to make and cheap to reuse; one per level, used one call at a time (calls are synchronous).
+const zstdContexts = new Map<number, ZstdCompressor>();
+
+/**
+ * Compress a whole (small) buffer in one call: for NARs small enough to hold
+ * in memory, this avoids a stream and an encoder thread per path. The output
+ * is an ordinary xz or zstd file, readable by the same decompressors.
+ */
+export async function compressBuffer(opts: CompressionOptions, data: Buffer): Promise<Buffer> {
+  const level = compressionLevel(opts.method, opts.level);
+  switch (opts.method) {
+    case 'none':
+      return data;
+    case 'xz': {
+      const lzma = (await import('lzma-native')).default as unknown as {
+        compress(b: Buffer, o: { preset: number; check: number }): Promise<Buffer>;
+        CHECK_CRC64: number;
+      };
+      return lzma.compress(data, { preset: level, check: lzma.CHECK_CRC64 });
+    }
+    case 'zstd': {
+      let ctx = zstdContexts.get(level);
+      if (!ctx) {
+        const zstd = await import('zstd-napi');
+        ctx = new zstd.Compressor() as ZstdCompressor;
+        ctx.setParameters({ compressionLevel: level, checksumFlag: true });
+        zstdContexts.set(level, ctx);
+      }
+      return ctx.compress(data);
+    }
+  }
+}

@@ -16,7 +16,7 @@ import { nix32Encode } from '../hash/nix32.js';
 import { dumpNar } from '../nar/dump.js';
 import type { StorePath } from '../store/store-path.js';
 import type { CacheBackend } from './backend.js';
-import { type CompressionOptions, createCompressor, narExtension } from './compression.js';
+import { type CompressionOptions, compressBuffer, createCompressor, narExtension } from './compression.js';
 
 export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 
@@ -37,8 +37,17 @@ export interface UploadedNar {
   readonly narSize: number;
 }
 
+/**
+ * NARs up to this size are built in memory, compressed in one call and put in
+ * one request: for the many tiny paths of a typical closure, a stream, a
+ * compressor thread and a multipart upload per path cost more than the data.
+ */
+export const SMALL_NAR_BYTES = 512 * 1024;
+
 export interface NarUploadOptions {
   readonly compression: CompressionOptions;
+  /** Override SMALL_NAR_BYTES (tests use 0 to exercise the streaming path on small trees). */
+  readonly smallNarBytes?: number;
   readonly signal?: AbortSignal;
   /** Called as bytes flow, with totals so far (uncompressed, compressed). */
   readonly onProgress?: (narBytes: number, fileBytes: number) => void;
@@ -52,8 +61,18 @@ export function narKey(narHash: Hash, compression: CompressionOptions['method'])
   return `nar/${nix32Encode(narHash.digest)}${narExtension(compression)}`;
 }
 
+function mismatch(src: NarSource, digest: Buffer, narSize: number): NarpushError {
+  return new NarpushError(
+    'NAR_HASH_MISMATCH',
+    `path '${src.path.path}' is corrupted: its NAR has hash ${formatHash({ algo: 'sha256', digest })} and ` +
+      `size ${narSize}, but the store recorded ${formatHash(src.narHash)} and size ${src.narSize} ` +
+      `(run 'nix-store --verify-path ${src.path.path}' or 'nix-store --repair-path')`,
+  );
+}
+
 export async function uploadNar(backend: CacheBackend, src: NarSource, opts: NarUploadOptions): Promise<UploadedNar> {
   const url = narKey(src.narHash, opts.compression.method);
+  if (src.narSize <= (opts.smallNarBytes ?? SMALL_NAR_BYTES)) return uploadSmallNar(backend, src, url, opts);
   const narHasher = createHash('sha256');
   const fileHasher = createHash('sha256');
   let narSize = 0;
@@ -79,14 +98,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
       yield chunk;
     }
     const digest = narHasher.digest();
-    if (narSize !== src.narSize || !digest.equals(src.narHash.digest)) {
-      throw new NarpushError(
-        'NAR_HASH_MISMATCH',
-        `path '${src.path.path}' is corrupted: its NAR has hash ${formatHash({ algo: 'sha256', digest })} and ` +
-          `size ${narSize}, but the store recorded ${formatHash(src.narHash)} and size ${src.narSize} ` +
-          `(run 'nix-store --verify-path ${src.path.path}' or 'nix-store --repair-path')`,
-      );
-    }
+    if (narSize !== src.narSize || !digest.equals(src.narHash.digest)) throw mismatch(src, digest, narSize);
   }
 
   await backend.putStream(url, body(), NAR_CONTENT_TYPE, {
@@ -98,6 +110,33 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
     compression: opts.compression.method,
     fileHash: { algo: 'sha256', digest: fileHasher.digest() },
     fileSize,
+    narHash: src.narHash,
+    narSize,
+  };
+}
+
+/** The in-memory path for small NARs: nothing is sent unless the NAR matches the store's record. */
+async function uploadSmallNar(backend: CacheBackend, src: NarSource, url: string, opts: NarUploadOptions): Promise<UploadedNar> {
+  const chunks: Buffer[] = [];
+  let narSize = 0;
+  for await (const chunk of dumpNar(src.path.path)) {
+    narSize += chunk.length;
+    // A path that grew since it was registered is corrupt; do not buffer it whole to find out.
+    if (narSize > src.narSize) break;
+    chunks.push(chunk);
+  }
+  const nar = Buffer.concat(chunks);
+  const digest = createHash('sha256').update(nar).digest();
+  if (narSize !== src.narSize || !digest.equals(src.narHash.digest)) throw mismatch(src, digest, narSize);
+  opts.signal?.throwIfAborted();
+  const file = await compressBuffer(opts.compression, nar);
+  await backend.putBytes(url, file, NAR_CONTENT_TYPE);
+  opts.onProgress?.(narSize, file.length);
+  return {
+    url,
+    compression: opts.compression.method,
+    fileHash: { algo: 'sha256', digest: createHash('sha256').update(file).digest() },
+    fileSize: file.length,
     narHash: src.narHash,
     narSize,
   };

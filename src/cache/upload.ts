@@ -34,6 +34,8 @@ export interface UploadOptions {
   readonly force?: boolean;
   /** Decide what would be uploaded, upload nothing. */
   readonly dryRun?: boolean;
+  /** NARs up to this size go up in one request (see SMALL_NAR_BYTES); tests set 0 to force streaming. */
+  readonly smallNarBytes?: number;
   /** Existence checks at once (they are small requests). */
   readonly checkConcurrency?: number;
   readonly signal?: AbortSignal;
@@ -131,6 +133,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
         emit({ type: 'started', info });
         return uploadNar(backend, info, {
           compression: opts.compression,
+          ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
         });
