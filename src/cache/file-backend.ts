@@ -2,7 +2,8 @@
  * A binary cache in a local directory (`file:///dir`), in the layout Nix reads
  * directly as a substituter. Every write goes to a temporary file in the
  * target's own directory, is fsynced, renamed over the target (atomic on
- * POSIX) and the directory fsynced, so a reader or a crash sees either the old
+ * POSIX) and the directory fsynced (one fsync serves every rename made while
+ * the previous one ran), so a reader or a crash sees either the old
  * object or the whole new one, and a NAR is durable before its narinfo is
  * written.
  *
@@ -21,6 +22,10 @@ export const TEMP_MARKER = '.narpush-';
 
 export class FileBackend implements CacheBackend {
   readonly description: string;
+  // Directories known to exist, so each write does not ask again.
+  private readonly madeDirs = new Set<string>();
+  // Group commit of directory fsyncs: renames that land while a sync runs share the next one.
+  private readonly dirSyncs = new Map<string, { running: Promise<void>; next?: Promise<void> }>();
 
   constructor(readonly dir: string) {
     if (!nodePath.isAbsolute(dir)) throw new NarpushError('BAD_CACHE_URL', `cache directory '${dir}' is not absolute`);
@@ -85,7 +90,10 @@ export class FileBackend implements CacheBackend {
     const dir = nodePath.dirname(target);
     const tmp = nodePath.join(dir, `.${nodePath.basename(target)}${TEMP_MARKER}${randomBytes(8).toString('hex')}.tmp`);
     const fh = await io('write', key, this.description, async () => {
-      await mkdir(dir, { recursive: true });
+      if (!this.madeDirs.has(dir)) {
+        await mkdir(dir, { recursive: true });
+        this.madeDirs.add(dir);
+      }
       return open(tmp, 'wx', 0o644);
     });
     let bytes = 0;
@@ -104,8 +112,35 @@ export class FileBackend implements CacheBackend {
       throw e;
     }
     // The rename is durable only once the directory entry is on disk.
-    await io('write', key, this.description, () => syncDir(dir));
+    await io('write', key, this.description, () => this.syncDir(dir));
     return { bytes };
+  }
+
+  /**
+   * fsync `dir` after the caller's rename. A sync already running may have
+   * started before that rename, so the caller waits for the next one; every
+   * caller that arrives meanwhile shares that next sync.
+   */
+  private syncDir(dir: string): Promise<void> {
+    const state = this.dirSyncs.get(dir);
+    if (!state) {
+      const running = syncDir(dir).finally(() => this.afterDirSync(dir));
+      this.dirSyncs.set(dir, { running });
+      return running;
+    }
+    state.next ??= state.running.catch(() => {}).then(() => syncDir(dir));
+    return state.next;
+  }
+
+  private afterDirSync(dir: string): void {
+    const state = this.dirSyncs.get(dir);
+    if (!state?.next) {
+      this.dirSyncs.delete(dir);
+      return;
+    }
+    const running = state.next.finally(() => this.afterDirSync(dir));
+    running.catch(() => {});
+    this.dirSyncs.set(dir, { running });
   }
 }
 

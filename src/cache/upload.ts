@@ -16,9 +16,12 @@ import type { StorePath } from '../store/store-path.js';
 import type { CacheBackend } from './backend.js';
 import type { CompressionOptions } from './compression.js';
 import { createLimiter } from './limit.js';
-import { type UploadedNar, uploadNar } from './nar-upload.js';
+import { SMALL_NAR_BYTES, type UploadedNar, uploadNar } from './nar-upload.js';
 
 export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
+
+/** Small NARs (see SMALL_NAR_BYTES) upload this many times `jobs` at once. */
+export const SMALL_JOBS_FACTOR = 8;
 
 export function narInfoKey(path: StorePath): string {
   return `${path.hashPart}.narinfo`;
@@ -28,7 +31,7 @@ export interface UploadOptions {
   readonly backend: CacheBackend;
   readonly compression: CompressionOptions;
   readonly signingKeys: readonly SecretKey[];
-  /** NARs uploaded at once. */
+  /** Large NARs uploaded at once (small ones: SMALL_JOBS_FACTOR times as many). */
   readonly jobs: number;
   /** Upload even when the narinfo exists. */
   readonly force?: boolean;
@@ -118,7 +121,11 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     return { uploaded: [], skipped, wouldUpload: toUpload, failed: [], seconds: (performance.now() - started) / 1000 };
   }
 
+  // Large NARs hold compressor threads and upload buffers: `jobs` of them at
+  // once. Small ones are a few requests each and mostly wait on I/O: more.
   const jobs = createLimiter(opts.jobs);
+  const smallJobs = createLimiter(opts.jobs * SMALL_JOBS_FACTOR);
+  const smallLimit = opts.smallNarBytes ?? SMALL_NAR_BYTES;
   const uploaded: UploadedPath[] = [];
   const failed: { info: PathInfo; error: NarpushError }[] = [];
   // Resolves when a path's narinfo is in the cache; rejects when it will not be.
@@ -128,7 +135,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     const t0 = performance.now();
     let nar: UploadedNar;
     try {
-      nar = await jobs(async () => {
+      nar = await (info.narSize <= smallLimit ? smallJobs : jobs)(async () => {
         opts.signal?.throwIfAborted();
         emit({ type: 'started', info });
         return uploadNar(backend, info, {

@@ -222,3 +222,19 @@ test('Nix substitutes from a cache the file backend wrote', async () => {
   const verify = await runOk('nix', ['store', 'verify', '--no-trust', '--store', `local?root=${root}`, out], { env: nixEnv() });
   assert.equal(verify.code, 0);
 });
+
+test('many concurrent writes into one directory share directory fsyncs and all land whole', async () => {
+  const dir = await freshDir();
+  const b = new FileBackend(dir);
+  const bodies = Array.from({ length: 200 }, (_, i) => randomBytes(100 + i));
+  await Promise.all(
+    bodies.map((body, i) =>
+      i % 2 === 0 ? b.putBytes(`nar/k${i}`, body, 'application/x-nix-nar') : b.putStream(`nar/k${i}`, chunked(body, 50), 'application/x-nix-nar'),
+    ),
+  );
+  for (const [i, body] of bodies.entries()) assert.ok((await readFile(path.join(dir, 'nar', `k${i}`))).equals(body), `k${i}`);
+  assert.deepEqual((await listAll(dir)).filter((f) => f.includes(TEMP_MARKER)), []);
+  // Later writes still work after the group commits have drained.
+  await b.putBytes('nar/after', Buffer.from('x'), 'application/x-nix-nar');
+  assert.equal(await readFile(path.join(dir, 'nar', 'after'), 'utf8'), 'x');
+});
