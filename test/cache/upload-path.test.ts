@@ -4,11 +4,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rm, writeFile, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { nix, nixBuildFile, nixEnv } from '../helpers/nix.js';
-import { narpush, run } from '../helpers/run.js';
+import { NARPUSH_BIN, narpush, run } from '../helpers/run.js';
 import { startS3rver, S3RVER_ENV, type S3rverHandle } from '../helpers/s3rver.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { assertCacheHas, httpFetcher, nixClosure } from '../helpers/cache-check.js';
@@ -176,4 +176,45 @@ test('bad input: one line, non-zero exit, nothing uploaded', async () => {
     assert.ok(r.stderr.trim().split('\n').length <= 2, `short error for ${args.join(' ')}: ${r.stderr}`);
     assert.equal(await readdir(dir).catch(() => 'absent'), 'absent', `nothing written for ${args.join(' ')}`);
   }
+});
+
+test('a cache made for another store directory is refused before anything is uploaded', async () => {
+  const [p] = await nixBuildFile('upload-closure.nix', undefined, ['--argstr', 'salt', 'other-store', '--arg', 'bigBytes', '10']);
+  const dir = path.join(work, 'other-store-cache');
+  await mkdir(dir);
+  await writeFile(path.join(dir, 'nix-cache-info'), 'StoreDir: /gnu/store\nWantMassQuery: 1\n');
+  const r = await narpush(['upload-path', '--to', `file://${dir}`, p!], { env: env() });
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /is a cache for the store '\/gnu\/store', not '\/nix\/store'/);
+  assert.deepEqual((await readdir(dir)).sort(), ['nix-cache-info']);
+});
+
+test('s3 credentials from a shared-credentials profile named in the URL', async () => {
+  const [p] = await nixBuildFile('upload-closure.nix', undefined, ['--argstr', 'salt', 'profile', '--arg', 'bigBytes', '10']);
+  const creds = path.join(work, 'aws-credentials');
+  await writeFile(creds, '[good]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n[bad]\naws_access_key_id = NOTAKEY\naws_secret_access_key = nope\n');
+  // No key in the environment: only the profile can supply one.
+  const base = nixEnv({ AWS_SHARED_CREDENTIALS_FILE: creds, AWS_CONFIG_FILE: path.join(work, 'no-aws-config') });
+  delete base.AWS_ACCESS_KEY_ID;
+  delete base.AWS_SECRET_ACCESS_KEY;
+  const bad = await narpush(['upload-path', '--to', `${s3.url}&profile=bad`, '--no-closure', p!], { env: base });
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /access key|credentials/i);
+  const good = await narpush(['upload-path', '--to', `${s3.url}&profile=good`, '--no-closure', '--force', p!], { env: base });
+  // --no-closure: p's references are not in this bucket unless an earlier test put them there.
+  assert.doesNotMatch(good.stderr, /access key|credentials|denied/i, good.stderr);
+  assert.ok(s3.requests.some((q) => q.startsWith('PUT ') && q.includes('.nar')), 'the NAR went up with the profile’s key');
+});
+
+test('on a terminal: a live progress line; then the summary', async () => {
+  const { top } = await buildClosure(2 << 20);
+  const dir = path.join(work, 'tty-cache');
+  // script(1) gives narpush a pseudo-terminal, as a user's shell would.
+  const cmd = [process.execPath, NARPUSH_BIN, 'upload-path', '--to', `file://${dir}`, '--compression', 'zstd', top].map((a) => `'${a}'`).join(' ');
+  const r = await run('script', ['-qefc', cmd, '/dev/null'], { env: env() });
+  assert.equal(r.code, 0, r.stdout.toString());
+  const out = r.stdout.toString();
+  assert.match(out, /\r\x1b\[K\[\d+\/4\] /, 'a status line redrawn in place');
+  assert.match(out, /uploaded 4 paths \(/);
+  assert.doesNotMatch(out, /^uploaded \/nix\/store/m, 'no per-path lines on a terminal');
 });
