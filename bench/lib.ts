@@ -3,7 +3,7 @@
  * percentiles, and a command's peak memory. Benchmarks print figures; they
  * never pass or fail on them (machines are noisy: tests must not time).
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 
 export interface Timed {
   readonly ms: number;
@@ -21,25 +21,6 @@ export function timeRun(cmd: string, args: readonly string[], opts: { env?: Node
   const t1 = process.hrtime.bigint();
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${String(r.stderr).slice(0, 2000)}`);
   return { ms: Number(t1 - t0) / 1e6, stdout: r.stdout ?? Buffer.alloc(0) };
-}
-
-/**
- * Run a command and return its wall time and peak resident memory (the
- * kernel's ru_maxrss of the child, read by GNU time).
- */
-export function measureRss(cmd: string, args: readonly string[], env?: NodeJS.ProcessEnv): { ms: number; maxRssKiB: number } {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-f', 'MAXRSS %M', cmd, ...args], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: env ?? process.env,
-    maxBuffer: 1 << 26,
-  });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  const err = String(r.stderr);
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${err.slice(0, 2000)}`);
-  const m = /MAXRSS (\d+)/.exec(err);
-  if (!m) throw new Error(`no MAXRSS from /usr/bin/time: ${err.slice(0, 500)}`);
-  return { ms, maxRssKiB: Number(m[1]) };
 }
 
 export function median(xs: readonly number[]): number {
@@ -68,4 +49,32 @@ export function alternate<K extends string>(runs: number, sides: Record<K, () =>
 
 export function mib(bytes: number): number {
   return bytes / (1 << 20);
+}
+
+/**
+ * As timeRun, without blocking this process: needed when this process also
+ * serves the command (s3rver runs in the benchmark's own event loop).
+ * With `rss`, the command runs under GNU time and its peak RSS is returned.
+ */
+export function timeRunAsync(
+  cmd: string,
+  args: readonly string[],
+  opts: { env?: NodeJS.ProcessEnv; rss?: boolean } = {},
+): Promise<{ ms: number; maxRssKiB?: number }> {
+  const [c, a] = opts.rss ? ['/usr/bin/time', ['-f', 'MAXRSS %M', cmd, ...args]] : [cmd, [...args]];
+  const t0 = process.hrtime.bigint();
+  return new Promise((resolve, reject) => {
+    const child = spawn(c, a, { stdio: ['ignore', 'ignore', 'pipe'], env: opts.env ?? process.env });
+    let err = '';
+    child.stderr.on('data', (b: Buffer) => {
+      err = (err + b.toString()).slice(-20_000);
+    });
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (code !== 0) return reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? signal}): ${err.slice(-2000)}`));
+      const m = /MAXRSS (\d+)/.exec(err);
+      resolve({ ms, ...(m ? { maxRssKiB: Number(m[1]) } : {}) });
+    });
+  });
 }

@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { nix, nixBuildFile, nixEnv } from '../test/helpers/nix.js';
 import { NARPUSH_BIN, FIXTURES } from '../test/helpers/run.js';
 import { startS3rver, S3RVER_ENV } from '../test/helpers/s3rver.js';
-import { alternate, measureRss, median, mib, timeRun } from './lib.js';
+import { alternate, median, mib, timeRun, timeRunAsync } from './lib.js';
 
 const args = process.argv.slice(2);
 const runs = Math.max(1, Number(args.find((a) => /^\d+$/.test(a)) ?? 3));
@@ -87,12 +87,12 @@ async function main(): Promise<void> {
     try {
       if (want('s3')) {
         const size = await closureNarSize(mixed!);
-        for (const compression of ['zstd', 'xz', 'none']) {
+        for (const compression of ['zstd', 'none', 'xz']) {
           const times: number[] = [];
           for (let i = 0; i < runs; i++) {
             const url = `s3://${s3.bucket}?endpoint=${s3.endpoint}&region=us-east-1`;
             // --force: every run uploads everything.
-            times.push(timeRun(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', url, '--force', '--compression', compression, '--secret-key-file', key, mixed!], { env }).ms);
+            times.push((await timeRunAsync(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', url, '--force', '--compression', compression, '--secret-key-file', key, mixed!], { env })).ms);
           }
           const ms = median(times);
           console.log(`s3rver upload, mixed closure, ${compression}: ${ms.toFixed(0)} ms, ${(mib(size.bytes) / (ms / 1000)).toFixed(1)} MiB/s of NAR`);
@@ -104,10 +104,10 @@ async function main(): Promise<void> {
         for (const [attr, compression, label] of cases) {
           const [p] = await nixBuildFile(bench, attr);
           const url = `s3://${s3.bucket}?endpoint=${s3.endpoint}&region=us-east-1`;
-          const r = measureRss(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', url, '--force', '--compression', compression, p!], env);
+          const r = await timeRunAsync(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', url, '--force', '--compression', compression, p!], { env, rss: true });
           const size = await closureNarSize(p!);
           console.log(
-            `peak RSS, ${label} to s3rver: ${(r.maxRssKiB / 1024).toFixed(0)} MiB (${(mib(size.bytes) / (r.ms / 1000)).toFixed(0)} MiB/s, ${(r.ms / 1000).toFixed(1)} s)`,
+            `peak RSS, ${label} to s3rver: ${((r.maxRssKiB ?? 0) / 1024).toFixed(0)} MiB (${(mib(size.bytes) / (r.ms / 1000)).toFixed(0)} MiB/s, ${(r.ms / 1000).toFixed(1)} s)`,
           );
           // Free s3rver's disk before the next case.
           await rm(path.join(s3.dir, s3.bucket, 'nar'), { recursive: true, force: true });
