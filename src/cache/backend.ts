@@ -90,6 +90,11 @@ export function abortedError(what: string, reason?: unknown): NarpushError {
  * Iterate `body`, stopping as soon as `signal` aborts even while the source is
  * waiting for data (it is then asked to stop with `return()`, not awaited).
  * Chunks are passed through as they are: no copy, no buffering.
+ *
+ * Each wait races the source against a promise made for that wait alone. A
+ * single long-lived abort promise raced against every chunk would collect one
+ * reaction per chunk, each keeping that chunk alive: a leak as large as the
+ * upload (1.4 GiB of RSS for a 1 GiB NAR before this was found).
  */
 export async function* abortable(
   body: AsyncIterable<Uint8Array>,
@@ -101,17 +106,25 @@ export async function* abortable(
     return;
   }
   const it = body[Symbol.asyncIterator]();
-  let onAbort: (() => void) | undefined;
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(abortedError(what, signal.reason));
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-  });
-  aborted.catch(() => {}); // observed below; this only silences the unhandled-rejection warning
   let finished = false;
   try {
     for (;;) {
-      const r = await Promise.race([it.next(), aborted]);
+      if (signal.aborted) throw abortedError(what, signal.reason);
+      const next = it.next();
+      let onAbort: (() => void) | undefined;
+      const aborted = new Promise<never>((_, reject) => {
+        onAbort = () => reject(abortedError(what, signal.reason));
+        signal.addEventListener('abort', onAbort, { once: true });
+      });
+      let r: IteratorResult<Uint8Array>;
+      try {
+        r = await Promise.race([next, aborted]);
+      } catch (e) {
+        next.catch(() => {}); // the source may still fail after we stopped listening
+        throw e;
+      } finally {
+        signal.removeEventListener('abort', onAbort!);
+      }
       if (r.done) {
         finished = true;
         return;
@@ -119,7 +132,6 @@ export async function* abortable(
       yield r.value;
     }
   } finally {
-    signal.removeEventListener('abort', onAbort!);
     if (!finished) void Promise.resolve(it.return?.()).catch(() => {});
   }
 }

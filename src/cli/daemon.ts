@@ -10,7 +10,7 @@
 import { NarpushError } from '../errors.js';
 import { openCacheBackend } from '../cache/backend.js';
 import { parseCacheUrl } from '../cache/cache-url.js';
-import { type Compression, compressionLevel, parseCompression } from '../cache/compression.js';
+import { type Compression, compressionLevel, compressionThreads, parseCompression } from '../cache/compression.js';
 import { DEFAULT_RETRY_POLICY } from '../daemon/backoff.js';
 import { startDaemon } from '../daemon/daemon.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
@@ -103,7 +103,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     compression: {
       method,
       ...(level !== undefined ? { level } : {}),
-      ...(config.params.parallelCompression === false ? { threads: 1 } : {}),
+      ...compressionThreads(config.params.parallelCompression),
     },
     signingKeys: keys,
     jobs,

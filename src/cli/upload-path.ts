@@ -10,7 +10,7 @@ import { formatHash } from '../hash/hash.js';
 import { openCacheBackend } from '../cache/backend.js';
 import { ensureCacheInfo } from '../cache/cache-info.js';
 import { parseCacheUrl } from '../cache/cache-url.js';
-import { type Compression, compressionLevel, parseCompression } from '../cache/compression.js';
+import { type Compression, compressionLevel, compressionThreads, parseCompression } from '../cache/compression.js';
 import { resolvePaths } from '../store/arguments.js';
 import { type UploadReport, uploadPaths } from '../cache/upload.js';
 import { readSecretKeyFile } from '../signing/key-file.js';
@@ -91,7 +91,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
     try {
       report = await uploadPaths(infos, {
         backend,
-        compression: { method, level, ...(config.params.parallelCompression === false ? { threads: 1 } : {}) },
+        compression: { method, level, ...compressionThreads(config.params.parallelCompression) },
         signingKeys: keys,
         jobs,
         force: flags.force,

@@ -1,6 +1,6 @@
 /**
  * The daemon's upload function: the same pipeline as `narpush upload-path`
- * (src/cache/push.ts resolvePaths, src/cache/upload.ts uploadPaths), applied
+ * (src/store/arguments.ts resolvePaths, src/cache/upload.ts uploadPaths), applied
  * to a batch of queued paths and turned into one outcome per queued path.
  *
  * A queued .drv means its outputs (Nix 2.8.0 gives the hook an empty

@@ -99,7 +99,16 @@ test('30% faults: 30 objects (small and multipart) all arrive intact', async () 
     }
     assert.ok(retries.some((r) => r.kind === 'throttle') && retries.some((r) => r.kind === 'transient'));
     // Multipart parts met faults too, and were retried like everything else.
-    assert.ok(proxy.log.some((l) => /^(slowDown|internalError|resetBefore|resetAfter) PUT .*partNumber=/.test(l)), 'a part upload failed');
+    // Which request meets which fault depends on timing, so upload more
+    // multipart objects until a part has failed (30% per request: 20 parts
+    // all passing has a chance below 0.1%).
+    const partFailed = (): boolean => proxy.log.some((l) => /^(slowDown|internalError|resetBefore|resetAfter) PUT .*partNumber=/.test(l));
+    for (let extra = 0; extra < 10 && !partFailed(); extra++) {
+      const data = randomBytes(5 * MiB + 1 + extra);
+      await backend.putStream(`nar/extra${extra}.nar.xz`, chunked(data, rnd), 'application/x-nix-nar', { sizeHint: data.length });
+      assert.equal(sha((await direct(`nar/extra${extra}.nar.xz`))!), sha(data));
+    }
+    assert.ok(partFailed(), 'a part upload failed');
   } finally {
     await backend.close();
     await proxy.stop();
