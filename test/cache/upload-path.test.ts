@@ -118,7 +118,9 @@ test('s3 through a proxy failing 30% of requests: the upload completes and the c
     const c = proxy.counts;
     assert.ok(c.slowDown + c.internalError + c.resetBefore + c.resetAfter >= 3, `faults were injected: ${JSON.stringify(c)}`);
     await assertCacheHas(httpFetcher(s3.httpUrl), closure, publicKey);
-    assert.deepEqual(await s3.pendingUploads(), []);
+    // No check for pending multipart uploads here: a CreateMultipartUpload whose
+    // answer the proxy cut off leaves an upload narpush never learns the id of
+    // (a bucket lifecycle rule cleans those up). test/s3 checks aborts precisely.
   } finally {
     await proxy.stop();
   }
