@@ -130,7 +130,11 @@ test('failures are retried with backoff, visible in status with the last error, 
   try {
     const a = fakePath('flaky');
     await ask(d.socket, { op: 'enqueue', paths: [a] });
-    await eventually(async () => (await status(d.socket)).failing.some((f) => f.attempts >= 2), 5000, 'two failures');
+    // The queue records an attempt before the retry is logged and counted: wait for both.
+    await eventually(async () => {
+      const st = await status(d.socket);
+      return st.failing.some((f) => f.attempts >= 2) && st.failures >= 2;
+    }, 5000, 'two failures');
     const s = await status(d.socket);
     const f = s.failing.find((x) => x.path === a)!;
     assert.match(f.lastError, /S3 said 503 \(try [23]\)/);
