@@ -15,6 +15,7 @@ import { openCacheBackend, MAX_GET_BYTES } from '../../src/cache/backend.js';
 import { parseCacheUrl } from '../../src/cache/cache-url.js';
 import { nixBuildExpr, nix, nixEnv } from '../helpers/nix.js';
 import { runOk } from '../helpers/run.js';
+import { chunked, stallingBody } from '../helpers/bodies.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -31,34 +32,7 @@ async function listAll(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-async function* chunked(data: Buffer, maxChunk = 64 * 1024): AsyncGenerator<Uint8Array> {
-  let off = 0;
-  while (off < data.length) {
-    const n = Math.min(data.length - off, 1 + Math.floor(Math.random() * maxChunk));
-    yield data.subarray(off, off + n);
-    off += n;
-  }
-}
 
-/** A producer that hands out one chunk, then stalls; `returned` records being told to stop. */
-function stallingBody(first: Uint8Array): AsyncIterable<Uint8Array> & { returned: boolean } {
-  let sent = false;
-  const body = {
-    returned: false,
-    [Symbol.asyncIterator]: () => ({
-      next: (): Promise<IteratorResult<Uint8Array>> => {
-        if (sent) return new Promise(() => {});
-        sent = true;
-        return Promise.resolve({ done: false, value: first });
-      },
-      return: (): Promise<IteratorResult<Uint8Array>> => {
-        body.returned = true;
-        return Promise.resolve({ done: true, value: undefined });
-      },
-    }),
-  };
-  return body;
-}
 
 test('round trip: small and streamed objects, missing keys, parent directories created', async () => {
   const dir = await freshDir();

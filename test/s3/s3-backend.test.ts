@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { nixBuildExpr, nix, nixEnv } from '../helpers/nix.js';
 import { runOk } from '../helpers/run.js';
+import { chunked as chunkedBody, stallingBody } from '../helpers/bodies.js';
 
 const MiB = 1024 * 1024;
 const FAST: S3BackendOptions = {
@@ -41,37 +42,12 @@ async function httpGet(key: string): Promise<{ status: number; body: Buffer; typ
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
+
 /** `data` in chunks of random sizes, as a compressor would produce them. */
-async function* chunked(data: Buffer, maxChunk = 256 * 1024): AsyncGenerator<Uint8Array> {
-  let off = 0;
-  while (off < data.length) {
-    const n = Math.min(data.length - off, 1 + Math.floor(Math.random() * maxChunk));
-    yield data.subarray(off, off + n);
-    off += n;
-  }
-}
+const chunked = (data: Buffer, maxChunk = 256 * 1024): AsyncGenerator<Uint8Array> => chunkedBody(data, maxChunk);
 
 const count = (re: RegExp): number => s3.requests.filter((r) => re.test(r)).length;
 
-/** A producer that hands out one chunk, then stalls; `returned` records being told to stop. */
-function stallingBody(first: Uint8Array): AsyncIterable<Uint8Array> & { returned: boolean } {
-  let sent = false;
-  const body = {
-    returned: false,
-    [Symbol.asyncIterator]: () => ({
-      next: (): Promise<IteratorResult<Uint8Array>> => {
-        if (sent) return new Promise(() => {});
-        sent = true;
-        return Promise.resolve({ done: false, value: first });
-      },
-      return: (): Promise<IteratorResult<Uint8Array>> => {
-        body.returned = true;
-        return Promise.resolve({ done: true, value: undefined });
-      },
-    }),
-  };
-  return body;
-}
 
 test('small objects: put, get, exists, and anonymous HTTP GET with the content type', async () => {
   const body = Buffer.from('StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n');
