@@ -99,17 +99,7 @@ export class WireReader {
   }
 
   string(max: number = MAX_STRING_LENGTH): string {
-    const len = this.u64();
-    if (len > max) throw bad(`string of ${len} bytes exceeds the limit of ${max}`);
-    const start = this.pos;
-    const pad = padding(len);
-    this.need(start + len + pad);
-    const b = this.buf;
-    for (let i = start + len; i < start + len + pad; i++) {
-      if (b[i] !== 0) throw bad('non-zero padding after a string');
-    }
-    this.pos = start + len + pad;
-    return b.toString('utf8', start, start + len);
+    return this.bytes(max).toString('utf8');
   }
 
   count(max: number = MAX_LIST_LENGTH): number {

@@ -6,16 +6,16 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, stat, truncate, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { FileBackend, TEMP_MARKER } from '../../src/cache/file-backend.js';
 import { openCacheBackend, MAX_GET_BYTES } from '../../src/cache/backend.js';
 import { parseCacheUrl } from '../../src/cache/cache-url.js';
-import { nixBuildExpr, nix, nixEnv } from '../helpers/nix.js';
+import { nixBuildExpr, nixEnv } from '../helpers/nix.js';
 import { runOk } from '../helpers/run.js';
 import { chunked, stallingBody } from '../helpers/bodies.js';
+import { publishByHand } from '../helpers/cache-check.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -145,14 +145,6 @@ test('I/O failures are CACHE_IO errors naming the key; oversized metadata is ref
   await assert.rejects(ok.get('huge.narinfo'), { code: 'CACHE_OBJECT_TOO_LARGE' });
 });
 
-/** Stream a child's stdout. */
-async function* childStdout(cmd: string, args: string[]): AsyncGenerator<Uint8Array> {
-  const child = spawn(cmd, args, { env: nixEnv(), stdio: ['ignore', 'pipe', 'inherit'] });
-  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
-  yield* child.stdout;
-  const code = await exited;
-  if (code !== 0) throw new Error(`${cmd} exited ${code}`);
-}
 
 test('Nix substitutes from a cache the file backend wrote', async () => {
   const [out] = await nixBuildExpr(
@@ -162,31 +154,9 @@ test('Nix substitutes from a cache the file backend wrote', async () => {
     ''; }`,
   );
   assert.ok(out);
-  const [info] = JSON.parse((await nix('nix', ['path-info', '--json', out])).toString()) as {
-    narHash: string;
-    narSize: number;
-    references: string[];
-  }[];
-  assert.ok(info);
-  const hashPart = path.basename(out).slice(0, 32);
   const dir = await freshDir();
   const b = await openCacheBackend(parseCacheUrl(`file://${dir}/cache`));
-  await b.putBytes('nix-cache-info', Buffer.from('StoreDir: /nix/store\n'), 'text/x-nix-cache-info');
-  const narKey = `nar/${hashPart}.nar`;
-  const { bytes } = await b.putStream(narKey, childStdout('nix-store', ['--dump', out]), 'application/x-nix-nar', {
-    sizeHint: info.narSize,
-  });
-  assert.equal(bytes, info.narSize);
-  const narinfo = [
-    `StorePath: ${out}`,
-    `URL: ${narKey}`,
-    'Compression: none',
-    `NarHash: ${info.narHash}`,
-    `NarSize: ${info.narSize}`,
-    `References: ${info.references.map((r) => path.basename(r)).join(' ')}`,
-    '',
-  ].join('\n');
-  await b.putBytes(`${hashPart}.narinfo`, Buffer.from(narinfo), 'text/x-nix-narinfo');
+  await publishByHand(b, out);
   await b.close();
   // Substitute into a separate (chroot) store, leaving /nix/store alone.
   const root = await freshDir();

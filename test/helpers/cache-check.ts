@@ -9,7 +9,9 @@ import { parseHash, hashEquals } from '../../src/hash/hash.js';
 import { parseNarInfo, type NarInfo } from '../../src/narinfo/narinfo.js';
 import { parsePublicKey } from '../../src/signing/keys.js';
 import { verifyNarInfo } from '../../src/signing/sign.js';
-import { nix } from './nix.js';
+import { spawn } from 'node:child_process';
+import type { CacheBackend } from '../../src/cache/backend.js';
+import { nix, nixEnv } from './nix.js';
 
 export interface NixPathInfoJson {
   path: string;
@@ -74,4 +76,41 @@ export function httpFetcher(base: string): (key: string) => Promise<Buffer | und
     assert.equal(r.status, 200, `GET ${key}`);
     return Buffer.from(await r.arrayBuffer());
   };
+}
+
+/**
+ * Put one store path into a cache through `backend` without narpush's
+ * pipeline: the NAR from `nix-store --dump` (uncompressed, streamed) and a
+ * narinfo written out by hand, so a backend can be tested on its own with
+ * Nix as the judge. Returns the NAR's key and size.
+ */
+export async function publishByHand(backend: CacheBackend, storePath: string): Promise<{ narKey: string; bytes: number }> {
+  const info = (await nixPathInfos([storePath])).get(storePath)!;
+  const hashPart = storePath.slice('/nix/store/'.length, '/nix/store/'.length + 32);
+  await backend.putBytes('nix-cache-info', Buffer.from('StoreDir: /nix/store\n'), 'text/x-nix-cache-info');
+  const narKey = `nar/${hashPart}.nar`;
+  const { bytes } = await backend.putStream(narKey, childStdout('nix-store', ['--dump', storePath]), 'application/x-nix-nar', {
+    sizeHint: info.narSize,
+  });
+  assert.equal(bytes, info.narSize);
+  const narinfo = [
+    `StorePath: ${storePath}`,
+    `URL: ${narKey}`,
+    'Compression: none',
+    `NarHash: ${info.narHash}`,
+    `NarSize: ${info.narSize}`,
+    `References: ${info.references.map((r) => r.slice('/nix/store/'.length)).join(' ')}`,
+    '',
+  ].join('\n');
+  await backend.putBytes(`${hashPart}.narinfo`, Buffer.from(narinfo), 'text/x-nix-narinfo');
+  return { narKey, bytes };
+}
+
+/** Stream a child's stdout, failing at the end if it exits non-zero. */
+export async function* childStdout(cmd: string, args: string[]): AsyncGenerator<Uint8Array> {
+  const child = spawn(cmd, args, { env: nixEnv(), stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+  yield* child.stdout;
+  const code = await exited;
+  if (code !== 0) throw new Error(`${cmd} exited ${code}`);
 }

@@ -9,13 +9,13 @@ import type { CacheBackend } from '../../src/cache/backend.js';
 import { openCacheBackend } from '../../src/cache/backend.js';
 import { openS3Backend, type S3BackendOptions } from '../../src/s3/s3-backend.js';
 import { startS3rver, S3RVER_CREDENTIALS, type S3rverHandle } from '../helpers/s3rver.js';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { nixBuildExpr, nix, nixEnv } from '../helpers/nix.js';
+import { nixBuildExpr, nixEnv } from '../helpers/nix.js';
 import { runOk } from '../helpers/run.js';
 import { chunked as chunkedBody, stallingBody } from '../helpers/bodies.js';
+import { publishByHand } from '../helpers/cache-check.js';
 
 const MiB = 1024 * 1024;
 const FAST: S3BackendOptions = {
@@ -189,14 +189,6 @@ test('openCacheBackend opens S3 from a parsed URL; keys are checked', async () =
   }
 });
 
-/** Stream a child's stdout, failing at the end if it exits non-zero. */
-async function* childStdout(cmd: string, args: string[]): AsyncGenerator<Uint8Array> {
-  const child = spawn(cmd, args, { env: nixEnv(), stdio: ['ignore', 'pipe', 'inherit'] });
-  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
-  yield* child.stdout;
-  const code = await exited;
-  if (code !== 0) throw new Error(`${cmd} exited ${code}`);
-}
 
 test("Nix substitutes from the bucket's plain HTTP URL", async () => {
   const [out] = await nixBuildExpr(
@@ -205,29 +197,8 @@ test("Nix substitutes from the bucket's plain HTTP URL", async () => {
     ''; }`,
   );
   assert.ok(out);
-  const [info] = JSON.parse((await nix('nix', ['path-info', '--json', out])).toString()) as {
-    narHash: string;
-    narSize: number;
-    references: string[];
-  }[];
-  assert.ok(info && info.narSize > 6 * MiB);
-  const hashPart = path.basename(out).slice(0, 32);
-  await backend.putBytes('nix-cache-info', Buffer.from('StoreDir: /nix/store\n'), 'text/x-nix-cache-info');
-  const narKey = `nar/${hashPart}.nar`;
-  const { bytes } = await backend.putStream(narKey, childStdout('nix-store', ['--dump', out]), 'application/x-nix-nar', {
-    sizeHint: info.narSize,
-  });
-  assert.equal(bytes, info.narSize);
-  const narinfo = [
-    `StorePath: ${out}`,
-    `URL: ${narKey}`,
-    'Compression: none',
-    `NarHash: ${info.narHash}`,
-    `NarSize: ${info.narSize}`,
-    `References: ${info.references.map((r) => path.basename(r)).join(' ')}`,
-    '',
-  ].join('\n');
-  await backend.putBytes(`${hashPart}.narinfo`, Buffer.from(narinfo), 'text/x-nix-narinfo');
+  const { bytes } = await publishByHand(backend, out);
+  assert.ok(bytes > 6 * MiB, 'big enough for a multipart upload');
   const root = await mkdtemp(path.join(tmpdir(), 'narpush-s3-root-'));
   await runOk('nix', ['copy', '--no-check-sigs', '--from', s3.httpUrl, '--to', `local?root=${root}`, out], { env: nixEnv() });
   assert.equal(await readFile(path.join(root, out, 'small'), 'utf8'), 'hi\n');
