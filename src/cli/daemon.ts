@@ -10,29 +10,22 @@
 import { NarpushError } from '../errors.js';
 import { openCacheBackend } from '../cache/backend.js';
 import { parseCacheUrl } from '../cache/cache-url.js';
-import { type Compression, compressionLevel, compressionThreads, parseCompression } from '../cache/compression.js';
 import { DEFAULT_RETRY_POLICY } from '../daemon/backoff.js';
 import { startDaemon } from '../daemon/daemon.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
 import { formatLogEvent, type LogEvent } from '../daemon/log.js';
 import { createPipeline } from '../daemon/pipeline.js';
 import { StoreHandle } from '../daemon/store-handle.js';
-import { readSecretKeyFile } from '../signing/key-file.js';
-import type { SecretKey } from '../signing/keys.js';
 import { StoreClient } from '../store/client.js';
 import { storeTransportFromEnv } from '../store/transport.js';
 import type { CliContext } from './main.js';
-import { DEFAULT_JOBS } from './upload-path.js';
+import { type UploadFlags, uploadSettings } from './upload-settings.js';
 import * as nodePath from 'node:path';
 
-export interface DaemonFlags {
+export interface DaemonFlags extends UploadFlags {
   readonly to: string;
-  readonly secretKeyFile: readonly string[];
   readonly socket?: string;
   readonly stateDir?: string;
-  readonly jobs?: string;
-  readonly compression?: string;
-  readonly compressionLevel?: string;
   readonly shutdownGrace?: string;
   readonly retryDelay?: string;
   readonly retryMaxDelay?: string;
@@ -57,12 +50,7 @@ function socketActivationFd(env: NodeJS.ProcessEnv): number | undefined {
 export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<number> {
   // 1. Everything the user gave, checked before anything starts.
   const config = parseCacheUrl(flags.to, { cwd: process.cwd() });
-  const method: Compression = flags.compression ? parseCompression(flags.compression) : (config.params.compression ?? 'xz');
-  const levelGiven =
-    flags.compressionLevel !== undefined ? number('--compression-level', flags.compressionLevel, -1e6, 1e6, true) : config.params.compressionLevel;
-  // Undefined: the method's default ('none' takes no level at all).
-  const level = levelGiven === undefined ? undefined : compressionLevel(method, levelGiven);
-  const jobs = flags.jobs !== undefined ? number('--jobs', flags.jobs, 1, 256, true) : DEFAULT_JOBS;
+  const settings = await uploadSettings(flags, config, ctx.storeDir);
   const graceMs = 1000 * (flags.shutdownGrace !== undefined ? number('--shutdown-grace', flags.shutdownGrace, 0, 3600, false) : 10);
   const retry = {
     initialDelayMs:
@@ -71,8 +59,6 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
       flags.retryMaxDelay !== undefined ? 1000 * number('--retry-max-delay', flags.retryMaxDelay, 0.001, 86400, false) : DEFAULT_RETRY_POLICY.maxDelayMs,
   };
   if (retry.maxDelayMs < retry.initialDelayMs) throw new NarpushError('BAD_OPTION', '--retry-max-delay is shorter than --retry-delay');
-  const keys: SecretKey[] = [];
-  for (const f of new Set([...flags.secretKeyFile, ...config.params.secretKeyFiles])) keys.push(await readSecretKeyFile(f));
 
   // LISTEN_* are meant for this process only, not for the nix-daemon it may spawn.
   const env: NodeJS.ProcessEnv = { ...ctx.env };
@@ -95,18 +81,10 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     storeDir: ctx.storeDir,
     openStore,
     backend,
-    cacheInfo: {
-      storeDir: ctx.storeDir,
-      wantMassQuery: config.params.wantMassQuery ?? true,
-      ...(config.params.priority !== undefined ? { priority: config.params.priority } : {}),
-    },
-    compression: {
-      method,
-      ...(level !== undefined ? { level } : {}),
-      ...compressionThreads(config.params.parallelCompression),
-    },
-    signingKeys: keys,
-    jobs,
+    cacheInfo: settings.cacheInfo,
+    compression: settings.compression,
+    signingKeys: settings.signingKeys,
+    jobs: settings.jobs,
   });
 
   let running;

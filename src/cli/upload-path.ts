@@ -10,57 +10,29 @@ import { formatHash } from '../hash/hash.js';
 import { openCacheBackend } from '../cache/backend.js';
 import { ensureCacheInfo } from '../cache/cache-info.js';
 import { parseCacheUrl } from '../cache/cache-url.js';
-import { type Compression, compressionLevel, compressionThreads, parseCompression } from '../cache/compression.js';
+import type { Compression } from '../cache/compression.js';
 import { resolvePaths } from '../store/arguments.js';
 import { type UploadReport, uploadPaths } from '../cache/upload.js';
-import { readSecretKeyFile } from '../signing/key-file.js';
-import type { SecretKey } from '../signing/keys.js';
 import { StoreClient } from '../store/client.js';
 import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
 import { storeTransportFromEnv } from '../store/transport.js';
 import { formatBytes, formatRate, formatSeconds } from './format.js';
 import type { CliContext } from './main.js';
 import { createProgress } from './progress.js';
+import { type UploadFlags, uploadSettings } from './upload-settings.js';
 
-export interface UploadPathFlags {
+export interface UploadPathFlags extends UploadFlags {
   readonly to: string;
-  readonly secretKeyFile: readonly string[];
-  readonly compression?: string;
-  readonly compressionLevel?: string;
-  readonly jobs?: string;
   readonly closure: boolean;
   readonly force: boolean;
   readonly dryRun: boolean;
   readonly json: boolean;
 }
 
-export const DEFAULT_JOBS = 4;
-
-function positiveInt(flag: string, s: string, max: number): number {
-  if (!/^\d+$/.test(s) || Number(s) < 1 || Number(s) > max) {
-    throw new NarpushError('BAD_OPTION', `${flag} takes a whole number from 1 to ${max}, not '${s}'`);
-  }
-  return Number(s);
-}
-
-function integer(flag: string, s: string): number {
-  if (!/^-?\d+$/.test(s)) throw new NarpushError('BAD_OPTION', `${flag} takes a whole number, not '${s}'`);
-  return Number(s);
-}
-
 export async function uploadPath(ctx: CliContext, paths: readonly string[], flags: UploadPathFlags): Promise<number> {
   // 1. Everything the user typed, checked before any I/O that matters.
   const config = parseCacheUrl(flags.to, { cwd: process.cwd() });
-  const method: Compression = flags.compression
-    ? parseCompression(flags.compression)
-    : (config.params.compression ?? 'xz');
-  const levelGiven =
-    flags.compressionLevel !== undefined ? integer('--compression-level', flags.compressionLevel) : config.params.compressionLevel;
-  const level = levelGiven === undefined ? undefined : compressionLevel(method, levelGiven);
-  const jobs = flags.jobs !== undefined ? positiveInt('--jobs', flags.jobs, 256) : DEFAULT_JOBS;
-  const keyFiles = [...new Set([...flags.secretKeyFile, ...config.params.secretKeyFiles])];
-  const keys: SecretKey[] = [];
-  for (const f of keyFiles) keys.push(await readSecretKeyFile(f));
+  const settings = await uploadSettings(flags, config, ctx.storeDir);
   const storePaths: StorePath[] = [];
   for (const p of paths) {
     const { storePath, subpath } = await followLinksToStorePath(p, ctx.storeDir);
@@ -81,19 +53,15 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   try {
     const infos = await resolvePaths(store, storePaths, flags.closure);
     if (!flags.dryRun) {
-      await ensureCacheInfo(backend, {
-        storeDir: ctx.storeDir,
-        wantMassQuery: config.params.wantMassQuery ?? true,
-        ...(config.params.priority !== undefined ? { priority: config.params.priority } : {}),
-      });
+      await ensureCacheInfo(backend, settings.cacheInfo);
     }
     const progress = createProgress(ctx.stderr as NodeJS.WriteStream, flags.json);
     try {
       report = await uploadPaths(infos, {
         backend,
-        compression: { method, level, ...compressionThreads(config.params.parallelCompression) },
-        signingKeys: keys,
-        jobs,
+        compression: settings.compression,
+        signingKeys: settings.signingKeys,
+        jobs: settings.jobs,
         force: flags.force,
         dryRun: flags.dryRun,
         signal: abort.signal,
@@ -109,7 +77,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   }
 
   if (flags.json) ctx.stdout.write(`${JSON.stringify(jsonReport(config.description, report, flags.dryRun), null, 2)}\n`);
-  else printSummary(ctx, report, flags.dryRun, method);
+  else printSummary(ctx, report, flags.dryRun, settings.compression.method);
   if (abort.signal.aborted) return 130;
   return report.failed.length === 0 ? 0 : 1;
 }

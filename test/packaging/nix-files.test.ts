@@ -20,7 +20,7 @@ import * as path from 'node:path';
 import { run, runOk, narpush, REPO_ROOT, NARPUSH_BIN } from '../helpers/run.js';
 import { nixEnv, nixBuildExpr, requireNix } from '../helpers/nix.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../../src/daemon/hook.js';
-import { DEFAULT_JOBS } from '../../src/cli/upload-path.js';
+import { DEFAULT_JOBS } from '../../src/cli/upload-settings.js';
 import { compressionLevel } from '../../src/cache/compression.js';
 
 const NIX_LIB = path.join(REPO_ROOT, 'nix', 'lib.nix');

@@ -1,0 +1,59 @@
+/**
+ * The settings `upload-path` and `daemon` share, read once from their flags
+ * and the cache URL (flags win): compression, parallel jobs, signing keys,
+ * and what nix-cache-info should say. Every problem is a one-line error
+ * before anything is uploaded.
+ */
+import { NarpushError } from '../errors.js';
+import type { CacheInfo } from '../cache/cache-info.js';
+import type { CacheConfig } from '../cache/cache-url.js';
+import { type CompressionOptions, compressionLevel, compressionThreads, parseCompression } from '../cache/compression.js';
+import { readSecretKeyFile } from '../signing/key-file.js';
+import type { SecretKey } from '../signing/keys.js';
+
+export const DEFAULT_JOBS = 4;
+export const MAX_JOBS = 256;
+
+export interface UploadFlags {
+  readonly secretKeyFile: readonly string[];
+  readonly compression?: string;
+  readonly compressionLevel?: string;
+  readonly jobs?: string;
+}
+
+export interface UploadSettings {
+  readonly compression: CompressionOptions;
+  readonly jobs: number;
+  readonly signingKeys: readonly SecretKey[];
+  readonly cacheInfo: CacheInfo;
+}
+
+/** A whole number within [min, max], or a BAD_OPTION error naming the flag. */
+export function wholeNumber(flag: string, s: string, min: number, max: number): number {
+  if (!/^-?\d+$/.test(s) || Number(s) < min || Number(s) > max) {
+    throw new NarpushError('BAD_OPTION', `${flag} takes a whole number from ${min} to ${max}, not '${s}'`);
+  }
+  return Number(s);
+}
+
+export async function uploadSettings(flags: UploadFlags, config: CacheConfig, storeDir: string): Promise<UploadSettings> {
+  const method = flags.compression ? parseCompression(flags.compression) : (config.params.compression ?? 'xz');
+  const levelGiven =
+    flags.compressionLevel !== undefined
+      ? wholeNumber('--compression-level', flags.compressionLevel, -1e6, 1e6)
+      : config.params.compressionLevel;
+  const level = levelGiven === undefined ? undefined : compressionLevel(method, levelGiven);
+  const jobs = flags.jobs !== undefined ? wholeNumber('--jobs', flags.jobs, 1, MAX_JOBS) : DEFAULT_JOBS;
+  const signingKeys: SecretKey[] = [];
+  for (const f of new Set([...flags.secretKeyFile, ...config.params.secretKeyFiles])) signingKeys.push(await readSecretKeyFile(f));
+  return {
+    compression: { method, ...(level !== undefined ? { level } : {}), ...compressionThreads(config.params.parallelCompression) },
+    jobs,
+    signingKeys,
+    cacheInfo: {
+      storeDir,
+      wantMassQuery: config.params.wantMassQuery ?? true,
+      ...(config.params.priority !== undefined ? { priority: config.params.priority } : {}),
+    },
+  };
+}
