@@ -65,7 +65,13 @@ buildNpmPackage {
   # cannot download in the sandbox and falls back to node-gyp anyway). On
   # macOS lzma-native's source build runs BSD-only sed, so its prebuild
   # (linked to system libraries only) is used there.
-  env = lib.optionalAttrs stdenv.hostPlatform.isLinux { npm_config_build_from_source = "true"; };
+  # CFLAGS: lzma-native's build script replaces CFLAGS with "-fPIC", which
+  # compiles its liblzma at -O0 (2-3x slower; scripts/build-lzma.mjs has the
+  # figures). The flag is passed through to liblzma's configure.
+  env = lib.optionalAttrs stdenv.hostPlatform.isLinux {
+    npm_config_build_from_source = "true";
+    CFLAGS = "-O2";
+  };
 
   # `npm run build` is tsc; `npm pack` (which decides what is installed)
   # would run the `prepare` script, i.e. tsc, a second time.

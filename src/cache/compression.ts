@@ -1,6 +1,6 @@
 /**
- * The compressors narpush writes NARs with: xz (Nix's default; liblzma's
- * multi-threaded encoder), zstd, and none. Each is a Transform stream, so the
+ * The compressors narpush writes NARs with: xz (Nix's default; see
+ * xz-encoder.ts), zstd, and none. Each is a Transform stream, so the
  * pipeline can hash the bytes as they stream past; nothing here buffers a
  * whole NAR. The native bindings are imported lazily: a command that does not
  * compress never loads them.
@@ -8,6 +8,7 @@
 import { PassThrough, type Transform } from 'node:stream';
 import { availableParallelism } from 'node:os';
 import { NarpushError } from '../errors.js';
+import { XzEncoder, xzCompressBuffer } from './xz-encoder.js';
 
 export type Compression = 'xz' | 'zstd' | 'none';
 
@@ -58,10 +59,10 @@ export function narExtension(method: Compression): string {
 /**
  * Threads for one NAR when the user did not say (Nix's `parallel-compression`
  * says). zstd: one per core; its workers cost little memory. xz: one, as in
- * Nix. liblzma's multi-threaded encoder (as bundled by lzma-native) holds
- * about 350 MiB at preset 6 with two threads and was measured growing to
- * 1.4 GiB on a 1 GiB NAR; one thread stays under 200 MiB, and parallel paths
- * still use every core.
+ * Nix: narpush's own encoder (xz-encoder.ts), which skips incompressible
+ * data and caps liblzma encoders at one per core across parallel uploads.
+ * With `parallel-compression=true`, liblzma's multi-threaded encoder is used
+ * instead; it holds about 350 MiB at preset 6 with two threads.
  */
 export function defaultThreads(method: Compression): number {
   return method === 'zstd' ? availableParallelism() : 1;
@@ -102,8 +103,8 @@ export async function createCompressor(opts: CompressionOptions, sizeHint?: numb
     case 'none':
       return new PassThrough({ highWaterMark: 1 << 20 });
     case 'xz': {
+      if (threads === 1) return new XzEncoder({ preset: level });
       const lzma = (await import('lzma-native')).default;
-      if (threads === 1) return lzma.createCompressor({ preset: level, check: lzma.CHECK_CRC64 });
       const blockSize = opts.xzBlockSize ?? xzBlockSize(sizeHint ?? MAX_XZ_BLOCK * threads, threads);
       return lzma.createCompressor({ preset: level, check: lzma.CHECK_CRC64, threads, blockSize });
     }
@@ -141,13 +142,8 @@ export async function compressBuffer(opts: CompressionOptions, data: Buffer): Pr
   switch (opts.method) {
     case 'none':
       return data;
-    case 'xz': {
-      const lzma = (await import('lzma-native')).default as unknown as {
-        compress(b: Buffer, o: { preset: number; check: number }): Promise<Buffer>;
-        CHECK_CRC64: number;
-      };
-      return lzma.compress(data, { preset: level, check: lzma.CHECK_CRC64 });
-    }
+    case 'xz':
+      return xzCompressBuffer(data, level);
     case 'zstd': {
       let ctx = zstdContexts.get(level);
       if (!ctx) {
