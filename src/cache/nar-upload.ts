@@ -11,6 +11,7 @@
 import { createHash } from 'node:crypto';
 import { Readable, pipeline } from 'node:stream';
 import { NarpushError } from '../errors.js';
+import { backgroundHash } from '../hash/background-hash.js';
 import { type Hash, formatHash } from '../hash/hash.js';
 import { nix32Encode } from '../hash/nix32.js';
 import { dumpNar } from '../nar/dump.js';
@@ -73,42 +74,50 @@ function mismatch(src: NarSource, digest: Buffer, narSize: number): NarpushError
 export async function uploadNar(backend: CacheBackend, src: NarSource, opts: NarUploadOptions): Promise<UploadedNar> {
   const url = narKey(src.narHash, opts.compression.method);
   if (src.narSize <= (opts.smallNarBytes ?? SMALL_NAR_BYTES)) return uploadSmallNar(backend, src, url, opts);
-  const narHasher = createHash('sha256');
-  const fileHasher = createHash('sha256');
+  // The NAR hash runs on the hash thread, beside this one (see background-hash.ts).
+  const narHasher = backgroundHash('sha256');
+  // Uncompressed, the file is the NAR: its hash is the NAR hash.
+  const fileHasher = opts.compression.method === 'none' ? undefined : createHash('sha256');
   let narSize = 0;
   let fileSize = 0;
-  const compressor = await createCompressor(opts.compression, src.narSize);
+  let narDigest: Buffer | undefined;
 
   async function* tappedNar(): AsyncGenerator<Buffer> {
     for await (const chunk of dumpNar(src.path.path)) {
-      narHasher.update(chunk);
+      const wait = narHasher.update(chunk);
+      if (wait) await wait;
       narSize += chunk.length;
       yield chunk;
     }
   }
 
   async function* body(): AsyncGenerator<Buffer> {
+    const compressor = await createCompressor(opts.compression, src.narSize);
     // Errors anywhere in the chain destroy `compressed` with that error, so
     // the loop below throws it and the backend aborts the upload.
     const compressed = pipeline(Readable.from(tappedNar(), { objectMode: false }), compressor, () => {});
     for await (const chunk of compressed as AsyncIterable<Buffer>) {
-      fileHasher.update(chunk);
+      fileHasher?.update(chunk);
       fileSize += chunk.length;
       opts.onProgress?.(narSize, fileSize);
       yield chunk;
     }
-    const digest = narHasher.digest();
-    if (narSize !== src.narSize || !digest.equals(src.narHash.digest)) throw mismatch(src, digest, narSize);
+    narDigest = await narHasher.digest();
+    if (narSize !== src.narSize || !narDigest.equals(src.narHash.digest)) throw mismatch(src, narDigest, narSize);
   }
 
-  await backend.putStream(url, body(), NAR_CONTENT_TYPE, {
-    sizeHint: src.narSize,
-    ...(opts.signal ? { signal: opts.signal } : {}),
-  });
+  try {
+    await backend.putStream(url, body(), NAR_CONTENT_TYPE, {
+      sizeHint: src.narSize,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+  } finally {
+    narHasher.drop();
+  }
   return {
     url,
     compression: opts.compression.method,
-    fileHash: { algo: 'sha256', digest: fileHasher.digest() },
+    fileHash: { algo: 'sha256', digest: fileHasher ? fileHasher.digest() : narDigest! },
     fileSize,
     narHash: src.narHash,
     narSize,

@@ -1,0 +1,184 @@
+/**
+ * Incremental hashing on a worker thread. SHA-256 runs at about 370 MiB/s
+ * on a core without SHA extensions, and a NAR upload hashes every byte
+ * twice (NarHash, FileHash): on the main thread that alone was 0.7 s of a
+ * 1.3 s upload of 103 MiB with zstd. Here the NAR hash runs beside the main
+ * thread, which keeps reading, compressing and writing.
+ *
+ * One worker serves the whole process, started on first use (about 30 ms)
+ * and kept referenced only while a hash is open, so it never holds the
+ * process alive. Bytes are copied to the worker (a chunk may share its
+ * memory with others); at most MAX_IN_FLIGHT bytes wait there per hash, and
+ * `update` returns a promise to wait on when that is reached. If the worker
+ * dies, every open hash fails: a digest is never made up.
+ */
+import { Worker } from 'node:worker_threads';
+import { NarpushError } from '../errors.js';
+import type { HashReply, HashRequest } from './hash-thread.js';
+
+/** Bytes posted to the worker and not yet hashed, per hash, before `update` asks the caller to wait. */
+export const MAX_IN_FLIGHT = 8 << 20;
+/** Transfer buffers are this big and come back to be reused: no fresh (zeroed, faulted-in) memory per chunk. */
+const TRANSFER_BYTES = 2 << 20;
+const MAX_FREE_BUFFERS = 8;
+
+interface Open {
+  inFlight: number;
+  resumeWaiting?: () => void;
+  digest?: { resolve: (b: Buffer) => void; reject: (e: Error) => void };
+  failed?: Error;
+}
+
+class HashThread {
+  private worker: Worker | undefined;
+  private readonly open = new Map<number, Open>();
+  private nextId = 1;
+  private readonly free: ArrayBuffer[] = [];
+  // Hashes the thread failed, until their owner drops them: later calls report why.
+  private readonly failed = new Map<number, Error>();
+
+  private ensure(): Worker {
+    if (this.worker) return this.worker;
+    const worker = new Worker(new URL('./hash-thread.js', import.meta.url));
+    worker.on('message', (m: HashReply) => this.onReply(m));
+    worker.on('error', (e) => this.fail(worker, e));
+    worker.on('exit', (code) => this.fail(worker, new Error(`hash thread exited with code ${code}`)));
+    this.worker = worker;
+    return worker;
+  }
+
+  private post(m: HashRequest, transfer?: ArrayBuffer[]): void {
+    this.worker!.postMessage(m, transfer);
+  }
+
+  create(algo: string): BackgroundHash {
+    const worker = this.ensure();
+    if (this.open.size === 0) worker.ref();
+    const id = this.nextId++;
+    this.open.set(id, { inFlight: 0 });
+    this.post({ op: 'open', id, algo });
+    return new BackgroundHash(this, id);
+  }
+
+  update(id: number, chunk: Uint8Array): Promise<void> | undefined {
+    const h = this.state(id);
+    for (let off = 0; off < chunk.length; off += TRANSFER_BYTES) {
+      const part = chunk.subarray(off, off + TRANSFER_BYTES);
+      const buffer = this.free.pop() ?? new ArrayBuffer(TRANSFER_BYTES);
+      const copy = new Uint8Array(buffer, 0, part.length);
+      copy.set(part);
+      h.inFlight += copy.length;
+      this.post({ op: 'update', id, bytes: copy }, [buffer]);
+    }
+    if (h.inFlight < MAX_IN_FLIGHT) return undefined;
+    return new Promise<void>((resolve, reject) => {
+      h.resumeWaiting = () => (h.failed ? reject(h.failed) : resolve());
+    });
+  }
+
+  digest(id: number): Promise<Buffer> {
+    let h: Open;
+    try {
+      h = this.state(id);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return new Promise<Buffer>((resolve, reject) => {
+      h.digest = { resolve, reject };
+      this.post({ op: 'digest', id });
+    });
+  }
+
+  drop(id: number): void {
+    this.failed.delete(id);
+    if (!this.open.has(id)) return;
+    this.close(id);
+    if (this.worker) this.post({ op: 'drop', id });
+  }
+
+  private state(id: number): Open {
+    const h = this.open.get(id);
+    if (h) return h;
+    throw this.failed.get(id) ?? new NarpushError('HASH_FAILED', 'hash used after its digest');
+  }
+
+  private close(id: number): void {
+    this.open.delete(id);
+    if (this.open.size === 0) this.worker?.unref();
+  }
+
+  private onReply(m: HashReply): void {
+    const h = this.open.get(m.id);
+    if (m.op === 'ack' && this.free.length < MAX_FREE_BUFFERS) this.free.push(m.buffer);
+    if (!h) return;
+    if (m.op === 'ack') {
+      h.inFlight -= m.length;
+      if (h.resumeWaiting && h.inFlight < MAX_IN_FLIGHT / 2) {
+        const resume = h.resumeWaiting;
+        delete h.resumeWaiting;
+        resume();
+      }
+    } else if (m.op === 'digest') {
+      this.close(m.id);
+      h.digest?.resolve(Buffer.from(m.digest));
+    } else {
+      this.failOne(m.id, h, new NarpushError('HASH_FAILED', `hashing failed: ${m.message}`));
+    }
+  }
+
+  private failOne(id: number, h: Open, e: Error): void {
+    h.failed = e;
+    this.failed.set(id, e);
+    this.close(id);
+    h.digest?.reject(e);
+    const resume = h.resumeWaiting;
+    delete h.resumeWaiting;
+    resume?.();
+  }
+
+  private fail(worker: Worker, cause: Error): void {
+    if (this.worker !== worker) return;
+    this.worker = undefined;
+    const e = new NarpushError('HASH_FAILED', `the hashing thread stopped: ${cause.message}`, { cause });
+    for (const [id, h] of [...this.open]) this.failOne(id, h, e);
+  }
+
+  /** Tests: stop the worker as if it had crashed. */
+  async terminateForTests(): Promise<void> {
+    await this.worker?.terminate();
+  }
+}
+
+export class BackgroundHash {
+  constructor(
+    private readonly thread: HashThread,
+    private readonly id: number,
+  ) {}
+
+  /** Hash `chunk` (copied at once). When a promise is returned, wait for it before the next update. */
+  update(chunk: Uint8Array): Promise<void> | undefined {
+    return this.thread.update(this.id, chunk);
+  }
+
+  /** The digest of everything updated; the hash is closed afterwards. */
+  digest(): Promise<Buffer> {
+    return this.thread.digest(this.id);
+  }
+
+  /** Forget the hash (on failure); harmless after digest. */
+  drop(): void {
+    this.thread.drop(this.id);
+  }
+}
+
+const shared = new HashThread();
+
+/** A new incremental hash of `algo` (a node:crypto name) computed on the process's hash thread. */
+export function backgroundHash(algo: 'sha256' | 'sha512' | 'sha1'): BackgroundHash {
+  return shared.create(algo);
+}
+
+/** Tests only. */
+export function terminateHashThreadForTests(): Promise<void> {
+  return shared.terminateForTests();
+}

@@ -1,0 +1,83 @@
+// Hashing on the worker thread (src/hash/background-hash.ts) must give
+// exactly node:crypto's digest, for any chunking, several hashes at once,
+// and must fail (never make a digest up) when the thread dies.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import fc from 'fast-check';
+import { MAX_IN_FLIGHT, backgroundHash, terminateHashThreadForTests } from '../../src/hash/background-hash.js';
+
+async function hashAll(chunks: readonly Uint8Array[], algo: 'sha256' | 'sha512' = 'sha256'): Promise<Buffer> {
+  const h = backgroundHash(algo);
+  for (const c of chunks) await h.update(c);
+  return h.digest();
+}
+
+test('background hash: equals node:crypto for any chunking (property)', async () => {
+  await fc.assert(
+    fc.asyncProperty(fc.array(fc.uint8Array({ maxLength: 5000 }), { maxLength: 20 }), async (chunks) => {
+      const want = createHash('sha256');
+      for (const c of chunks) want.update(c);
+      assert.ok((await hashAll(chunks)).equals(want.digest()));
+    }),
+    { numRuns: 50 },
+  );
+});
+
+test('background hash: chunks larger than a transfer buffer, and sha512', async () => {
+  const big = randomBytes(5 * 1024 * 1024 + 3);
+  const chunks = [big.subarray(0, 1), big.subarray(1, 4_000_000), big.subarray(4_000_000)];
+  assert.ok((await hashAll(chunks)).equals(createHash('sha256').update(big).digest()));
+  assert.ok((await hashAll(chunks, 'sha512')).equals(createHash('sha512').update(big).digest()));
+});
+
+test('background hash: several hashes at once keep their bytes apart', async () => {
+  const inputs = Array.from({ length: 6 }, (_, i) => randomBytes(100_000 + i));
+  const hashes = inputs.map(() => backgroundHash('sha256'));
+  for (let off = 0; off < 110_000; off += 7_000) {
+    for (const [i, h] of hashes.entries()) await h.update(inputs[i]!.subarray(off, off + 7_000));
+  }
+  const digests = await Promise.all(hashes.map((h) => h.digest()));
+  for (const [i, d] of digests.entries()) assert.ok(d.equals(createHash('sha256').update(inputs[i]!).digest()));
+});
+
+test('background hash: update asks the caller to wait once MAX_IN_FLIGHT bytes are queued', async () => {
+  const h = backgroundHash('sha256');
+  const chunk = randomBytes(1 << 20);
+  let waited = false;
+  let total = 0;
+  for (let i = 0; i < Math.ceil((2 * MAX_IN_FLIGHT) / chunk.length); i++) {
+    const w = h.update(chunk);
+    total += chunk.length;
+    if (w) {
+      waited = true;
+      assert.ok(total >= MAX_IN_FLIGHT, 'no wait below the limit');
+      await w;
+    }
+  }
+  assert.ok(waited);
+  await h.digest();
+});
+
+test('background hash: a dead hash thread fails open hashes; the next hash starts a new thread', async () => {
+  const h = backgroundHash('sha256');
+  await h.update(randomBytes(1000));
+  await terminateHashThreadForTests();
+  await assert.rejects(h.digest(), { code: 'HASH_FAILED' });
+  h.drop();
+  const data = randomBytes(10_000);
+  assert.ok((await hashAll([data])).equals(createHash('sha256').update(data).digest()));
+});
+
+test('background hash: the thread does not keep the process alive', () => {
+  const mod = fileURLToPath(new URL('../../src/hash/background-hash.js', import.meta.url));
+  const script = `import(${JSON.stringify(mod)}).then(async ({ backgroundHash }) => {
+    const h = backgroundHash('sha256'); h.update(Buffer.from('abc'));
+    console.log((await h.digest()).toString('hex'));
+  })`;
+  const r = spawnSync(process.execPath, ['-e', script], { timeout: 30_000 });
+  assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);
+  assert.equal(r.stdout.toString().trim(), createHash('sha256').update('abc').digest('hex'));
+});
