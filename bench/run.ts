@@ -12,6 +12,9 @@ import * as path from 'node:path';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const all = ['dump-path', 'path-info', 'upload', 'hook-latency'];
 const chosen = process.argv.slice(2).filter((a) => all.includes(a));
+if (process.env.NODE_EXTRA_CA_CERTS) {
+  console.log('note: NODE_EXTRA_CA_CERTS is set; it adds tens of ms to every node start (the README figures were run with `env -u NODE_EXTRA_CA_CERTS npm run bench`)');
+}
 let failed = 0;
 for (const name of chosen.length > 0 ? chosen : all) {
   console.log(`\n=== ${name} ===`);
