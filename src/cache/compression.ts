@@ -58,14 +58,17 @@ export function narExtension(method: Compression): string {
 
 /**
  * Threads for one NAR when the user did not say (Nix's `parallel-compression`
- * says). zstd: one per core; its workers cost little memory. xz: one, as in
- * Nix: narpush's own encoder (xz-encoder.ts), which skips incompressible
- * data and caps liblzma encoders at one per core across parallel uploads.
- * With `parallel-compression=true`, liblzma's multi-threaded encoder is used
- * instead; it holds about 350 MiB at preset 6 with two threads.
+ * says): one, as in Nix. Paths compress in parallel anyway, and the cores are
+ * better spent on hashing (see background-hash.ts): on two cores, zstd's
+ * worker threads cost more in hand-offs (0.1-0.2 s of system time on the
+ * 103 MiB benchmark closure) than they saved. xz uses narpush's own encoder
+ * (xz-encoder.ts), which skips incompressible data and caps liblzma
+ * encoders at one per core across parallel uploads. `parallel-compression=true`
+ * gives every core to each NAR: zstd's workers, or liblzma's multi-threaded
+ * encoder (about 350 MiB at preset 6 with two threads).
  */
-export function defaultThreads(method: Compression): number {
-  return method === 'zstd' ? availableParallelism() : 1;
+export function defaultThreads(_method: Compression): number {
+  return 1;
 }
 
 /** Parallel compression on (every core), off (one thread), or the method's default. */

@@ -76,11 +76,13 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
   if (src.narSize <= (opts.smallNarBytes ?? SMALL_NAR_BYTES)) return uploadSmallNar(backend, src, url, opts);
   // The NAR hash runs on the hash thread, beside this one (see background-hash.ts).
   const narHasher = backgroundHash('sha256');
-  // Uncompressed, the file is the NAR: its hash is the NAR hash.
+  // The file hash stays on this thread (moving it too made the hash thread
+  // the bottleneck). Uncompressed, the file is the NAR: its hash is the NAR hash.
   const fileHasher = opts.compression.method === 'none' ? undefined : createHash('sha256');
   let narSize = 0;
   let fileSize = 0;
   let narDigest: Buffer | undefined;
+  let fileDigest: Buffer | undefined;
 
   async function* tappedNar(): AsyncGenerator<Buffer> {
     for await (const chunk of dumpNar(src.path.path)) {
@@ -104,6 +106,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
     }
     narDigest = await narHasher.digest();
     if (narSize !== src.narSize || !narDigest.equals(src.narHash.digest)) throw mismatch(src, narDigest, narSize);
+    fileDigest = fileHasher ? fileHasher.digest() : narDigest;
   }
 
   try {
@@ -117,7 +120,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
   return {
     url,
     compression: opts.compression.method,
-    fileHash: { algo: 'sha256', digest: fileHasher ? fileHasher.digest() : narDigest! },
+    fileHash: { algo: 'sha256', digest: fileDigest! },
     fileSize,
     narHash: src.narHash,
     narSize,

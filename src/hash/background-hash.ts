@@ -37,12 +37,15 @@ class HashThread {
   // Hashes the thread failed, until their owner drops them: later calls report why.
   private readonly failed = new Map<number, Error>();
 
-  private ensure(): Worker {
+  /** The worker, started if need be (unreferenced until a hash opens). */
+  ensure(): Worker {
     if (this.worker) return this.worker;
     const worker = new Worker(new URL('./hash-thread.js', import.meta.url));
     worker.on('message', (m: HashReply) => this.onReply(m));
     worker.on('error', (e) => this.fail(worker, e));
     worker.on('exit', (code) => this.fail(worker, new Error(`hash thread exited with code ${code}`)));
+    // After the listeners: adding a 'message' listener references the port again.
+    if (this.open.size === 0) worker.unref();
     this.worker = worker;
     return worker;
   }
@@ -176,6 +179,11 @@ const shared = new HashThread();
 /** A new incremental hash of `algo` (a node:crypto name) computed on the process's hash thread. */
 export function backgroundHash(algo: 'sha256' | 'sha512' | 'sha1'): BackgroundHash {
   return shared.create(algo);
+}
+
+/** Start the hash thread now, so that its start-up overlaps other work; it never holds the process alive. */
+export function prewarmHashThread(): void {
+  shared.ensure();
 }
 
 /** Tests only. */

@@ -80,4 +80,11 @@ test('background hash: the thread does not keep the process alive', () => {
   const r = spawnSync(process.execPath, ['-e', script], { timeout: 30_000 });
   assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);
   assert.equal(r.stdout.toString().trim(), createHash('sha256').update('abc').digest('hex'));
+  // Started ahead of use and never used: the process still ends once its own work is done.
+  const prewarmed = `import(${JSON.stringify(mod)}).then(({ prewarmHashThread }) => {
+    prewarmHashThread(); setTimeout(() => console.log('done'), 500);
+  })`;
+  const p = spawnSync(process.execPath, ['-e', prewarmed], { timeout: 30_000 });
+  assert.equal(p.status, 0, `prewarmed: exit ${p.status} ${p.signal ?? ''} ${p.stderr}`);
+  assert.equal(p.stdout.toString().trim(), 'done');
 });

@@ -127,3 +127,18 @@ test('OpenSSL (node:crypto) and tweetnacl make the same signatures, and each ver
     { numRuns: 200 },
   );
 });
+
+test('public keys derived by OpenSSL equal tweetnacl (libsodium layout) for any seed', async () => {
+  const nacl = (await import('tweetnacl')).default;
+  const { publicKeyFromSeed, newSecretKey, parseSecretKey, formatSecretKey } = await import('../../src/signing/keys.js');
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 32, maxLength: 32 }), (seed) => {
+      const want = nacl.sign.keyPair.fromSeed(seed);
+      assert.ok(publicKeyFromSeed(seed).equals(Buffer.from(want.publicKey)));
+      const key = newSecretKey('k-1', seed);
+      assert.ok(Buffer.from(key.secretKey).equals(Buffer.from(want.secretKey)));
+      assert.deepEqual(parseSecretKey(formatSecretKey(key)).secretKey, key.secretKey);
+    }),
+    { numRuns: 200 },
+  );
+});
