@@ -106,7 +106,7 @@ export async function createCompressor(opts: CompressionOptions, sizeHint?: numb
     case 'none':
       return new PassThrough({ highWaterMark: 1 << 20 });
     case 'xz': {
-      if (threads === 1) return new XzEncoder({ preset: level });
+      if (threads === 1) return new XzEncoder({ preset: level, ...(sizeHint !== undefined ? { sizeHint } : {}) });
       const lzma = (await import('lzma-native')).default;
       const blockSize = opts.xzBlockSize ?? xzBlockSize(sizeHint ?? MAX_XZ_BLOCK * threads, threads);
       return lzma.createCompressor({ preset: level, check: lzma.CHECK_CRC64, threads, blockSize });

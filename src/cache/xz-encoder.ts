@@ -46,6 +46,32 @@ export const STORE_BELOW_SAVING = 0.01;
 /** liblzma's dictionary size for presets 0-9. */
 const PRESET_DICT: readonly number[] = [18, 20, 21, 22, 22, 23, 23, 24, 25, 26].map((log) => 2 ** log);
 
+/** The smallest dictionary liblzma accepts. */
+const MIN_DICT = 4096;
+
+/**
+ * LZMA2 options of liblzma's preset `level` (liblzma's lzma_lzma_preset),
+ * with the dictionary no larger than the input needs, as the xz tool does
+ * when it knows the size: a NAR of 300 bytes does not need the 94 MiB that
+ * preset 6's match finder allocates for an 8 MiB dictionary, and the output
+ * is the same.
+ */
+export function lzma2Options(level: number, sizeHint?: number): Record<string, number> {
+  let dictSize = PRESET_DICT[level]!;
+  if (sizeHint !== undefined) dictSize = Math.min(dictSize, Math.max(MIN_DICT, 2 ** Math.ceil(Math.log2(Math.max(1, sizeHint)))));
+  const fast = level <= 3;
+  return {
+    dictSize,
+    lc: 3,
+    lp: 0,
+    pb: 2,
+    mode: fast ? 1 /* LZMA_MODE_FAST */ : 2 /* LZMA_MODE_NORMAL */,
+    mf: level === 0 ? 0x03 /* HC3 */ : fast ? 0x04 /* HC4 */ : 0x14 /* BT4 */,
+    niceLen: fast ? (level <= 1 ? 128 : 273) : level === 4 ? 16 : level === 5 ? 32 : 64,
+    depth: fast ? [4, 8, 24, 48][level]! : 0,
+  };
+}
+
 /** At most `n` holders at once; holders wait in order. */
 export class Slots {
   private free: number;
@@ -73,16 +99,18 @@ export const defaultEncoderSlots = new Slots(availableParallelism());
 export interface XzEncoderOptions {
   /** liblzma preset, 0-9. */
   readonly preset: number;
+  /** The input's size when known (a NAR's NarSize): a smaller input gets a smaller dictionary. */
+  readonly sizeHint?: number;
   /** Limit on simultaneous liblzma encoders; default defaultEncoderSlots. */
   readonly encoderSlots?: Slots;
   /** Tests: segment size (default SEGMENT_BYTES). */
   readonly segmentBytes?: number;
-  /** Tests: force every segment one way instead of probing. */
+  /** Force every segment one way instead of probing (tests; xzCompressBuffer probes once itself). */
   readonly decide?: (segment: Buffer) => 'lzma' | 'stored';
 }
 
 type Lzma = typeof import('lzma-native').default & {
-  createStream(coder: 'rawEncoder', o: { filters: { id: string; options: { preset: number } }[] }): Transform;
+  createStream(coder: 'rawEncoder', o: { filters: { id: string; options: Record<string, number> }[] }): Transform;
   FILTER_LZMA2: string;
 };
 type Zstd = typeof import('zstd-napi');
@@ -148,6 +176,7 @@ export class XzEncoder extends Transform {
   private readonly segmentBytes: number;
   private readonly slots: Slots;
   private readonly dictProperty: number;
+  private readonly lzmaOptions: Record<string, number>;
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private block: OpenBlock | undefined;
@@ -160,7 +189,8 @@ export class XzEncoder extends Transform {
     if (!Number.isInteger(opts.preset) || opts.preset < 0 || opts.preset > 9) throw new RangeError(`xz preset ${opts.preset}`);
     this.segmentBytes = opts.segmentBytes ?? SEGMENT_BYTES;
     this.slots = opts.encoderSlots ?? defaultEncoderSlots;
-    this.dictProperty = lzma2DictProperty(PRESET_DICT[opts.preset]!);
+    this.lzmaOptions = lzma2Options(opts.preset, opts.sizeHint);
+    this.dictProperty = lzma2DictProperty(this.lzmaOptions.dictSize!);
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
@@ -211,7 +241,7 @@ export class XzEncoder extends Transform {
     let kind: 'lzma' | 'stored';
     if (this.opts.decide) kind = this.opts.decide(segment);
     else {
-      this.probe ??= new Probe(zstd, PRESET_DICT[this.opts.preset]!);
+      this.probe ??= new Probe(zstd, this.lzmaOptions.dictSize!);
       kind = worthCompressing(segment.length, await this.probe.cost(segment)) ? 'lzma' : 'stored';
     }
     if (this.block && this.block.kind !== kind) await this.closeBlock();
@@ -239,7 +269,7 @@ export class XzEncoder extends Transform {
         throw new Error('xz encoder destroyed');
       }
       const encoder = lzma.createStream('rawEncoder', {
-        filters: [{ id: lzma.FILTER_LZMA2, options: { preset: this.opts.preset } }],
+        filters: [{ id: lzma.FILTER_LZMA2, options: this.lzmaOptions }],
       });
       encoder.on('data', (b: Buffer) => {
         block.compressed += b.length;
@@ -278,7 +308,16 @@ export class XzEncoder extends Transform {
 
 /** A whole (small) buffer as one .xz file, by the same rules as the stream. */
 export async function xzCompressBuffer(data: Buffer, preset: number, opts: Omit<XzEncoderOptions, 'preset'> = {}): Promise<Buffer> {
-  const encoder = new XzEncoder({ ...opts, preset });
+  let decide = opts.decide;
+  if (!decide && data.length <= SEGMENT_BYTES) {
+    // One segment: a one-shot probe with a reused context, not a streaming one per buffer.
+    const { zstd } = await loadModules();
+    oneShotProbe ??= new zstd.Compressor();
+    oneShotProbe.setParameters({ compressionLevel: 1 });
+    const kind = worthCompressing(data.length, oneShotProbe.compress(data).length) ? 'lzma' : 'stored';
+    decide = () => kind;
+  }
+  const encoder = new XzEncoder({ sizeHint: data.length, ...opts, preset, ...(decide ? { decide } : {}) });
   const out: Buffer[] = [];
   encoder.on('data', (b: Buffer) => out.push(b));
   const done = once(encoder, 'end');
@@ -286,3 +325,5 @@ export async function xzCompressBuffer(data: Buffer, preset: number, opts: Omit<
   await done;
   return Buffer.concat(out);
 }
+
+let oneShotProbe: InstanceType<Zstd['Compressor']> | undefined;

@@ -157,7 +157,7 @@ test('xz: the bytes of xzCompressBuffer are those of the stream', async () => {
   const input = Buffer.concat([text(100_000), randomBytes(100_000)]);
   const a = await xzCompressBuffer(input, 3);
   assert.ok((await decodeInProcess(a)).equals(input));
-  assert.ok(a.equals(await encode([input], { preset: 3 })));
+  assert.ok(a.equals(await encode([input], { preset: 3, sizeHint: input.length })));
 });
 
 test('xz: liblzma encoders are limited by their slots, and a destroyed encoder gives its slot back', async () => {
@@ -212,4 +212,38 @@ test('xz probe: data seen a few MiB earlier counts as compressible (liblzma woul
   for (let i = 0; i < 3; i++) await probe.cost(randomBytes(1 << 20)); // 3 MiB in between
   assert.ok((await probe.cost(blob)) < blob.length * 0.1, 'the same bytes 3 MiB later are found');
   probe.destroy();
+});
+
+test("xz: lzma2Options(level) is liblzma's own preset (same bytes for every level)", async () => {
+  const { lzma2Options } = await import('../../src/cache/xz-encoder.js');
+  const lzma = (await import('lzma-native')).default as unknown as {
+    createStream(c: 'rawEncoder', o: { filters: { id: string; options: Record<string, number> }[] }): NodeJS.ReadWriteStream;
+    FILTER_LZMA2: string;
+  };
+  const input = Buffer.concat([text(200_000), randomBytes(5_000), text(50_000)]);
+  const raw = async (options: Record<string, number>): Promise<Buffer> => {
+    const out: Buffer[] = [];
+    const s = lzma.createStream('rawEncoder', { filters: [{ id: lzma.FILTER_LZMA2, options }] });
+    s.on('data', (b: Buffer) => out.push(b));
+    const done = new Promise((r) => s.on('end', r));
+    s.end(input);
+    await done;
+    return Buffer.concat(out);
+  };
+  for (let level = 0; level <= 9; level++) {
+    assert.ok((await raw(lzma2Options(level))).equals(await raw({ preset: level })), `preset ${level}`);
+  }
+});
+
+test('xz: a small input gets a dictionary to its size, in the header too', { skip: noXz }, async () => {
+  const input = text(3000);
+  const packed = await xzCompressBuffer(input, 6);
+  assert.ok(xz(['-dc'], packed).stdout.equals(input));
+  assert.match(blocks(packed)[0]!.filters, /dict=4KiB/);
+  const stream = await encode([text(600_000)], { preset: 6, sizeHint: 600_000 });
+  assert.match(blocks(stream)[0]!.filters, /dict=1MiB/);
+  // Incompressible small input: stored, no liblzma.
+  const noise = randomBytes(3000);
+  const stored = await xzCompressBuffer(noise, 6);
+  assert.equal(blocks(stored)[0]!.compressed, noise.length + 3 + 1);
 });
