@@ -8,6 +8,12 @@
  * visible, and never delete an object they did not just create (a key may
  * already hold the same content-addressed NAR that a published narinfo uses).
  * The S3 SDK is imported only when an s3:// backend is opened.
+ *
+ * Every put resolves only once its object is both visible and durable. A
+ * backend where those are separate steps (file://: rename, then directory
+ * fsync) may also offer `stageBytes`, so that a caller publishing objects in
+ * a dependency order (narinfos after their references') pays for durability
+ * once per group instead of once per link of the chain.
  */
 import { NarpushError } from '../errors.js';
 import type { CacheConfig } from './cache-url.js';
@@ -25,6 +31,22 @@ export interface PutStreamOptions {
   readonly sizeHint?: number;
   /** Aborting stops reading `body` at once and cleans up; the promise rejects with UPLOAD_ABORTED. */
   readonly signal?: AbortSignal;
+}
+
+/**
+ * A small object whose bytes are written and durable but not yet visible:
+ * the caller decides when it appears. Use `publish` or `discard`, once.
+ */
+export interface StagedObject {
+  /**
+   * Make the object visible, atomically (whole or not at all). Once this
+   * resolves readers see it, but it may not yet survive a crash.
+   */
+  publish(): Promise<void>;
+  /** After `publish`: resolves once the published object survives a crash. */
+  durable(): Promise<void>;
+  /** Instead of `publish`: remove the staged bytes; nothing becomes visible. Never rejects. */
+  discard(): Promise<void>;
 }
 
 export interface CacheBackend {
@@ -48,8 +70,28 @@ export interface CacheBackend {
     contentType: string,
     opts?: PutStreamOptions,
   ): Promise<{ readonly bytes: number }>;
+  /**
+   * Optional: `putBytes` in steps (see StagedObject), for backends where a
+   * visible object is not yet durable. Use the function `stageBytes`, which
+   * falls back to `putBytes` for backends without it.
+   */
+  stageBytes?(key: string, body: Uint8Array, contentType: string): Promise<StagedObject>;
   /** Release sockets and handles; the backend must not be used afterwards. */
   close(): Promise<void>;
+}
+
+/**
+ * Stage a small object on any backend. Without the capability (S3: a PUT is
+ * visible and durable when acknowledged) nothing is sent until `publish`,
+ * which is then `putBytes`, and `durable` has nothing left to wait for.
+ */
+export async function stageBytes(backend: CacheBackend, key: string, body: Uint8Array, contentType: string): Promise<StagedObject> {
+  if (backend.stageBytes) return backend.stageBytes(key, body, contentType);
+  return {
+    publish: () => backend.putBytes(key, body, contentType),
+    durable: async () => {},
+    discard: async () => {},
+  };
 }
 
 export interface OpenBackendOptions {

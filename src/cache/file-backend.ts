@@ -1,31 +1,67 @@
 /**
  * A binary cache in a local directory (`file:///dir`), in the layout Nix reads
  * directly as a substituter. Every write goes to a temporary file in the
- * target's own directory, is fsynced, renamed over the target (atomic on
- * POSIX) and the directory fsynced (one fsync serves every rename made while
- * the previous one ran), so a reader or a crash sees either the old
- * object or the whole new one, and a NAR is durable before its narinfo is
- * written.
+ * target's own directory, is made durable (O_DSYNC or fsync), renamed over
+ * the target (atomic on POSIX) and the directory fsynced, so a reader or a
+ * crash sees either the old object or the whole new one, and a put is
+ * durable when it resolves.
+ * Directory fsyncs are group-committed: one serves every rename made while
+ * the previous one ran.
  *
- * Must never leave a temporary file behind on failure or abort, never write
- * outside the cache directory (keys are checked), and never delete a
- * published object. Content types are S3 metadata and have no file equivalent.
+ * `stageBytes` splits a put into its steps: the temporary file is written and
+ * made durable at once, `publish` renames it, `durable` waits for a directory
+ * fsync that started after the rename. The upload pipeline uses it for
+ * narinfos, which must appear in reference order (a referrer after its
+ * references): the chain then costs one rename per link, and the fsyncs
+ * run beside it. Between a rename and that fsync a crash may lose renames;
+ * a file system that did not keep their order could then show a referrer
+ * without its reference. That is accepted because (1) journaling file
+ * systems (ext4, XFS) commit metadata operations in the order they were
+ * made, so a later rename never survives an earlier one that was lost; (2) no path is
+ * reported uploaded (and the daemon's journal keeps it pending) until the
+ * fsync after its rename has completed, so a crash in the gap is retried;
+ * (3) the next upload of the closure checks each path's narinfo and puts
+ * back any that is missing. Ordering every rename after its references'
+ * fsyncs instead costs one journal commit per link of the longest chain
+ * (120 links, ~0.5 s, for 1,000 small paths).
+ *
+ * Must never leave a temporary file behind on failure, abort or discard,
+ * never write outside the cache directory (keys are checked), and never
+ * delete a published object. Content types are S3 metadata and have no file
+ * equivalent.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import * as fs from 'node:fs';
+import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import * as nodePath from 'node:path';
 import { NarpushError, isErrnoException } from '../errors.js';
-import { MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type PutStreamOptions } from './backend.js';
+import {
+  MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type PutStreamOptions, type StagedObject,
+} from './backend.js';
+import { MetadataCalls, call, closeNow, fsyncDir, writeAll } from './file-ops.js';
+import { type Limiter, createLimiter } from './limit.js';
 
-/** Temporary files are named `.<name>.narpush-<random>.tmp`: hidden, and never a key Nix asks for. */
+/** Temporary files are named `.<name>.narpush-<random>-<n>.tmp`: hidden, and never a key Nix asks for. */
 export const TEMP_MARKER = '.narpush-';
+
+// O_EXCL ('wx'): always a new file, never one another writer is using.
+const CREATE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL;
+// Where the platform has no O_DSYNC, whole bodies are fsynced like streams.
+const DSYNC: number | undefined = fs.constants.O_DSYNC;
 
 export class FileBackend implements CacheBackend {
   readonly description: string;
   // Directories known to exist, so each write does not ask again.
   private readonly madeDirs = new Set<string>();
+  // One file creation at a time per directory, when they run on the thread pool (see createIn).
+  private readonly creating = new Map<string, Limiter>();
+  // Creates, renames and stats: on this thread while they are fast.
+  private readonly metadata = new MetadataCalls();
   // Group commit of directory fsyncs: renames that land while a sync runs share the next one.
   private readonly dirSyncs = new Map<string, { running: Promise<void>; next?: Promise<void> }>();
+  // Temporary names: random per backend (other writers), counted within it (cheaper than random per file).
+  private readonly tempPrefix = `${TEMP_MARKER}${randomBytes(6).toString('hex')}-`;
+  private tempCount = 0;
 
   constructor(readonly dir: string) {
     if (!nodePath.isAbsolute(dir)) throw new NarpushError('BAD_CACHE_URL', `cache directory '${dir}' is not absolute`);
@@ -62,7 +98,12 @@ export class FileBackend implements CacheBackend {
   async exists(key: string): Promise<boolean> {
     const file = this.pathOf(key);
     try {
-      return (await stat(file)).isFile();
+      const st = await this.metadata.run(
+        true,
+        () => fs.statSync(file, { throwIfNoEntry: false }),
+        () => call<fs.Stats>((cb) => fs.stat(file, cb)),
+      );
+      return st?.isFile() ?? false;
     } catch (e) {
       if (isMissing(e)) return false;
       throw ioError('check', key, this.description, e);
@@ -70,7 +111,11 @@ export class FileBackend implements CacheBackend {
   }
 
   async putBytes(key: string, body: Uint8Array, _contentType: string): Promise<void> {
-    await this.write(key, [body]);
+    await publishDurably(await this.stage(key, body));
+  }
+
+  async stageBytes(key: string, body: Uint8Array, _contentType: string): Promise<StagedObject> {
+    return (await this.stage(key, body)).object;
   }
 
   async putStream(
@@ -80,40 +125,100 @@ export class FileBackend implements CacheBackend {
     opts: PutStreamOptions = {},
   ): Promise<{ bytes: number }> {
     if (opts.signal?.aborted) throw abortedError(`${key} to ${this.description}`, opts.signal.reason);
-    return this.write(key, abortable(body, opts.signal, `${key} to ${this.description}`));
+    const staged = await this.stage(key, abortable(body, opts.signal, `${key} to ${this.description}`));
+    await publishDurably(staged);
+    return { bytes: staged.bytes };
   }
 
   async close(): Promise<void> {}
 
-  private async write(key: string, chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<{ bytes: number }> {
+  /**
+   * Write `body` to a temporary file next to the target and make it durable;
+   * the returned object renames it. A body given whole is written with
+   * O_DSYNC (the write returns once the bytes are on disk, as write + fdatasync
+   * would, in one request less); a stream is fsynced after its last chunk.
+   */
+  private async stage(key: string, body: Uint8Array | AsyncIterable<Uint8Array>): Promise<{ object: StagedObject; bytes: number }> {
     const target = this.pathOf(key);
     const dir = nodePath.dirname(target);
-    const tmp = nodePath.join(dir, `.${nodePath.basename(target)}${TEMP_MARKER}${randomBytes(8).toString('hex')}.tmp`);
-    const fh = await io('write', key, this.description, async () => {
+    const tmp = nodePath.join(dir, `.${nodePath.basename(target)}${this.tempPrefix}${this.tempCount++}.tmp`);
+    const whole = body instanceof Uint8Array && DSYNC !== undefined;
+    const fd = await io('write', key, this.description, async () => {
       if (!this.madeDirs.has(dir)) {
         await mkdir(dir, { recursive: true });
         this.madeDirs.add(dir);
       }
-      return open(tmp, 'wx', 0o644);
+      return this.createIn(dir, tmp, whole ? CREATE_FLAGS | DSYNC! : CREATE_FLAGS);
     });
     let bytes = 0;
+    let isOpen = true;
     try {
-      // Errors from `chunks` (the caller's stream) pass through unchanged; only our own I/O is wrapped.
-      for await (const chunk of chunks) {
-        await io('write', key, this.description, () => writeAll(fh, chunk));
-        bytes += chunk.byteLength;
+      if (whole) {
+        await io('write', key, this.description, () => writeAll(fd, body));
+        bytes = body.byteLength;
+      } else {
+        // Errors from `body` (the caller's stream) pass through unchanged; only our own I/O is wrapped.
+        for await (const chunk of body instanceof Uint8Array ? [body] : body) {
+          await io('write', key, this.description, () => writeAll(fd, chunk));
+          bytes += chunk.byteLength;
+        }
+        await io('write', key, this.description, () => call<void>((cb) => fs.fsync(fd, cb)));
       }
-      await io('write', key, this.description, () => fh.sync());
-      await fh.close();
-      await io('write', key, this.description, () => rename(tmp, target));
+      isOpen = false; // even a failed close releases the descriptor: never close it twice
+      await io('write', key, this.description, async () => closeNow(fd));
     } catch (e) {
-      await fh.close().catch(() => {});
+      if (isOpen) fs.close(fd, () => {});
       await rm(tmp, { force: true }).catch(() => {});
       throw e;
     }
-    // The rename is durable only once the directory entry is on disk.
-    await io('write', key, this.description, () => this.syncDir(dir));
-    return { bytes };
+    let state: 'staged' | 'publishing' | 'published' | 'gone' = 'staged';
+    const object: StagedObject = {
+      publish: async () => {
+        if (state !== 'staged') throw new Error(`staged ${key}: publish called when ${state}`);
+        state = 'publishing';
+        try {
+          await io('write', key, this.description, () =>
+            this.metadata.run(false, () => fs.renameSync(tmp, target), () => call<void>((cb) => fs.rename(tmp, target, cb))),
+          );
+        } catch (e) {
+          state = 'gone';
+          await rm(tmp, { force: true }).catch(() => {});
+          throw e;
+        }
+        state = 'published';
+      },
+      // The rename is durable only once the directory entry is on disk.
+      durable: async () => {
+        if (state !== 'published') throw new Error(`staged ${key}: durable called when ${state}`);
+        await io('write', key, this.description, () => this.syncDir(dir));
+      },
+      discard: async () => {
+        if (state !== 'staged') return;
+        state = 'gone';
+        await rm(tmp, { force: true }).catch(() => {});
+      },
+    };
+    return { object, bytes };
+  }
+
+  /**
+   * Create `file` in `dir` (see MetadataCalls). On the thread pool,
+   * creations in one directory are queued here: the kernel serializes them
+   * anyway (the directory's lock), and threads waiting for that lock spin
+   * on it while ext4 searches its inode tables, burning the CPU the rest of
+   * the upload needs (12% of all CPU time, measured uploading 1,000 small
+   * paths on two cores).
+   */
+  private createIn(dir: string, file: string, flags: number): Promise<number> {
+    return this.metadata.run(
+      true,
+      () => fs.openSync(file, flags, 0o644),
+      () => {
+        let limit = this.creating.get(dir);
+        if (!limit) this.creating.set(dir, (limit = createLimiter(1)));
+        return limit(() => call<number>((cb) => fs.open(file, flags, 0o644, cb)));
+      },
+    );
   }
 
   /**
@@ -124,11 +229,11 @@ export class FileBackend implements CacheBackend {
   private syncDir(dir: string): Promise<void> {
     const state = this.dirSyncs.get(dir);
     if (!state) {
-      const running = syncDir(dir).finally(() => this.afterDirSync(dir));
+      const running = fsyncDir(dir).finally(() => this.afterDirSync(dir));
       this.dirSyncs.set(dir, { running });
       return running;
     }
-    state.next ??= state.running.catch(() => {}).then(() => syncDir(dir));
+    state.next ??= state.running.catch(() => {}).then(() => fsyncDir(dir));
     return state.next;
   }
 
@@ -144,21 +249,9 @@ export class FileBackend implements CacheBackend {
   }
 }
 
-async function writeAll(fh: FileHandle, chunk: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < chunk.byteLength) {
-    const { bytesWritten } = await fh.write(chunk, off, chunk.byteLength - off);
-    off += bytesWritten;
-  }
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const d = await open(dir, 'r');
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
-  }
+async function publishDurably(staged: { object: StagedObject }): Promise<void> {
+  await staged.object.publish();
+  await staged.object.durable();
 }
 
 function isMissing(e: unknown): boolean {

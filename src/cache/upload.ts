@@ -1,10 +1,15 @@
 /**
  * Putting a set of store paths into a cache: which ones are already there,
  * uploading the rest in parallel, and publishing each narinfo only when it is
- * safe to. The invariant this module exists for: the cache never advertises
- * a path (its `.narinfo`) before that path's NAR is complete and before the
- * narinfos of all its references are there, whatever fails midway. Progress
- * and results are reported as events; nothing here prints.
+ * safe to. The invariants this module exists for, whatever fails midway:
+ *  - the cache never shows a path's `.narinfo` before that path's NAR is
+ *    complete and durable, nor before the narinfos of all its references;
+ *  - a path is reported `uploaded` only once its narinfo is durable.
+ * Visibility is ordered, durability is not: each narinfo is staged (written,
+ * not shown) as soon as its NAR is done, and only showing it waits for its
+ * references, so a chain of references costs one rename per link and the
+ * fsyncs run beside it (see file-backend.ts). Progress and results are
+ * reported as events; nothing here prints.
  */
 import { NarpushError, isNarpushError } from '../errors.js';
 import type { NarInfo } from '../narinfo/narinfo.js';
@@ -13,7 +18,7 @@ import type { SecretKey } from '../signing/keys.js';
 import { signNarInfo } from '../signing/sign.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
-import type { CacheBackend } from './backend.js';
+import { type CacheBackend, type StagedObject, stageBytes } from './backend.js';
 import type { CompressionOptions } from './compression.js';
 import { createLimiter } from './limit.js';
 import { SMALL_NAR_BYTES, type UploadedNar, uploadNar } from './nar-upload.js';
@@ -128,68 +133,84 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   const smallLimit = opts.smallNarBytes ?? SMALL_NAR_BYTES;
   const uploaded: UploadedPath[] = [];
   const failed: { info: PathInfo; error: NarpushError }[] = [];
-  // Resolves when a path's narinfo is in the cache; rejects when it will not be.
-  const published = new Map<string, Promise<void>>();
+  // Per path being uploaded: true once its narinfo is visible, false when it will not be.
+  const visible = new Map<string, Promise<boolean>>();
 
-  const publish = async (info: PathInfo): Promise<void> => {
+  const fail = (info: PathInfo, error: NarpushError): void => {
+    failed.push({ info, error });
+    emit({ type: 'failed', info, error });
+  };
+
+  /** Whether every reference's narinfo is visible (waiting for those in the set), or the error why not. */
+  const referencesVisible = async (info: PathInfo): Promise<NarpushError | undefined> => {
+    for (const ref of info.references) {
+      if (ref.baseName === info.path.baseName) continue;
+      const pending = visible.get(ref.baseName);
+      if (pending ? await pending : presence.get(ref.baseName) === true) continue;
+      const why = pending ? 'failed to upload' : 'is not in the cache (upload it, or leave out --no-closure)';
+      return new NarpushError('REFERENCE_MISSING', `not publishing '${info.path.path}': its reference '${ref.path}' ${why}`);
+    }
+    return undefined;
+  };
+
+  const upload = async (info: PathInfo, shown: (ok: boolean) => void): Promise<void> => {
     const t0 = performance.now();
+    // 1. The NAR, complete and durable; then the narinfo, written and durable
+    // but not visible (off the chain of references, in parallel).
     let nar: UploadedNar;
+    let staged: StagedObject;
     try {
-      nar = await (info.narSize <= smallLimit ? smallJobs : jobs)(async () => {
+      ({ nar, staged } = await (info.narSize <= smallLimit ? smallJobs : jobs)(async () => {
         opts.signal?.throwIfAborted();
         emit({ type: 'started', info });
-        return uploadNar(backend, info, {
+        const done = await uploadNar(backend, info, {
           compression: opts.compression,
           ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
         });
-      });
+        const body = Buffer.from(formatNarInfo(makeNarInfo(info, done, opts.signingKeys)));
+        return { nar: done, staged: await stageBytes(backend, narInfoKey(info.path), body, NARINFO_CONTENT_TYPE) };
+      }));
     } catch (e) {
+      shown(false);
       const error = opts.signal?.aborted
         ? new NarpushError('UPLOAD_ABORTED', `upload of '${info.path.path}' was interrupted`, { cause: e })
         : asNarpushError(e, info);
-      failed.push({ info, error });
-      emit({ type: 'failed', info, error });
-      throw error;
+      return fail(info, error);
     }
-    // The NAR is complete; the narinfo waits for the narinfos of the references.
-    for (const ref of info.references) {
-      if (ref.baseName === info.path.baseName) continue;
-      const pending = published.get(ref.baseName);
-      const ok = pending
-        ? await pending.then(() => true, () => false)
-        : presence.get(ref.baseName) === true;
-      if (!ok) {
-        const why = pending ? 'failed to upload' : 'is not in the cache (upload it, or leave out --no-closure)';
-        const error = new NarpushError(
-          'REFERENCE_MISSING',
-          `not publishing '${info.path.path}': its reference '${ref.path}' ${why}`,
-        );
-        failed.push({ info, error });
-        emit({ type: 'failed', info, error });
-        throw error;
-      }
+    // 2. Visible only after the narinfos of its references: the one step on the chain.
+    const missing = await referencesVisible(info);
+    if (missing) {
+      shown(false);
+      await staged.discard();
+      return fail(info, missing);
     }
     try {
-      const narinfo = makeNarInfo(info, nar, opts.signingKeys);
-      await backend.putBytes(narInfoKey(info.path), Buffer.from(formatNarInfo(narinfo)), NARINFO_CONTENT_TYPE);
+      await staged.publish();
     } catch (e) {
-      const error = asNarpushError(e, info);
-      failed.push({ info, error });
-      emit({ type: 'failed', info, error });
-      throw error;
+      shown(false);
+      return fail(info, asNarpushError(e, info));
+    }
+    shown(true);
+    // 3. Reported uploaded only once it survives a crash (the daemon's journal relies on it).
+    try {
+      await staged.durable();
+    } catch (e) {
+      return fail(info, asNarpushError(e, info));
     }
     const seconds = (performance.now() - t0) / 1000;
     uploaded.push({ info, nar, seconds });
     emit({ type: 'uploaded', info, nar, seconds });
   };
 
+  const running: Promise<void>[] = [];
   for (const info of toUpload) {
-    const p = publish(info);
-    p.catch(() => {}); // failures are collected in `failed`
-    published.set(info.path.baseName, p);
+    let shown!: (ok: boolean) => void;
+    visible.set(info.path.baseName, new Promise<boolean>((resolve) => (shown = resolve)));
+    running.push(upload(info, shown));
   }
-  await Promise.allSettled(published.values());
+  // `upload` records every failure itself: a rejection here is a bug, raised once all have settled.
+  for (const r of await Promise.allSettled(running)) if (r.status === 'rejected') throw r.reason;
   return { uploaded, skipped, wouldUpload: [], failed, seconds: (performance.now() - started) / 1000 };
 }

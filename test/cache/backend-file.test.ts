@@ -3,13 +3,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, stat, truncate, writeFile, mkdir } from 'node:fs/promises';
+import fs from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, stat, truncate, writeFile, mkdir } from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { FileBackend, TEMP_MARKER } from '../../src/cache/file-backend.js';
+import { SLOW_METADATA_CALL_MS } from '../../src/cache/file-ops.js';
 import { openCacheBackend, MAX_GET_BYTES } from '../../src/cache/backend.js';
 import { parseCacheUrl } from '../../src/cache/cache-url.js';
 import { nixBuildExpr, nixEnv } from '../helpers/nix.js';
@@ -214,4 +217,159 @@ test('a long abortable upload does not keep its chunks alive', async () => {
   const controller = new AbortController();
   await b.putStream('nar/long', body(), 'application/x-nix-nar', { signal: controller.signal });
   assert.ok(collectedMidway >= total / 2, `chunks written were collected during the upload (${collectedMidway} of ${total - 1})`);
+});
+
+/**
+ * Record the file system calls the backend makes (through node:fs's callback
+ * and synchronous APIs, which it uses), in the order they start and finish,
+ * with every fsync slowed down. With `createMs`, the clock (performance.now)
+ * stands still except that each synchronous create takes that long: how
+ * fast the real file system is does not matter. Restores node:fs and the
+ * clock when `stop` is called.
+ */
+function recordFsCalls(opts: { createMs?: number } = {}): { events: string[]; stop: () => void } {
+  const real = { open: fs.open, openSync: fs.openSync, fsync: fs.fsync, rename: fs.rename, renameSync: fs.renameSync };
+  const realNow = performance.now;
+  let now = 0;
+  const fdPaths = new Map<number, string>();
+  const events: string[] = [];
+  const patched = fs as unknown as Record<string, unknown>;
+  const opened = (p: string, flags: unknown, how: string): void => {
+    events.push(`open-${how} ${p}`);
+    if (typeof flags === 'number' && (flags & fs.constants.O_DSYNC) !== 0) events.push(`open-dsync ${p}`);
+  };
+  patched.open = (p: string, flags: string | number, ...rest: unknown[]) => {
+    const cb = rest.pop() as (e: Error | null, fd?: number) => void;
+    opened(p, flags, 'pooled');
+    (real.open as (...a: unknown[]) => void)(p, flags, ...rest, (e: Error | null, fd?: number) => {
+      if (!e) fdPaths.set(fd!, p);
+      cb(e, fd);
+    });
+  };
+  patched.openSync = (p: string, flags: string | number, ...rest: unknown[]) => {
+    opened(p, flags, 'inline');
+    now += opts.createMs ?? 0;
+    const fd = (real.openSync as (...a: unknown[]) => number)(p, flags, ...rest);
+    fdPaths.set(fd, p);
+    return fd;
+  };
+  patched.fsync = (fd: number, cb: (e: Error | null) => void) => {
+    const p = fdPaths.get(fd) ?? `fd ${fd}`;
+    events.push(`fsync-start ${p}`);
+    // Slow fsyncs, as on a busy disk: renames then land while one is running.
+    setTimeout(() => {
+      real.fsync(fd, (e) => {
+        events.push(`fsync-done ${p}`);
+        cb(e);
+      });
+    }, 3);
+  };
+  patched.rename = (from: string, to: string, cb: (e: Error | null) => void) => {
+    events.push(`rename-start ${to}`);
+    real.rename(from, to, (e) => {
+      events.push(`rename-done ${to}`);
+      cb(e);
+    });
+  };
+  patched.renameSync = (from: string, to: string) => {
+    events.push(`rename-start ${to}`);
+    real.renameSync(from, to);
+    events.push(`rename-done ${to}`);
+  };
+  syncBuiltinESMExports();
+  if (opts.createMs !== undefined) performance.now = () => now;
+  return {
+    events,
+    stop: () => {
+      Object.assign(patched, real);
+      syncBuiltinESMExports();
+      performance.now = realNow;
+    },
+  };
+}
+
+test('staged objects: invisible until published, durable only after a directory fsync that began after the rename', async () => {
+  const dir = await freshDir();
+  const b = new FileBackend(dir);
+  const rec = recordFsCalls();
+  try {
+    const bodies = Array.from({ length: 40 }, (_, i) => randomBytes(50 + i));
+    const staged = await Promise.all(bodies.map((body, i) => b.stageBytes(`k${i}.narinfo`, body, 'text/x-nix-narinfo')));
+    assert.equal((await listAll(dir)).filter((f) => !f.includes(TEMP_MARKER)).length, 0, 'nothing visible before publish');
+    // Bytes are durable before stageBytes resolves: written with O_DSYNC (or fsynced).
+    const durableTemps = rec.events.filter((e) => /^(open-dsync|fsync-done) /.test(e) && e.includes(TEMP_MARKER)).length;
+    assert.equal(durableTemps, staged.length, 'each staged file is written durably');
+    // Publish in a chain (each after the previous is visible) while durability is awaited beside it.
+    const durable: Promise<void>[] = [];
+    const durableAt = new Map<number, number>();
+    for (const [i, s] of staged.entries()) {
+      await s.publish();
+      assert.ok((await b.get(`k${i}.narinfo`))!.equals(bodies[i]!), `k${i} visible once published`);
+      durable.push(s.durable().then(() => void durableAt.set(i, rec.events.length)));
+    }
+    await Promise.all(durable);
+    for (const i of staged.keys()) {
+      const renamed = rec.events.indexOf(`rename-done ${path.join(dir, `k${i}.narinfo`)}`);
+      const syncStart = rec.events.findIndex((e, at) => at > renamed && e === `fsync-start ${dir}`);
+      const syncDone = rec.events.findIndex((e, at) => at > syncStart && e === `fsync-done ${dir}`);
+      assert.ok(renamed >= 0 && syncStart > renamed, `a directory fsync started after k${i} was renamed`);
+      assert.ok(syncDone >= 0 && syncDone < durableAt.get(i)!, `k${i} was durable only after that fsync finished`);
+    }
+    // Objects published together share directory fsyncs (group commit).
+    const before = rec.events.filter((e) => e === `fsync-start ${dir}`).length;
+    const more = await Promise.all(bodies.map((body, i) => b.stageBytes(`m${i}.narinfo`, body, 'text/x-nix-narinfo')));
+    await Promise.all(more.map((s) => s.publish()));
+    await Promise.all(more.map((s) => s.durable()));
+    const shared = rec.events.filter((e) => e === `fsync-start ${dir}`).length - before;
+    assert.ok(shared >= 1 && shared <= 2, `${shared} directory fsyncs for ${more.length} renames`);
+  } finally {
+    rec.stop();
+  }
+  assert.deepEqual((await listAll(dir)).filter((f) => f.includes(TEMP_MARKER)), []);
+});
+
+test('a discarded staged object leaves nothing behind; misuse is refused', async () => {
+  const dir = await freshDir();
+  const b = new FileBackend(dir);
+  const s = await b.stageBytes('gone.narinfo', Buffer.from('x'), 'text/x-nix-narinfo');
+  assert.equal((await listAll(dir)).length, 1, 'the staged temporary file');
+  await s.discard();
+  await s.discard();
+  assert.deepEqual(await listAll(dir), []);
+  await assert.rejects(s.publish(), /publish called when gone/);
+  const t = await b.stageBytes('k.narinfo', Buffer.from('y'), 'text/x-nix-narinfo');
+  await assert.rejects(t.durable(), /durable called when staged/);
+  await t.publish();
+  await t.discard(); // after publish: a no-op, the object stays
+  await t.durable();
+  assert.equal((await b.get('k.narinfo'))?.toString(), 'y');
+  // Publishing into a directory that vanished fails, and leaves no temporary file.
+  const u = await b.stageBytes('nar/u.nar', Buffer.from('z'), 'application/x-nix-nar');
+  await rm(path.join(dir, 'nar', (await readdir(path.join(dir, 'nar')))[0]!));
+  await assert.rejects(u.publish(), { code: 'CACHE_IO', message: /cannot write nar\/u\.nar/ });
+  assert.deepEqual(await listAll(dir), ['k.narinfo']);
+});
+
+test('creates and renames leave this thread for the thread pool once they prove slow', async () => {
+  for (const [createMs, pooled] of [[SLOW_METADATA_CALL_MS / 2, false], [SLOW_METADATA_CALL_MS * 2, true]] as const) {
+    const dir = await freshDir();
+    const b = new FileBackend(dir);
+    const rec = recordFsCalls({ createMs });
+    try {
+      const bodies = Array.from({ length: 100 }, (_, i) => randomBytes(10 + i));
+      for (const [i, body] of bodies.entries()) await b.putBytes(`nar/k${i}`, body, 'application/x-nix-nar');
+      for (const [i, body] of bodies.entries()) assert.ok((await readFile(path.join(dir, 'nar', `k${i}`))).equals(body));
+      const opens = rec.events.filter((e) => e.startsWith('open-') && e.includes(TEMP_MARKER) && !e.startsWith('open-dsync'));
+      const last = opens.slice(-50);
+      if (pooled) {
+        assert.ok(opens[0]!.startsWith('open-inline'), 'creates start on this thread');
+        assert.ok(last.every((e) => e.startsWith('open-pooled')), 'slow creates moved to the thread pool');
+      } else {
+        assert.ok(opens.every((e) => e.startsWith('open-inline')), 'fast creates stay on this thread');
+      }
+    } finally {
+      rec.stop();
+    }
+    assert.deepEqual((await listAll(dir)).filter((f) => f.includes(TEMP_MARKER)), []);
+  }
 });

@@ -2,59 +2,20 @@
 // "store" directory: ordering of narinfos, skips, failures and corruption.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
+import { writeFile, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import fc from 'fast-check';
 import { nix32Encode } from '../../src/hash/nix32.js';
-import { dumpNar } from '../../src/nar/dump.js';
-import { StorePath } from '../../src/store/store-path.js';
-import type { PathInfo } from '../../src/store/path-info.js';
 import { narInfoKey, uploadPaths } from '../../src/cache/upload.js';
 import { parseNarInfo } from '../../src/narinfo/narinfo.js';
 import { newSecretKey, toPublicKey } from '../../src/signing/keys.js';
 import { verifyNarInfo } from '../../src/signing/sign.js';
 import { createDecompressor } from '../../src/cache/compression.js';
 import { MemoryBackend } from '../helpers/memory-backend.js';
+import { makeStore, narOf } from './upload-fake-store.js';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-
-async function narOf(p: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of dumpNar(p)) chunks.push(Buffer.from(c));
-  return Buffer.concat(chunks);
-}
-
-/** A fake store: paths are directories in a temp dir, with path infos computed from their NARs. */
-async function makeStore(refs: Record<string, string[]>): Promise<{ dir: string; infos: Map<string, PathInfo> }> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-store-'));
-  const paths = new Map<string, StorePath>();
-  for (const name of Object.keys(refs)) {
-    const hash = nix32Encode(createHash('sha1').update(name).digest());
-    paths.set(name, new StorePath(hash, name, dir));
-  }
-  const infos = new Map<string, PathInfo>();
-  for (const [name, rs] of Object.entries(refs)) {
-    const sp = paths.get(name)!;
-    await mkdir(sp.path);
-    await writeFile(path.join(sp.path, 'data'), randomBytes(2000 + name.length * 1000));
-    await writeFile(path.join(sp.path, 'refs'), rs.map((r) => paths.get(r)!.path).join('\n'));
-    const nar = await narOf(sp.path);
-    infos.set(name, {
-      path: sp,
-      deriver: undefined,
-      narHash: { algo: 'sha256', digest: createHash('sha256').update(nar).digest() },
-      references: rs.map((r) => paths.get(r)!).sort((a, b) => (a.baseName < b.baseName ? -1 : 1)),
-      registrationTime: 0,
-      narSize: nar.length,
-      ultimate: true,
-      sigs: [],
-      ca: undefined,
-    });
-  }
-  return { dir, infos };
-}
 
 const DIAMOND = { top: ['left', 'right', 'top'], left: ['base'], right: ['base'], base: [], lone: [] };
 

@@ -1,0 +1,83 @@
+/**
+ * The file system calls of the file:// backend, and which thread makes them.
+ * An upload of thousands of small paths makes thousands of tiny calls, where
+ * what a call costs this thread matters more than the call itself: the
+ * promise API's FileHandle objects, and thread-pool round trips for calls
+ * that take microseconds. So the callback API is used, and metadata calls
+ * (create, rename, stat) run on this thread while they are fast.
+ *
+ * Knows nothing of caches or keys (that is file-backend.ts). Never holds a
+ * descriptor it opened beyond the call that opened it, except for the
+ * caller's files, which the caller closes.
+ */
+import * as fs from 'node:fs';
+
+/** A callback-API call as a promise. */
+export function call<T>(fn: (cb: (e: NodeJS.ErrnoException | null, value?: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => fn((e, value) => (e ? reject(e) : resolve(value as T))));
+}
+
+/**
+ * Close on this thread: once the bytes are durable, close() has nothing left
+ * to flush and takes microseconds, less than a thread-pool round trip.
+ */
+export function closeNow(fd: number): void {
+  fs.closeSync(fd);
+}
+
+export async function writeAll(fd: number, chunk: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < chunk.byteLength) {
+    off += await call<number>((cb) => fs.write(fd, chunk, off, chunk.byteLength - off, null, cb));
+  }
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const fd = await call<number>((cb) => fs.open(dir, 'r', cb));
+  try {
+    await call<void>((cb) => fs.fsync(fd, cb));
+  } finally {
+    closeNow(fd);
+  }
+}
+
+/**
+ * A metadata call is slow when it takes longer than a thread-pool round trip
+ * costs this thread. One that stalls this long is slow beyond doubt.
+ */
+export const SLOW_METADATA_CALL_MS = 0.1;
+export const STALLED_METADATA_CALL_MS = 50;
+
+/**
+ * Where metadata calls run. On a local disk a create, rename or stat takes
+ * microseconds, so they run on this thread. Once they prove slow (a network
+ * file system; ext4 searching its inode tables after many deletions) they
+ * go to the thread pool for good, so that JavaScript keeps running while
+ * they wait. Creates and stats are timed (renames stay cheap where creates
+ * are not): they leave when most of roughly the last 32 were slow, or one
+ * stalled. A few are slow whenever this thread is descheduled; most, when
+ * the file system is.
+ */
+export class MetadataCalls {
+  private here = true;
+  private timed = 0;
+  private slowShare = 0;
+
+  /** Whether calls still run on this thread. */
+  get inline(): boolean {
+    return this.here;
+  }
+
+  /** Run `inline` here, or `pooled` (the same call through the thread pool). */
+  async run<T>(timed: boolean, inline: () => T, pooled: () => Promise<T>): Promise<T> {
+    if (!this.here) return pooled();
+    const t0 = performance.now();
+    try {
+      return inline();
+    } finally {
+      const ms = performance.now() - t0;
+      if (timed) this.slowShare += ((ms > SLOW_METADATA_CALL_MS ? 1 : 0) - this.slowShare) / Math.min(++this.timed, 32);
+      if (ms > STALLED_METADATA_CALL_MS || (this.timed >= 32 && this.slowShare > 0.5)) this.here = false;
+    }
+  }
+}
