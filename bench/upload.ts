@@ -117,6 +117,7 @@ async function main(): Promise<void> {
           ['big1g', 'xz', '1 GiB NAR, xz (default)'],
           ['big1g', 'zstd', '1 GiB NAR, zstd'],
         ];
+        if (!args.includes('--skip-10g')) cases.push(['big10g', 'none', '10 GiB NAR, none']);
         for (const [attr, compression, label] of cases) {
           const [p] = await nixBuildFile(bench, attr);
           const size = await closureNarSize(p!);
