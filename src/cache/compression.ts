@@ -18,7 +18,7 @@ export interface CompressionOptions {
   readonly method: Compression;
   /** xz: preset 0-9 (default 6, as Nix); zstd: level 1-22 (default 3, as Nix). */
   readonly level?: number;
-  /** Encoder threads for one stream; default defaultThreads(method) (always one for NARs under SINGLE_THREAD_BELOW). */
+  /** Encoder threads for one stream; default one, as in Nix (see createCompressor; always one for NARs under SINGLE_THREAD_BELOW). */
   readonly threads?: number;
   /** xz multi-threaded block size in bytes; default from the NAR size (see xzBlockSize). */
   readonly xzBlockSize?: number;
@@ -56,21 +56,6 @@ export function narExtension(method: Compression): string {
   return method === 'none' ? '.nar' : `.nar.${method === 'xz' ? 'xz' : 'zst'}`;
 }
 
-/**
- * Threads for one NAR when the user did not say (Nix's `parallel-compression`
- * says): one, as in Nix. Paths compress in parallel anyway, and the cores are
- * better spent on hashing (see background-hash.ts): on two cores, zstd's
- * worker threads cost more in hand-offs (0.1-0.2 s of system time on the
- * 103 MiB benchmark closure) than they saved. xz uses narpush's own encoder
- * (xz-encoder.ts), which skips incompressible data and caps liblzma
- * encoders at one per core across parallel uploads. `parallel-compression=true`
- * gives every core to each NAR: zstd's workers, or liblzma's multi-threaded
- * encoder (about 350 MiB at preset 6 with two threads).
- */
-export function defaultThreads(_method: Compression): number {
-  return 1;
-}
-
 /** Parallel compression on (every core), off (one thread), or the method's default. */
 export function compressionThreads(parallel: boolean | undefined): { threads?: number } {
   if (parallel === undefined) return {};
@@ -95,13 +80,21 @@ export function xzBlockSize(sizeHint: number, threads: number): number {
 }
 
 /**
- * A fresh compressing Transform stream. `sizeHint` (the NAR size, when known)
- * picks the threading: small NARs use one thread, larger ones all of them.
+ * A fresh compressing Transform stream. One thread per NAR unless
+ * `opts.threads` says otherwise (Nix's `parallel-compression`): paths
+ * compress in parallel anyway, and on two cores zstd's worker threads cost
+ * more in hand-offs (0.1-0.2 s of system time on the 103 MiB benchmark
+ * closure) than they saved; the cores are better spent on hashing (see
+ * background-hash.ts). xz is narpush's own encoder (xz-encoder.ts), which
+ * skips incompressible data and caps liblzma encoders at one per core; with
+ * threads, liblzma's multi-threaded encoder instead (about 350 MiB at preset
+ * 6 with two threads). `sizeHint` (the NAR size) keeps small NARs on one
+ * thread and sizes xz's dictionary.
  */
 export async function createCompressor(opts: CompressionOptions, sizeHint?: number): Promise<Transform> {
   const level = compressionLevel(opts.method, opts.level);
   const small = sizeHint !== undefined && sizeHint < SINGLE_THREAD_BELOW;
-  const threads = small ? 1 : Math.max(1, opts.threads ?? defaultThreads(opts.method));
+  const threads = small ? 1 : Math.max(1, opts.threads ?? 1);
   switch (opts.method) {
     case 'none':
       return new PassThrough({ highWaterMark: 1 << 20 });

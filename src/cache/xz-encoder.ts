@@ -26,6 +26,8 @@ import { once } from 'node:events';
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { crc32 } from 'node:zlib';
+import type lzmaTypes from 'lzma-native';
+import { Slots } from './limit.js';
 import {
   type BlockRecord,
   blockHeader,
@@ -72,27 +74,6 @@ export function lzma2Options(level: number, sizeHint?: number): Record<string, n
   };
 }
 
-/** At most `n` holders at once; holders wait in order. */
-export class Slots {
-  private free: number;
-  private readonly waiting: (() => void)[] = [];
-  constructor(n: number) {
-    this.free = Math.max(1, Math.floor(n));
-  }
-  async acquire(): Promise<() => void> {
-    if (this.free > 0) this.free--;
-    else await new Promise<void>((resolve) => this.waiting.push(resolve));
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.free++;
-    };
-  }
-}
-
 /** liblzma encoders in this process: one per core. */
 export const defaultEncoderSlots = new Slots(availableParallelism());
 
@@ -109,16 +90,13 @@ export interface XzEncoderOptions {
   readonly decide?: (segment: Buffer) => 'lzma' | 'stored';
 }
 
-type Lzma = typeof import('lzma-native').default & {
-  createStream(coder: 'rawEncoder', o: { filters: { id: string; options: Record<string, number> }[] }): Transform;
-  FILTER_LZMA2: string;
-};
+type Lzma = typeof lzmaTypes;
 type Zstd = typeof import('zstd-napi');
 
 let modules: Promise<{ lzma: Lzma; zstd: Zstd }> | undefined;
 function loadModules(): Promise<{ lzma: Lzma; zstd: Zstd }> {
   modules ??= (async () => ({
-    lzma: (await import('lzma-native')).default as Lzma,
+    lzma: (await import('lzma-native')).default,
     zstd: await import('zstd-napi'),
   }))();
   return modules;

@@ -16,11 +16,16 @@ declare module 'lzma-native' {
 
   export function createCompressor(options?: LzmaOptions): Transform;
   export function createDecompressor(options?: { synchronous?: boolean }): Transform;
+  /** liblzma's raw encoder: bare LZMA2 data, no container (xz-encoder.ts writes that). */
+  export function createStream(coder: 'rawEncoder', options: { filters: { id: string; options: Record<string, number> }[] }): Transform;
+  export const FILTER_LZMA2: string;
   export const CHECK_CRC64: number;
   export const PRESET_EXTREME: number;
   const lzma: {
     createCompressor: typeof createCompressor;
     createDecompressor: typeof createDecompressor;
+    createStream: typeof createStream;
+    FILTER_LZMA2: string;
     CHECK_CRC64: number;
     PRESET_EXTREME: number;
   };
