@@ -32,15 +32,6 @@ export async function writeAll(fd: number, chunk: Uint8Array): Promise<void> {
   }
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  const fd = await call<number>((cb) => fs.open(dir, 'r', cb));
-  try {
-    await call<void>((cb) => fs.fsync(fd, cb));
-  } finally {
-    closeNow(fd);
-  }
-}
-
 /**
  * A metadata call is slow when it takes longer than a thread-pool round trip
  * costs this thread. One that stalls this long is slow beyond doubt.

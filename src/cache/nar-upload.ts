@@ -14,7 +14,7 @@ import { NarpushError } from '../errors.js';
 import { backgroundHash } from '../hash/background-hash.js';
 import { type Hash, formatHash } from '../hash/hash.js';
 import { nix32Encode } from '../hash/nix32.js';
-import { dumpNar } from '../nar/dump.js';
+import { dumpNar, dumpNarSync } from '../nar/dump.js';
 import type { StorePath } from '../store/store-path.js';
 import type { CacheBackend } from './backend.js';
 import { type CompressionOptions, compressBuffer, createCompressor, narExtension } from './compression.js';
@@ -67,6 +67,14 @@ function mismatch(src: NarSource, digest: Buffer, narSize: number): NarpushError
     'NAR_HASH_MISMATCH',
     `path '${src.path.path}' is corrupted: its NAR has hash ${formatHash({ algo: 'sha256', digest })} and ` +
       `size ${narSize}, but the store recorded ${formatHash(src.narHash)} and size ${src.narSize} ` +
+      `(run 'nix-store --verify-path ${src.path.path}' or 'nix-store --repair-path')`,
+  );
+}
+
+function grown(src: NarSource): NarpushError {
+  return new NarpushError(
+    'NAR_HASH_MISMATCH',
+    `path '${src.path.path}' is corrupted: its NAR is larger than the ${src.narSize} bytes the store recorded ` +
       `(run 'nix-store --verify-path ${src.path.path}' or 'nix-store --repair-path')`,
   );
 }
@@ -129,16 +137,11 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
 
 /** The in-memory path for small NARs: nothing is sent unless the NAR matches the store's record. */
 async function uploadSmallNar(backend: CacheBackend, src: NarSource, url: string, opts: NarUploadOptions): Promise<UploadedNar> {
-  const chunks: Buffer[] = [];
-  let narSize = 0;
-  for await (const chunk of dumpNar(src.path.path)) {
-    narSize += chunk.length;
-    // A path that grew since it was registered is corrupt; do not buffer it whole to find out.
-    if (narSize > src.narSize) break;
-    chunks.push(chunk);
-  }
-  const nar = Buffer.concat(chunks);
+  // A path that grew since it was registered is corrupt: the dump stops as soon as it is larger than recorded.
+  const nar = dumpNarSync(src.path.path, src.narSize);
+  if (nar === undefined) throw grown(src);
   const digest = createHash('sha256').update(nar).digest();
+  const narSize = nar.length;
   if (narSize !== src.narSize || !digest.equals(src.narHash.digest)) throw mismatch(src, digest, narSize);
   opts.signal?.throwIfAborted();
   const file = await compressBuffer(opts.compression, nar);

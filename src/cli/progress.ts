@@ -1,8 +1,9 @@
 /**
  * Showing an upload as it happens. On a terminal: one status line, redrawn at
  * most ten times a second (paths done/total, bytes, rate, current paths).
- * Elsewhere (CI logs, pipes): one line per path uploaded or failed. Both go
- * to stderr, so stdout stays free for `--json`.
+ * Elsewhere (CI logs, pipes): one line per path uploaded or failed, written
+ * in batches (at most 100 ms late: a write per line cost 30 ms of 1,000 tiny
+ * paths). Both go to stderr, so stdout stays free for `--json`.
  */
 import type { UploadEvent } from '../cache/upload.js';
 import { formatBytes, formatRate } from './format.js';
@@ -22,6 +23,25 @@ export function createProgress(stream: NodeJS.WritableStream & { isTTY?: boolean
   let lastDraw = 0;
   let drawn = false;
   const tty = Boolean(stream.isTTY) && !quiet;
+  // Lines not yet written (not on a terminal), and the timer that writes them.
+  let lines = '';
+  let flushTimer: NodeJS.Timeout | undefined;
+  const flush = (): void => {
+    if (flushTimer) clearTimeout(flushTimer);
+    flushTimer = undefined;
+    if (lines === '') return;
+    stream.write(lines);
+    lines = '';
+  };
+  const print = (line: string): void => {
+    if (tty) {
+      stream.write(line);
+      return;
+    }
+    lines += line;
+    if (lines.length >= 16384) flush();
+    else flushTimer ??= setTimeout(flush, 100).unref();
+  };
 
   const draw = (force = false): void => {
     const now = performance.now();
@@ -41,7 +61,7 @@ export function createProgress(stream: NodeJS.WritableStream & { isTTY?: boolean
     switch (e.type) {
       case 'planned':
         total = e.toUpload.length;
-        if (!quiet && e.present > 0) stream.write(`${e.present} of ${e.total} paths are already in the cache\n`);
+        if (!quiet && e.present > 0) print(`${e.present} of ${e.total} paths are already in the cache\n`);
         break;
       case 'started':
         active.set(e.info.path.baseName, { name: e.info.path.name, narBytes: 0 });
@@ -56,7 +76,7 @@ export function createProgress(stream: NodeJS.WritableStream & { isTTY?: boolean
         finished++;
         doneBytes += e.nar.narSize;
         if (!tty && !quiet) {
-          stream.write(
+          print(
             `uploaded ${e.info.path.path} (${formatBytes(e.nar.narSize)} -> ${formatBytes(e.nar.fileSize)} ${e.nar.compression}, ${e.seconds.toFixed(2)} s)\n`,
           );
         }
@@ -65,7 +85,7 @@ export function createProgress(stream: NodeJS.WritableStream & { isTTY?: boolean
         active.delete(e.info.path.baseName);
         finished++;
         if (tty && drawn) stream.write('\r\x1b[K');
-        stream.write(`failed ${e.info.path.path}: ${e.error.message}\n`);
+        print(`failed ${e.info.path.path}: ${e.error.message}\n`);
         break;
       case 'skipped':
         return;
@@ -73,6 +93,7 @@ export function createProgress(stream: NodeJS.WritableStream & { isTTY?: boolean
     if (tty) draw(e.type !== 'progress');
   }) as ProgressSink;
   sink.done = () => {
+    flush();
     if (tty && drawn) stream.write('\r\x1b[K');
   };
   return sink;

@@ -14,6 +14,8 @@ import type { Compression } from '../cache/compression.js';
 import { resolvePaths } from '../store/arguments.js';
 import { type UploadReport, uploadPaths } from '../cache/upload.js';
 import { prewarmHashThread } from '../hash/background-hash.js';
+import { SMALL_NAR_BYTES } from '../cache/nar-upload.js';
+import type { PathInfo } from '../store/path-info.js';
 import { StoreClient } from '../store/client.js';
 import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
 import { storeTransportFromEnv } from '../store/transport.js';
@@ -43,9 +45,6 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
     storePaths.push(storePath);
   }
 
-  // The hash thread boots (~70 ms, on another core) while the closure is read.
-  if (!flags.dryRun) prewarmHashThread();
-
   // 2. The store: closure and GC roots (held until the client closes).
   const store = await StoreClient.open({ transport: storeTransportFromEnv(ctx.env), storeDir: ctx.storeDir });
   const abort = new AbortController();
@@ -55,7 +54,13 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   let report: UploadReport;
   const backend = await openCacheBackend(config);
   try {
-    const infos = await resolvePaths(store, storePaths, flags.closure);
+    // The hash thread (for NARs streamed, not built in memory) boots (~70 ms,
+    // on another core) while the rest of the closure is read; a closure of
+    // small paths only never starts it.
+    const needsHashThread = (info: PathInfo): void => {
+      if (info.narSize > SMALL_NAR_BYTES && !flags.dryRun) prewarmHashThread();
+    };
+    const infos = await resolvePaths(store, storePaths, flags.closure, needsHashThread);
     if (!flags.dryRun) {
       await ensureCacheInfo(backend, settings.cacheInfo);
     }

@@ -6,7 +6,7 @@
  * It never resolves store paths or symlinks: callers decide what to dump.
  */
 import { Readable } from 'node:stream';
-import { encodeNar, type EncodeOptions } from './encode.js';
+import { encodeNar, NarWriter, type EncodeOptions } from './encode.js';
 import { walkNar, type WalkOptions } from './walk.js';
 
 export type DumpOptions = WalkOptions & EncodeOptions;
@@ -22,4 +22,34 @@ export function dumpNar(fsPath: string | Buffer, opts: DumpOptions = {}): AsyncG
 /** The same bytes as a Node Readable (fresh buffers, so any consumer may keep them). */
 export function narStream(fsPath: string | Buffer, opts: Omit<DumpOptions, 'reuseBuffers'> = {}): Readable {
   return Readable.from(dumpNar(fsPath, { ...opts, reuseBuffers: false }), { objectMode: false, highWaterMark: 1 << 20 });
+}
+
+/**
+ * The NAR of a small tree in one Buffer, built synchronously: every file is
+ * read in one call and the bytes go into one buffer, with no generator or
+ * promise per chunk (the pipeline's path for the many tiny paths of a
+ * closure). Returns undefined when the NAR is larger than `maxBytes`; once
+ * the files alone are larger, without reading further.
+ */
+export function dumpNarSync(fsPath: string | Buffer, maxBytes: number): Buffer | undefined {
+  // One batch of maxBytes (plus a token's worth); larger contents are kept as read, not copied.
+  const w = new NarWriter(maxBytes + 1024);
+  let files = 0;
+  for (const ev of walkNar(fsPath, { smallFileSize: maxBytes })) {
+    if (ev.type === 'regular') {
+      files += ev.size;
+      // Larger files' contents are read lazily; they do not fit anyway.
+      if (files > maxBytes || !Array.isArray(ev.contents)) return undefined;
+      w.beginFile(ev);
+      for (const piece of ev.contents as readonly Uint8Array[]) w.contents(piece);
+      w.endFile();
+    } else {
+      w.write(ev);
+    }
+  }
+  w.end();
+  w.flush();
+  const out = w.take();
+  const nar = out.length === 1 ? out[0]! : Buffer.concat(out);
+  return nar.length > maxBytes ? undefined : nar;
 }

@@ -46,8 +46,27 @@ export async function queryPathInfos(store: StoreClient, paths: readonly StorePa
  * closure (or of the paths alone) in an order where each path follows its
  * references.
  */
-export async function resolvePaths(store: StoreClient, paths: readonly StorePath[], withClosure: boolean): Promise<PathInfo[]> {
+export async function resolvePaths(
+  store: StoreClient,
+  paths: readonly StorePath[],
+  withClosure: boolean,
+  /** Called with each path's info as it arrives (before the closure is complete and sorted). */
+  onInfo?: (info: PathInfo) => void,
+): Promise<PathInfo[]> {
   const roots = await expandDerivations(store, paths);
   await Promise.all(roots.map((p) => store.addTempRoot(p)));
-  return withClosure ? closure(store, roots) : queryPathInfos(store, roots);
+  if (!withClosure) {
+    const infos = await queryPathInfos(store, roots);
+    if (onInfo) infos.forEach(onInfo);
+    return infos;
+  }
+  if (!onInfo) return closure(store, roots);
+  const watched = {
+    queryPathInfo: async (p: StorePath) => {
+      const info = await store.queryPathInfo(p);
+      if (info) onInfo(info);
+      return info;
+    },
+  };
+  return closure(watched, roots);
 }

@@ -146,6 +146,21 @@ test(`${'a path whose contents do not match the store record is refused and noth
 });
 }
 
+test('a small path that grew past its recorded size is refused without being read whole or sent', async () => {
+  const { dir, infos } = await makeStore({ a: [] });
+  try {
+    const backend = new MemoryBackend();
+    const a = infos.get('a')!;
+    await writeFile(path.join(a.path.path, 'data'), Buffer.alloc(4 << 20, 1));
+    const report = await uploadPaths([a], { backend, compression: { method: 'zstd' }, signingKeys: [], jobs: 1 });
+    assert.equal(report.failed[0]?.error.code, 'NAR_HASH_MISMATCH');
+    assert.match(report.failed[0]!.error.message, /larger than the \d+ bytes the store recorded/);
+    assert.equal(backend.objects.size, 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('a reference outside the set must already be in the cache', async () => {
   const { dir, infos } = await makeStore(DIAMOND);
   try {

@@ -6,7 +6,7 @@ import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
-import { dumpNar, narStream } from '../../src/nar/dump.js';
+import { dumpNar, dumpNarSync, narStream } from '../../src/nar/dump.js';
 import { encodeNar, encodeNarSync } from '../../src/nar/encode.js';
 import type { NarEvent } from '../../src/nar/events.js';
 import { walkNar } from '../../src/nar/walk.js';
@@ -50,6 +50,35 @@ test('property: a random tree written to disk walks to the same bytes as the in-
       }),
       { numRuns: 150 },
     );
+  });
+});
+
+test('property: dumpNarSync gives the same bytes when the NAR fits, and undefined when it does not', async () => {
+  await withTemp(async (dir) => {
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(treeArb(), fc.integer({ min: -64, max: 64 }), async (tree, slack) => {
+        const root = Buffer.from(path.join(dir, `s${n++}`));
+        writeTree(root, tree);
+        const expected = encodeNarSync(treeEvents(tree));
+        const limit = Math.max(0, expected.length + slack);
+        const got = dumpNarSync(root, limit);
+        if (limit >= expected.length) assert.deepEqual(got, expected);
+        else assert.equal(got, undefined);
+      }),
+      { numRuns: 150 },
+    );
+  });
+});
+
+test('dumpNarSync stops at the first file that does not fit, without reading it', async () => {
+  await withTemp(async (dir) => {
+    const root = path.join(dir, 'big');
+    fs.mkdirSync(root);
+    fs.writeFileSync(path.join(root, 'a'), 'small');
+    fs.writeFileSync(path.join(root, 'b'), Buffer.alloc(1 << 20));
+    fs.chmodSync(path.join(root, 'b'), 0o000); // unreadable: reading it would throw
+    assert.equal(dumpNarSync(root, 4096), undefined);
   });
 });
 
