@@ -112,6 +112,63 @@ export async function createCompressor(opts: CompressionOptions, sizeHint?: numb
   }
 }
 
+/**
+ * A compressor driven by direct calls instead of a stream: each call
+ * consumes all of its input before it returns (so the input may be a lent
+ * buffer, reused right after) and returns the compressed bytes finished so
+ * far, in pieces of COMPRESSED_PIECE_BYTES (the last one shorter). For a
+ * NAR streamed through zstd this saves a Transform's hand-offs, one copy of
+ * every input chunk and a fresh output buffer per 128 KiB.
+ */
+export interface ChunkCompressor {
+  update(chunk: Uint8Array): Buffer[];
+  /** The rest of the output; the compressor is done. */
+  end(): Buffer[];
+}
+
+export const COMPRESSED_PIECE_BYTES = 1 << 20;
+
+/**
+ * A ChunkCompressor for `opts`, or undefined where only a stream will do
+ * (xz, whose encoder works on its own threads; none, which has nothing to
+ * do). The output is the same as createCompressor's.
+ */
+export async function createChunkCompressor(opts: CompressionOptions, sizeHint?: number): Promise<ChunkCompressor | undefined> {
+  if (opts.method !== 'zstd') return undefined;
+  const small = sizeHint !== undefined && sizeHint < SINGLE_THREAD_BELOW;
+  const threads = small ? 1 : Math.max(1, opts.threads ?? 1);
+  const zstd = (await import('zstd-napi/binding.js')).default;
+  const cctx = new zstd.CCtx();
+  cctx.setParameter(zstd.CParameter.compressionLevel, compressionLevel('zstd', opts.level));
+  cctx.setParameter(zstd.CParameter.checksumFlag, 1);
+  if (threads > 1) cctx.setParameter(zstd.CParameter.nbWorkers, threads);
+  let out = Buffer.allocUnsafe(COMPRESSED_PIECE_BYTES);
+  let pos = 0;
+  const run = (input: Uint8Array, op: number): Buffer[] => {
+    const pieces: Buffer[] = [];
+    for (;;) {
+      const [left, produced, consumed] = cctx.compressStream2(out.subarray(pos), input, op);
+      pos += produced;
+      if (pos === out.length) {
+        pieces.push(out);
+        out = Buffer.allocUnsafe(COMPRESSED_PIECE_BYTES);
+        pos = 0;
+      }
+      input = input.subarray(consumed);
+      // Done once the input is consumed and, when ending, zstd has nothing left to write.
+      if (input.length === 0 && (op === zstd.EndDirective.continue || left === 0)) return pieces;
+    }
+  };
+  return {
+    update: (chunk) => run(chunk, zstd.EndDirective.continue),
+    end: () => {
+      const pieces = run(new Uint8Array(0), zstd.EndDirective.end);
+      if (pos > 0) pieces.push(out.subarray(0, pos));
+      return pieces;
+    },
+  };
+}
+
 /** A decompressing Transform stream for what narpush writes (and what Nix writes with these methods). */
 export async function createDecompressor(method: Compression): Promise<Transform> {
   switch (method) {

@@ -17,7 +17,7 @@ import { nix32Encode } from '../hash/nix32.js';
 import { dumpNar, dumpNarSync } from '../nar/dump.js';
 import type { StorePath } from '../store/store-path.js';
 import type { CacheBackend } from './backend.js';
-import { type CompressionOptions, compressBuffer, createCompressor, narExtension } from './compression.js';
+import { type ChunkCompressor, type CompressionOptions, compressBuffer, createChunkCompressor, createCompressor, narExtension } from './compression.js';
 
 export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 
@@ -101,7 +101,35 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
     }
   }
 
+  // zstd: compressed on this thread by direct calls, from lent buffers (see ChunkCompressor).
+  async function* chunkBody(compressor: ChunkCompressor): AsyncGenerator<Buffer> {
+    const out = function* (pieces: Buffer[]): Generator<Buffer> {
+      for (const piece of pieces) {
+        fileHasher!.update(piece);
+        fileSize += piece.length;
+        opts.onProgress?.(narSize, fileSize);
+        yield piece;
+      }
+    };
+    for await (const chunk of dumpNar(src.path.path, { reuseBuffers: true })) {
+      // Both calls are done with the lent chunk when they return: the hash copies it, zstd consumes it.
+      const wait = narHasher.update(chunk);
+      narSize += chunk.length;
+      yield* out(compressor.update(chunk));
+      if (wait) await wait;
+    }
+    yield* out(compressor.end());
+    narDigest = await narHasher.digest();
+    if (narSize !== src.narSize || !narDigest.equals(src.narHash.digest)) throw mismatch(src, narDigest, narSize);
+    fileDigest = fileHasher!.digest();
+  }
+
   async function* body(): AsyncGenerator<Buffer> {
+    const direct = await createChunkCompressor(opts.compression, src.narSize);
+    if (direct) {
+      yield* chunkBody(direct);
+      return;
+    }
     const compressor = await createCompressor(opts.compression, src.narSize);
     // Errors anywhere in the chain destroy `compressed` with that error, so
     // the loop below throws it and the backend aborts the upload.

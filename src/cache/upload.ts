@@ -15,7 +15,8 @@ import { NarpushError, isNarpushError } from '../errors.js';
 import type { NarInfo } from '../narinfo/narinfo.js';
 import { formatNarInfo } from '../narinfo/narinfo.js';
 import type { SecretKey } from '../signing/keys.js';
-import { signNarInfo } from '../signing/sign.js';
+import { backgroundSign } from '../hash/background-hash.js';
+import { signNarInfoWith } from '../signing/sign.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
 import { type CacheBackend, type StagedObject, stageBytes } from './backend.js';
@@ -80,8 +81,8 @@ function asNarpushError(e: unknown, info: PathInfo): NarpushError {
   return new NarpushError('UPLOAD_FAILED', `uploading '${info.path.path}' failed: ${message}`, { cause: e });
 }
 
-/** The narinfo for an uploaded path: what the store knows, where the NAR went, signed. */
-export function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly SecretKey[]): NarInfo {
+/** The narinfo for an uploaded path: what the store knows, where the NAR went, signed (on the crypto thread). */
+export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly SecretKey[]): Promise<NarInfo> {
   const unsigned: NarInfo = {
     storePath: info.path,
     url: nar.url,
@@ -95,7 +96,7 @@ export function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly Sec
     sigs: info.sigs,
     ...(info.ca ? { ca: info.ca } : {}),
   };
-  return keys.length > 0 ? signNarInfo(unsigned, keys) : unsigned;
+  return keys.length > 0 ? signNarInfoWith(unsigned, keys, backgroundSign) : unsigned;
 }
 
 /**
@@ -169,7 +170,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
         });
-        const body = Buffer.from(formatNarInfo(makeNarInfo(info, done, opts.signingKeys)));
+        const body = Buffer.from(formatNarInfo(await makeNarInfo(info, done, opts.signingKeys)));
         return { nar: done, staged: await stageBytes(backend, narInfoKey(info.path), body, NARINFO_CONTENT_TYPE) };
       }));
     } catch (e) {

@@ -13,7 +13,7 @@ import { parseCacheUrl } from '../cache/cache-url.js';
 import type { Compression } from '../cache/compression.js';
 import { resolvePaths } from '../store/arguments.js';
 import { type UploadReport, uploadPaths } from '../cache/upload.js';
-import { prewarmHashThread } from '../hash/background-hash.js';
+import { prewarmCryptoThread } from '../hash/background-hash.js';
 import { SMALL_NAR_BYTES } from '../cache/nar-upload.js';
 import type { PathInfo } from '../store/path-info.js';
 import { StoreClient } from '../store/client.js';
@@ -45,6 +45,15 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
     storePaths.push(storePath);
   }
 
+  // The crypto thread (it signs narinfos and hashes streamed NARs) boots
+  // (~70 ms, on another core) while the store is opened and the closure
+  // read; an unsigned closure of small paths, built in memory, never starts it.
+  const signing = settings.signingKeys.length > 0;
+  if (signing && !flags.dryRun) prewarmCryptoThread();
+  const needsCryptoThread = (info: PathInfo): void => {
+    if (info.narSize > SMALL_NAR_BYTES && !flags.dryRun) prewarmCryptoThread();
+  };
+
   // 2. The store: closure and GC roots (held until the client closes).
   const store = await StoreClient.open({ transport: storeTransportFromEnv(ctx.env), storeDir: ctx.storeDir });
   const abort = new AbortController();
@@ -54,13 +63,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   let report: UploadReport;
   const backend = await openCacheBackend(config);
   try {
-    // The hash thread (for NARs streamed, not built in memory) boots (~70 ms,
-    // on another core) while the rest of the closure is read; a closure of
-    // small paths only never starts it.
-    const needsHashThread = (info: PathInfo): void => {
-      if (info.narSize > SMALL_NAR_BYTES && !flags.dryRun) prewarmHashThread();
-    };
-    const infos = await resolvePaths(store, storePaths, flags.closure, needsHashThread);
+    const infos = await resolvePaths(store, storePaths, flags.closure, signing ? undefined : needsCryptoThread);
     if (!flags.dryRun) {
       await ensureCacheInfo(backend, settings.cacheInfo);
     }

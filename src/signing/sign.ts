@@ -82,6 +82,17 @@ export function signNarInfo(info: NarInfo, keys: SecretKey | readonly SecretKey[
   return { ...info, sigs: sortUnique([...info.sigs, ...list.map((k) => signFingerprint(fp, k))]) };
 }
 
+/** signNarInfo with each signature made by `signer` (signFingerprint elsewhere, such as on another thread). */
+export async function signNarInfoWith(
+  info: NarInfo,
+  keys: readonly SecretKey[],
+  signer: (fingerprint: string, key: SecretKey) => Promise<string>,
+): Promise<NarInfo> {
+  const fp = narInfoFingerprint(info);
+  const sigs = await Promise.all(keys.map((k) => signer(fp, k)));
+  return { ...info, sigs: sortUnique([...info.sigs, ...sigs]) };
+}
+
 /**
  * How many of the narinfo's signatures a trusted key verifies (Nix's
  * checkSignatures, minus its shortcut that counts a content-addressed path as

@@ -4,9 +4,12 @@ import { randomBytes, createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { spawnSync } from 'node:child_process';
+import fc from 'fast-check';
 import {
+  COMPRESSED_PIECE_BYTES,
   COMPRESSIONS,
   compressionLevel,
+  createChunkCompressor,
   createCompressor,
   createDecompressor,
   narExtension,
@@ -65,6 +68,47 @@ for (const [method, tool] of [['xz', 'xz'], ['zstd', 'zstd']] as const) {
     assert.ok(r.stdout.equals(Buffer.concat(input)));
   });
 }
+
+test('zstd by direct calls: consumes each chunk before returning (lent buffers), whole pieces, and zstd reads it back', async () => {
+  const zstdAvailable = spawnSync('zstd', ['--version']).status === 0;
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.oneof(fc.integer({ min: 0, max: 4096 }), fc.integer({ min: 200_000, max: 3_000_000 })), { maxLength: 8 }),
+      fc.boolean(),
+      fc.constantFrom(1, 2),
+      async (sizes, text, threads) => {
+        const c = (await createChunkCompressor({ method: 'zstd', threads }, 8 << 20))!;
+        const lent = Buffer.alloc(3_000_000);
+        const input: Buffer[] = [];
+        const pieces: Buffer[] = [];
+        let n = 0;
+        for (const size of sizes) {
+          const chunk = lent.subarray(0, size);
+          if (text) chunk.write('narpush '.repeat(Math.ceil(size / 8)).slice(0, size));
+          else randomBytes(size).copy(chunk);
+          input.push(Buffer.from(chunk));
+          pieces.push(...c.update(chunk));
+          chunk.fill(n++); // the compressor must not read it again
+        }
+        pieces.push(...c.end());
+        pieces.slice(0, -1).forEach((p) => assert.equal(p.length, COMPRESSED_PIECE_BYTES));
+        const packed = Buffer.concat(pieces);
+        assert.ok((await decompress('zstd', packed)).equals(Buffer.concat(input)));
+        if (zstdAvailable) {
+          const r = spawnSync('zstd', ['-d', '-c', '--check'], { input: packed, maxBuffer: 1 << 30 });
+          assert.equal(r.status, 0, r.stderr.toString());
+          assert.ok(r.stdout.equals(Buffer.concat(input)));
+        }
+      },
+    ),
+    { numRuns: 25 },
+  );
+});
+
+test('direct calls are for zstd only: xz and none use streams', async () => {
+  assert.equal(await createChunkCompressor({ method: 'xz' }), undefined);
+  assert.equal(await createChunkCompressor({ method: 'none' }), undefined);
+});
 
 test('extensions are the ones Nix uses', () => {
   assert.equal(narExtension('xz'), '.nar.xz');

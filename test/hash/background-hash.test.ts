@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
-import { MAX_IN_FLIGHT, backgroundHash, terminateHashThreadForTests } from '../../src/hash/background-hash.js';
+import { MAX_IN_FLIGHT, backgroundHash, terminateCryptoThreadForTests } from '../../src/hash/background-hash.js';
 
 async function hashAll(chunks: readonly Uint8Array[], algo: 'sha256' | 'sha512' = 'sha256'): Promise<Buffer> {
   const h = backgroundHash(algo);
@@ -64,7 +64,7 @@ test('background hash: update asks the caller to wait once MAX_IN_FLIGHT bytes a
 test('background hash: a dead hash thread fails open hashes; the next hash starts a new thread', async () => {
   const h = backgroundHash('sha256');
   await h.update(randomBytes(1000));
-  await terminateHashThreadForTests();
+  await terminateCryptoThreadForTests();
   await assert.rejects(h.digest(), { code: 'HASH_FAILED' });
   h.drop();
   const data = randomBytes(10_000);
@@ -81,8 +81,8 @@ test('background hash: the thread does not keep the process alive', () => {
   assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);
   assert.equal(r.stdout.toString().trim(), createHash('sha256').update('abc').digest('hex'));
   // Started ahead of use and never used: the process still ends once its own work is done.
-  const prewarmed = `import(${JSON.stringify(mod)}).then(({ prewarmHashThread }) => {
-    prewarmHashThread(); setTimeout(() => console.log('done'), 500);
+  const prewarmed = `import(${JSON.stringify(mod)}).then(({ prewarmCryptoThread }) => {
+    prewarmCryptoThread(); setTimeout(() => console.log('done'), 500);
   })`;
   const p = spawnSync(process.execPath, ['-e', prewarmed], { timeout: 30_000 });
   assert.equal(p.status, 0, `prewarmed: exit ${p.status} ${p.signal ?? ''} ${p.stderr}`);
