@@ -1,13 +1,16 @@
 // Hashing on the worker thread (src/hash/background-hash.ts) must give
 // exactly node:crypto's digest, for any chunking, several hashes at once,
-// and must fail (never make a digest up) when the thread dies.
+// and must fail (never make a digest up) when the thread dies. Signatures
+// made there must be signFingerprint's, thread or no thread.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
-import { MAX_IN_FLIGHT, backgroundHash, terminateCryptoThreadForTests } from '../../src/hash/background-hash.js';
+import { MAX_IN_FLIGHT, backgroundHash, backgroundSign, terminateCryptoThreadForTests } from '../../src/hash/background-hash.js';
+import { newSecretKey } from '../../src/signing/keys.js';
+import { signFingerprint } from '../../src/signing/sign.js';
 
 async function hashAll(chunks: readonly Uint8Array[], algo: 'sha256' | 'sha512' = 'sha256'): Promise<Buffer> {
   const h = backgroundHash(algo);
@@ -87,4 +90,39 @@ test('background hash: the thread does not keep the process alive', () => {
   const p = spawnSync(process.execPath, ['-e', prewarmed], { timeout: 30_000 });
   assert.equal(p.status, 0, `prewarmed: exit ${p.status} ${p.signal ?? ''} ${p.stderr}`);
   assert.equal(p.stdout.toString().trim(), 'done');
+});
+
+test('background sign: the same signatures as signFingerprint, for batches of any size and several keys (property)', async () => {
+  const keys = [newSecretKey('a-1'), newSecretKey('b-1'), newSecretKey('a-1')];
+  await fc.assert(
+    fc.asyncProperty(fc.array(fc.tuple(fc.string({ maxLength: 300 }), fc.nat(keys.length - 1)), { minLength: 1, maxLength: 40 }), async (items) => {
+      const sigs = await Promise.all(items.map(([fp, k]) => backgroundSign(fp, keys[k]!)));
+      assert.deepEqual(sigs, items.map(([fp, k]) => signFingerprint(fp, keys[k]!)));
+    }),
+    { numRuns: 30 },
+  );
+});
+
+test('background sign: signatures asked for when the thread dies are made here, the same', async () => {
+  const key = newSecretKey('c-1');
+  // About 50 ms of signing: the thread is still at it when it is stopped.
+  const fps = Array.from({ length: 500 }, (_, i) => `1;/nix/store/${i};sha256:x;${i};`);
+  await backgroundSign('warm-up', key);
+  const pending = fps.map((fp) => backgroundSign(fp, key));
+  await new Promise((r) => setImmediate(r)); // the batch is posted
+  await terminateCryptoThreadForTests();
+  assert.deepEqual(await Promise.all(pending), fps.map((fp) => signFingerprint(fp, key)));
+  // And the next signatures start a new thread, with the key sent to it again.
+  assert.equal(await backgroundSign('after', key), signFingerprint('after', key));
+});
+
+test('background sign: the thread does not keep the process alive after signing', () => {
+  const mod = fileURLToPath(new URL('../../src/hash/background-hash.js', import.meta.url));
+  const keys = fileURLToPath(new URL('../../src/signing/keys.js', import.meta.url));
+  const script = `Promise.all([import(${JSON.stringify(mod)}), import(${JSON.stringify(keys)})]).then(async ([{ backgroundSign }, { newSecretKey }]) => {
+    console.log((await backgroundSign('fp', newSecretKey('k-1'))).split(':')[0]);
+  })`;
+  const r = spawnSync(process.execPath, ['-e', script], { timeout: 30_000 });
+  assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);
+  assert.equal(r.stdout.toString().trim(), 'k-1');
 });
