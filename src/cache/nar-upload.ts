@@ -82,9 +82,9 @@ function grown(src: NarSource): NarpushError {
 export async function uploadNar(backend: CacheBackend, src: NarSource, opts: NarUploadOptions): Promise<UploadedNar> {
   const url = narKey(src.narHash, opts.compression.method);
   if (src.narSize <= (opts.smallNarBytes ?? SMALL_NAR_BYTES)) return uploadSmallNar(backend, src, url, opts);
-  // The NAR hash runs on the hash thread, beside this one (see background-hash.ts).
+  // The NAR hash runs on the crypto thread, beside this one (see background-hash.ts).
   const narHasher = backgroundHash('sha256');
-  // The file hash stays on this thread (moving it too made the hash thread
+  // The file hash stays on this thread (moving it too made the crypto thread
   // the bottleneck). Uncompressed, the file is the NAR: its hash is the NAR hash.
   const fileHasher = opts.compression.method === 'none' ? undefined : createHash('sha256');
   let narSize = 0;

@@ -59,7 +59,7 @@ class CryptoThread {
   private keyIds = new WeakMap<SecretKey, number>();
   private nextKeyId = 1;
 
-  /** The worker, started if need be (unreferenced until a hash opens). */
+  /** The worker, started if need be (unreferenced while it has no work). */
   ensure(): Worker {
     if (this.worker) return this.worker;
     const worker = new Worker(new URL('./crypto-thread.js', import.meta.url));
