@@ -7,21 +7,16 @@
  */
 import { NarpushError } from '../errors.js';
 import { formatHash } from '../hash/hash.js';
-import { openCacheBackend } from '../cache/backend.js';
-import { ensureCacheInfo } from '../cache/cache-info.js';
+import { type CacheBackend, openCacheBackend } from '../cache/backend.js';
 import { parseCacheUrl } from '../cache/cache-url.js';
 import type { Compression } from '../cache/compression.js';
-import { resolvePaths } from '../store/arguments.js';
-import { type UploadReport, uploadPaths } from '../cache/upload.js';
-import { prewarmCryptoThread } from '../hash/background-hash.js';
-import { SMALL_NAR_BYTES } from '../cache/nar-upload.js';
+import type { UploadReport } from '../cache/upload.js';
 import type { PathInfo } from '../store/path-info.js';
 import { StoreClient } from '../store/client.js';
 import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
 import { storeTransportFromEnv } from '../store/transport.js';
 import { formatBytes, formatRate, formatSeconds } from './format.js';
 import type { CliContext } from './main.js';
-import { createProgress } from './progress.js';
 import { type UploadFlags, uploadSettings } from './upload-settings.js';
 
 export interface UploadPathFlags extends UploadFlags {
@@ -45,23 +40,48 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
     storePaths.push(storePath);
   }
 
+  // 2. The store (closure and GC roots, held until the client closes) and the
+  // cache. While the daemon starts (another process) and the S3 SDK loads,
+  // this thread loads the upload pipeline: ~40 ms of module loading that
+  // would otherwise come first.
+  const opening = StoreClient.open({ transport: storeTransportFromEnv(ctx.env), storeDir: ctx.storeDir });
+  const backendOpening = openCacheBackend(config);
+  const pipeline = Promise.all([
+    import('../cache/upload.js'),
+    import('../cache/nar-upload.js'),
+    import('../hash/background-hash.js'),
+    import('../store/arguments.js'),
+    import('../cache/cache-info.js'),
+    import('./progress.js'),
+  ]);
+  const [storeOpened, backendOpened, loaded] = await Promise.allSettled([opening, backendOpening, pipeline]);
+  if (storeOpened.status === 'rejected' || backendOpened.status === 'rejected' || loaded.status === 'rejected') {
+    await Promise.allSettled([
+      storeOpened.status === 'fulfilled' ? storeOpened.value.close() : undefined,
+      backendOpened.status === 'fulfilled' ? backendOpened.value.close() : undefined,
+    ]);
+    for (const r of [storeOpened, backendOpened, loaded]) if (r.status === 'rejected') throw r.reason;
+  }
+  const store = (storeOpened as PromiseFulfilledResult<StoreClient>).value;
+  const backend = (backendOpened as PromiseFulfilledResult<CacheBackend>).value;
+  const [{ uploadPaths }, { SMALL_NAR_BYTES }, { prewarmCryptoThread }, { resolvePaths }, { ensureCacheInfo }, { createProgress }] = (
+    loaded as PromiseFulfilledResult<Awaited<typeof pipeline>>
+  ).value;
+
   // The crypto thread (it signs narinfos and hashes streamed NARs) boots
-  // (~70 ms, on another core) while the store is opened and the closure
-  // read; an unsigned closure of small paths, built in memory, never starts it.
+  // (~70 ms, on another core) while the closure is read; an unsigned
+  // closure of small paths, built in memory, never starts it.
   const signing = settings.signingKeys.length > 0;
   if (signing && !flags.dryRun) prewarmCryptoThread();
   const needsCryptoThread = (info: PathInfo): void => {
     if (info.narSize > SMALL_NAR_BYTES && !flags.dryRun) prewarmCryptoThread();
   };
 
-  // 2. The store: closure and GC roots (held until the client closes).
-  const store = await StoreClient.open({ transport: storeTransportFromEnv(ctx.env), storeDir: ctx.storeDir });
   const abort = new AbortController();
   const onSignal = (): void => abort.abort(new NarpushError('INTERRUPTED', 'interrupted'));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   let report: UploadReport;
-  const backend = await openCacheBackend(config);
   try {
     const infos = await resolvePaths(store, storePaths, flags.closure, signing ? undefined : needsCryptoThread);
     if (!flags.dryRun) {
