@@ -79,6 +79,12 @@ export function xzBlockSize(sizeHint: number, threads: number): number {
   return Math.min(MAX_XZ_BLOCK, Math.max(MIB, perThread));
 }
 
+/** Encoder threads for one NAR: one unless `opts.threads` says otherwise, and always one below SINGLE_THREAD_BELOW. */
+function encoderThreads(opts: CompressionOptions, sizeHint: number | undefined): number {
+  const small = sizeHint !== undefined && sizeHint < SINGLE_THREAD_BELOW;
+  return small ? 1 : Math.max(1, opts.threads ?? 1);
+}
+
 /**
  * A fresh compressing Transform stream. One thread per NAR unless
  * `opts.threads` says otherwise (Nix's `parallel-compression`): paths
@@ -93,8 +99,7 @@ export function xzBlockSize(sizeHint: number, threads: number): number {
  */
 export async function createCompressor(opts: CompressionOptions, sizeHint?: number): Promise<Transform> {
   const level = compressionLevel(opts.method, opts.level);
-  const small = sizeHint !== undefined && sizeHint < SINGLE_THREAD_BELOW;
-  const threads = small ? 1 : Math.max(1, opts.threads ?? 1);
+  const threads = encoderThreads(opts, sizeHint);
   switch (opts.method) {
     case 'none':
       return new PassThrough({ highWaterMark: 1 << 20 });
@@ -135,8 +140,7 @@ export const COMPRESSED_PIECE_BYTES = 1 << 20;
  */
 export async function createChunkCompressor(opts: CompressionOptions, sizeHint?: number): Promise<ChunkCompressor | undefined> {
   if (opts.method !== 'zstd') return undefined;
-  const small = sizeHint !== undefined && sizeHint < SINGLE_THREAD_BELOW;
-  const threads = small ? 1 : Math.max(1, opts.threads ?? 1);
+  const threads = encoderThreads(opts, sizeHint);
   const zstd = (await import('zstd-napi/binding.js')).default;
   const cctx = new zstd.CCtx();
   cctx.setParameter(zstd.CParameter.compressionLevel, compressionLevel('zstd', opts.level));

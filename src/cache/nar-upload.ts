@@ -119,9 +119,14 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
       if (wait) await wait;
     }
     yield* out(compressor.end());
+    await finish();
+  }
+
+  // The NAR must be what the store recorded; only then is the file's hash taken.
+  async function finish(): Promise<void> {
     narDigest = await narHasher.digest();
     if (narSize !== src.narSize || !narDigest.equals(src.narHash.digest)) throw mismatch(src, narDigest, narSize);
-    fileDigest = fileHasher!.digest();
+    fileDigest = fileHasher ? fileHasher.digest() : narDigest;
   }
 
   async function* body(): AsyncGenerator<Buffer> {
@@ -140,9 +145,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
       opts.onProgress?.(narSize, fileSize);
       yield chunk;
     }
-    narDigest = await narHasher.digest();
-    if (narSize !== src.narSize || !narDigest.equals(src.narHash.digest)) throw mismatch(src, narDigest, narSize);
-    fileDigest = fileHasher ? fileHasher.digest() : narDigest;
+    await finish();
   }
 
   try {

@@ -71,14 +71,16 @@ test('property: dumpNarSync gives the same bytes when the NAR fits, and undefine
   });
 });
 
-test('dumpNarSync stops at the first file that does not fit, without reading it', async () => {
+test('dumpNarSync stops at the first file that does not fit and walks no further', async () => {
   await withTemp(async (dir) => {
     const root = path.join(dir, 'big');
     fs.mkdirSync(root);
     fs.writeFileSync(path.join(root, 'a'), 'small');
     fs.writeFileSync(path.join(root, 'b'), Buffer.alloc(1 << 20));
-    fs.chmodSync(path.join(root, 'b'), 0o000); // unreadable: reading it would throw
+    // After 'b' in NAR order, a FIFO: walking it would throw UNSUPPORTED_FILE_TYPE (even as root).
+    await runOk('mkfifo', [path.join(root, 'c')]);
     assert.equal(dumpNarSync(root, 4096), undefined);
+    assert.throws(() => dumpNarSync(root, 2 << 20), { code: 'UNSUPPORTED_FILE_TYPE' }, 'with room for b, the walk reaches c');
   });
 });
 
