@@ -18,7 +18,7 @@ import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { nix, nixEnv, requireNix } from '../helpers/nix.js';
 import { FIXTURES, REPO_ROOT, narpush, run } from '../helpers/run.js';
 import { S3RVER_ENV, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
-import { startDaemonProcess, type DaemonProcess } from './daemon-process.js';
+import { killLeftoverDaemons, startDaemonProcess, type DaemonProcess } from './daemon-process.js';
 import { eventually, tempDir } from './fakes.js';
 
 const HOOK = path.join(REPO_ROOT, 'bin', 'narpush-hook');
@@ -41,6 +41,7 @@ before(async () => {
 });
 
 after(async () => {
+  await killLeftoverDaemons();
   await s3?.stop();
   await work?.remove();
 });

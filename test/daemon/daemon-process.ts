@@ -32,10 +32,27 @@ export interface StartOptions {
   readonly noWait?: boolean;
 }
 
+// Daemons still running: a test that fails before stopping its daemon must not leave it
+// holding the test process open (its pipes keep the event loop alive) until CI times out.
+const running = new Set<ChildProcess>();
+
+/** Kill (SIGKILL) every daemon a test left running; for `after` hooks. */
+export async function killLeftoverDaemons(): Promise<void> {
+  const left = [...running];
+  await Promise.all(
+    left.map((child) => new Promise<void>((resolve) => {
+      child.once('exit', () => resolve());
+      child.kill('SIGKILL');
+    })),
+  );
+}
+
 export async function startDaemonProcess(o: StartOptions): Promise<DaemonProcess> {
   const args = [NARPUSH_BIN, 'daemon', '--to', o.to, '--socket', o.socket, '--state-dir', o.stateDir, ...(o.args ?? [])];
   const [cmd, ...pre] = o.wrapper && o.wrapper.length > 0 ? [...o.wrapper, process.execPath] : [process.execPath];
   const child = spawn(cmd!, [...pre, ...args], { env: o.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
   let output = '';
   child.stdout!.on('data', (b: Buffer) => (output += b.toString()));
   child.stderr!.on('data', (b: Buffer) => (output += b.toString()));
