@@ -6,10 +6,12 @@
  * then narpush alone against s3rver on loopback:
  *   - throughput on the mixed closure (MiB/s of NAR);
  *   - peak RSS on a 1 GiB NAR (xz and zstd) and a 10 GiB NAR (--compression none).
- * Figures are medians of the runs; ratios are narpush/nix.
+ * Figures are medians of the runs; ratios are narpush/nix. Every timed run
+ * starts after a `sync`, so that no run pays for the previous one's writeback.
  *
  * Usage: node dist/bench/upload.js [runs (default 3)] [--skip-10g] [--10g-runs=N (default: runs)] [--only=mixed,small,s3,rss]
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
@@ -42,6 +44,10 @@ function liblzmaBuild(): string {
     : "lzma-native's prebuilt binary (unoptimized: xz figures will be 2-3x slower)";
 }
 
+function syncFileSystems(): void {
+  spawnSync('sync', { stdio: 'ignore' });
+}
+
 async function freshDir(label: string): Promise<string> {
   return mkdtemp(path.join(tmpdir(), `narpush-bench-${label.replace(/[^a-z0-9]+/gi, "-")}-`));
 }
@@ -64,7 +70,10 @@ async function compare(label: string, top: string, compression: 'xz' | 'zstd', k
   };
   sides.nix();
   sides.narpush(); // warm-up, untimed
-  const t = alternate(runs, sides);
+  // Each run starts with the file system quiet: nix copy never syncs, so
+  // without this its dirty pages are written back during the next run, and
+  // narpush's fsyncs (journal commits) would wait for them.
+  const t = alternate(runs, sides, syncFileSystems);
   const n = median(t.nix);
   const p = median(t.narpush);
   const m = mib(size.bytes);

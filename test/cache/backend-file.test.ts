@@ -1,6 +1,6 @@
 // The file:// backend: atomic writes, no leftovers on failure or abort, keys
 // confined to the cache, and a directory real Nix substitutes from.
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -23,8 +23,14 @@ import { publishByHand } from '../helpers/cache-check.js';
 const MiB = 1024 * 1024;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
+// Every cache directory made here is removed when the file's tests are done.
+const made: string[] = [];
+after(() => Promise.all(made.map((d) => rm(d, { recursive: true, force: true }))));
+
 async function freshDir(): Promise<string> {
-  return mkdtemp(path.join(tmpdir(), 'narpush-file-backend-'));
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-file-backend-'));
+  made.push(dir);
+  return dir;
 }
 
 /** Every file under `dir`, relative, sorted. */
