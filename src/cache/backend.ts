@@ -11,9 +11,10 @@
  *
  * Every put resolves only once its object is both visible and durable. A
  * backend where those are separate steps (file://: rename, then directory
- * fsync) may also offer `stageBytes`, so that a caller publishing objects in
+ * fsync) may also offer `stageBatch`, so that a caller publishing objects in
  * a dependency order (narinfos after their references') pays for durability
- * once per group instead of once per link of the chain.
+ * once per group instead of once per link of the chain, and a batch of small
+ * objects costs one round of waiting for the disk instead of one each.
  */
 import { NarpushError } from '../errors.js';
 import type { CacheConfig } from './cache-url.js';
@@ -49,6 +50,13 @@ export interface StagedObject {
   discard(): Promise<void>;
 }
 
+/** A small object to write whole (see `stageBatch`). */
+export interface SmallObject {
+  readonly key: string;
+  readonly body: Uint8Array;
+  readonly contentType: string;
+}
+
 export interface CacheBackend {
   /** For logs and messages, e.g. `s3://bucket (in eu-west-1)`; never contains secrets. */
   readonly description: string;
@@ -71,27 +79,35 @@ export interface CacheBackend {
     opts?: PutStreamOptions,
   ): Promise<{ readonly bytes: number }>;
   /**
-   * Optional: `putBytes` in steps (see StagedObject), for backends where a
-   * visible object is not yet durable. Use the function `stageBytes`, which
-   * falls back to `putBytes` for backends without it.
+   * Optional: `putBytes` in steps (see StagedObject), for many objects at
+   * once, for backends where a visible object is not yet durable. One result
+   * per object, in order: each object succeeds or fails alone, and a failed
+   * one leaves nothing behind. Use the function `stageBatch`, which falls
+   * back to `putBytes` for backends without it.
    */
-  stageBytes?(key: string, body: Uint8Array, contentType: string): Promise<StagedObject>;
+  stageBatch?(objects: readonly SmallObject[]): Promise<PromiseSettledResult<StagedObject>[]>;
   /** Release sockets and handles; the backend must not be used afterwards. */
   close(): Promise<void>;
 }
 
 /**
- * Stage a small object on any backend. Without the capability (S3: a PUT is
+ * Stage small objects on any backend. Without the capability (S3: a PUT is
  * visible and durable when acknowledged) nothing is sent until `publish`,
  * which is then `putBytes`, and `durable` has nothing left to wait for.
  */
+export async function stageBatch(backend: CacheBackend, objects: readonly SmallObject[]): Promise<PromiseSettledResult<StagedObject>[]> {
+  if (backend.stageBatch) return backend.stageBatch(objects);
+  return objects.map(({ key, body, contentType }) => ({
+    status: 'fulfilled',
+    value: { publish: () => backend.putBytes(key, body, contentType), durable: async () => {}, discard: async () => {} },
+  }));
+}
+
+/** One object through `stageBatch`: staged, or the error why not. */
 export async function stageBytes(backend: CacheBackend, key: string, body: Uint8Array, contentType: string): Promise<StagedObject> {
-  if (backend.stageBytes) return backend.stageBytes(key, body, contentType);
-  return {
-    publish: () => backend.putBytes(key, body, contentType),
-    durable: async () => {},
-    discard: async () => {},
-  };
+  const [r] = await stageBatch(backend, [{ key, body, contentType }]);
+  if (r!.status === 'rejected') throw r!.reason;
+  return r!.value;
 }
 
 export interface OpenBackendOptions {

@@ -25,6 +25,12 @@ export function closeNow(fd: number): void {
   fs.closeSync(fd);
 }
 
+/** Write on this thread: for bytes going to the page cache, made durable later (see FileBackend.stageBatch). */
+export function writeAllNow(fd: number, chunk: Uint8Array): void {
+  let off = 0;
+  while (off < chunk.byteLength) off += fs.writeSync(fd, chunk, off, chunk.byteLength - off);
+}
+
 export async function writeAll(fd: number, chunk: Uint8Array): Promise<void> {
   let off = 0;
   while (off < chunk.byteLength) {
@@ -61,7 +67,11 @@ export class MetadataCalls {
 
   /** Run `inline` here, or `pooled` (the same call through the thread pool). */
   async run<T>(timed: boolean, inline: () => T, pooled: () => Promise<T>): Promise<T> {
-    if (!this.here) return pooled();
+    return this.here ? this.runHere(timed, inline) : pooled();
+  }
+
+  /** Run `inline` on this thread whatever `inline` says (a caller that checked it first), timing it. */
+  runHere<T>(timed: boolean, inline: () => T): T {
     const t0 = performance.now();
     try {
       return inline();

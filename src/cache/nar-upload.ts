@@ -16,7 +16,7 @@ import { type Hash, formatHash } from '../hash/hash.js';
 import { nix32Encode } from '../hash/nix32.js';
 import { dumpNar, dumpNarSync } from '../nar/dump.js';
 import type { StorePath } from '../store/store-path.js';
-import type { CacheBackend } from './backend.js';
+import { type CacheBackend, stageBatch } from './backend.js';
 import { type ChunkCompressor, type CompressionOptions, compressBuffer, createChunkCompressor, createCompressor, narExtension } from './compression.js';
 
 export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
@@ -81,7 +81,7 @@ function grown(src: NarSource): NarpushError {
 
 export async function uploadNar(backend: CacheBackend, src: NarSource, opts: NarUploadOptions): Promise<UploadedNar> {
   const url = narKey(src.narHash, opts.compression.method);
-  if (src.narSize <= (opts.smallNarBytes ?? SMALL_NAR_BYTES)) return uploadSmallNar(backend, src, url, opts);
+  if (src.narSize <= (opts.smallNarBytes ?? SMALL_NAR_BYTES)) return uploadSmallNar(backend, src, opts);
   // The NAR hash runs on the crypto thread, beside this one (see background-hash.ts).
   const narHasher = backgroundHash('sha256');
   // The file hash stays on this thread (moving it too made the crypto thread
@@ -166,24 +166,77 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
   };
 }
 
-/** The in-memory path for small NARs: nothing is sent unless the NAR matches the store's record. */
-async function uploadSmallNar(backend: CacheBackend, src: NarSource, url: string, opts: NarUploadOptions): Promise<UploadedNar> {
-  // A path that grew since it was registered is corrupt: the dump stops as soon as it is larger than recorded.
-  const nar = dumpNarSync(src.path.path, src.narSize);
-  if (nar === undefined) throw grown(src);
-  const digest = createHash('sha256').update(nar).digest();
-  const narSize = nar.length;
-  if (narSize !== src.narSize || !digest.equals(src.narHash.digest)) throw mismatch(src, digest, narSize);
+async function uploadSmallNar(backend: CacheBackend, src: NarSource, opts: NarUploadOptions): Promise<UploadedNar> {
+  const [r] = await uploadSmallNars(backend, [src], opts);
+  if (r!.status === 'rejected') throw r!.reason;
+  opts.onProgress?.(r!.value.narSize, r!.value.fileSize);
+  return r!.value;
+}
+
+/**
+ * Small NARs (each at most SMALL_NAR_BYTES) as one batch: each is built in
+ * memory and checked against the store's record (nothing is sent for one
+ * that does not match: a path that grew is not even read whole), compressed
+ * in one call, and then all are staged together (see `stageBatch`) and
+ * published. Each NAR succeeds or fails alone: one result per source, in
+ * order. Throws only when `signal` aborts before anything is sent.
+ */
+export async function uploadSmallNars(
+  backend: CacheBackend,
+  srcs: readonly NarSource[],
+  opts: Pick<NarUploadOptions, 'compression' | 'signal'>,
+): Promise<PromiseSettledResult<UploadedNar>[]> {
+  const results: PromiseSettledResult<UploadedNar>[] = new Array(srcs.length);
+  const built: { i: number; url: string; nar: Buffer }[] = [];
+  for (const [i, src] of srcs.entries()) {
+    try {
+      const url = narKey(src.narHash, opts.compression.method);
+      const nar = dumpNarSync(src.path.path, src.narSize);
+      if (nar === undefined) throw grown(src);
+      const digest = createHash('sha256').update(nar).digest();
+      if (nar.length !== src.narSize || !digest.equals(src.narHash.digest)) throw mismatch(src, digest, nar.length);
+      built.push({ i, url, nar });
+    } catch (e) {
+      results[i] = { status: 'rejected', reason: e };
+    }
+  }
   opts.signal?.throwIfAborted();
-  const file = await compressBuffer(opts.compression, nar);
-  await backend.putBytes(url, file, NAR_CONTENT_TYPE);
-  opts.onProgress?.(narSize, file.length);
-  return {
-    url,
-    compression: opts.compression.method,
-    fileHash: { algo: 'sha256', digest: createHash('sha256').update(file).digest() },
-    fileSize: file.length,
-    narHash: src.narHash,
-    narSize,
-  };
+  const compressed = await Promise.allSettled(built.map((b) => compressBuffer(opts.compression, b.nar)));
+  const ready: { i: number; nar: UploadedNar; file: Buffer }[] = [];
+  for (const [k, c] of compressed.entries()) {
+    const { i, url, nar } = built[k]!;
+    if (c.status === 'rejected') {
+      results[i] = c;
+      continue;
+    }
+    const file = c.value;
+    ready.push({
+      i,
+      file,
+      nar: {
+        url,
+        compression: opts.compression.method,
+        fileHash: { algo: 'sha256', digest: createHash('sha256').update(file).digest() },
+        fileSize: file.length,
+        narHash: srcs[i]!.narHash,
+        narSize: nar.length,
+      },
+    });
+  }
+  opts.signal?.throwIfAborted();
+  const staged = await stageBatch(backend, ready.map((r) => ({ key: r.nar.url, body: r.file, contentType: NAR_CONTENT_TYPE })));
+  await Promise.all(
+    staged.map(async (s, k) => {
+      const { i, nar } = ready[k]!;
+      try {
+        if (s.status === 'rejected') throw s.reason;
+        await s.value.publish();
+        await s.value.durable();
+        results[i] = { status: 'fulfilled', value: nar };
+      } catch (e) {
+        results[i] = { status: 'rejected', reason: e };
+      }
+    }),
+  );
+  return results;
 }

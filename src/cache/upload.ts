@@ -8,8 +8,12 @@
  * Visibility is ordered, durability is not: each narinfo is staged (written,
  * not shown) as soon as its NAR is done, and only showing it waits for its
  * references, so a chain of references costs one rename per link and the
- * fsyncs run beside it (see file-backend.ts). Progress and results are
- * reported as events; nothing here prints.
+ * fsyncs run beside it (see file-backend.ts). Small paths (most of a
+ * typical closure) go up in batches: their NARs built, checked and
+ * compressed in one loop, written together, their narinfos signed in one
+ * message to the crypto thread and written together; each path still
+ * succeeds, fails and is published alone. Progress and results are reported
+ * as events; nothing here prints.
  */
 import { NarpushError, isNarpushError } from '../errors.js';
 import type { NarInfo } from '../narinfo/narinfo.js';
@@ -19,15 +23,23 @@ import { backgroundSign } from '../hash/background-hash.js';
 import { signNarInfoWith } from '../signing/sign.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
-import { type CacheBackend, type StagedObject, stageBytes } from './backend.js';
+import { type CacheBackend, type StagedObject, stageBatch, stageBytes } from './backend.js';
 import type { CompressionOptions } from './compression.js';
 import { createLimiter } from './limit.js';
-import { SMALL_NAR_BYTES, type UploadedNar, uploadNar } from './nar-upload.js';
+import { SMALL_NAR_BYTES, type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
 
 export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
 
-/** Small NARs (see SMALL_NAR_BYTES) upload this many times `jobs` at once. */
-export const SMALL_JOBS_FACTOR = 8;
+/**
+ * Small paths (see SMALL_NAR_BYTES) go up in batches of at most this many
+ * paths and NAR bytes (held in memory at once), SMALL_BATCHES at once
+ * (`jobs` if more): while one is built on this thread, the others wait for
+ * the disk, the network or their signatures. (Four measured faster than
+ * two, on 1,000 small paths.)
+ */
+export const SMALL_BATCH_PATHS = 32;
+export const SMALL_BATCH_BYTES = 8 << 20;
+export const SMALL_BATCHES = 4;
 
 export function narInfoKey(path: StorePath): string {
   return `${path.hashPart}.narinfo`;
@@ -37,8 +49,10 @@ export interface UploadOptions {
   readonly backend: CacheBackend;
   readonly compression: CompressionOptions;
   readonly signingKeys: readonly SecretKey[];
-  /** Large NARs uploaded at once (small ones: SMALL_JOBS_FACTOR times as many). */
+  /** Large NARs uploaded at once (and batches of small ones, if more than SMALL_BATCHES). */
   readonly jobs: number;
+  /** Small paths per batch (SMALL_BATCH_PATHS unless set). */
+  readonly batchPaths?: number;
   /** Upload even when the narinfo exists. */
   readonly force?: boolean;
   /** Decide what would be uploaded, upload nothing. */
@@ -128,10 +142,11 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   }
 
   // Large NARs hold compressor threads and upload buffers: `jobs` of them at
-  // once. Small ones are a few requests each and mostly wait on I/O: more.
+  // once. Small ones are batched (see SMALL_BATCH_PATHS).
   const jobs = createLimiter(opts.jobs);
-  const smallJobs = createLimiter(opts.jobs * SMALL_JOBS_FACTOR);
+  const batches = createLimiter(Math.max(SMALL_BATCHES, opts.jobs));
   const smallLimit = opts.smallNarBytes ?? SMALL_NAR_BYTES;
+  const batchPaths = Math.max(1, opts.batchPaths ?? SMALL_BATCH_PATHS);
   const uploaded: UploadedPath[] = [];
   const failed: { info: PathInfo; error: NarpushError }[] = [];
   // Per path being uploaded: true once its narinfo is visible, false when it will not be.
@@ -141,6 +156,10 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     failed.push({ info, error });
     emit({ type: 'failed', info, error });
   };
+  const failure = (e: unknown, info: PathInfo): NarpushError =>
+    opts.signal?.aborted
+      ? new NarpushError('UPLOAD_ABORTED', `upload of '${info.path.path}' was interrupted`, { cause: e })
+      : asNarpushError(e, info);
 
   /** Whether every reference's narinfo is visible (waiting for those in the set), or the error why not. */
   const referencesVisible = async (info: PathInfo): Promise<NarpushError | undefined> => {
@@ -154,32 +173,13 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     return undefined;
   };
 
-  const upload = async (info: PathInfo, shown: (ok: boolean) => void): Promise<void> => {
-    const t0 = performance.now();
-    // 1. The NAR, complete and durable; then the narinfo, written and durable
-    // but not visible (off the chain of references, in parallel).
-    let nar: UploadedNar;
-    let staged: StagedObject;
-    try {
-      ({ nar, staged } = await (info.narSize <= smallLimit ? smallJobs : jobs)(async () => {
-        opts.signal?.throwIfAborted();
-        emit({ type: 'started', info });
-        const done = await uploadNar(backend, info, {
-          compression: opts.compression,
-          ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
-          ...(opts.signal ? { signal: opts.signal } : {}),
-          onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
-        });
-        const body = Buffer.from(formatNarInfo(await makeNarInfo(info, done, opts.signingKeys)));
-        return { nar: done, staged: await stageBytes(backend, narInfoKey(info.path), body, NARINFO_CONTENT_TYPE) };
-      }));
-    } catch (e) {
-      shown(false);
-      const error = opts.signal?.aborted
-        ? new NarpushError('UPLOAD_ABORTED', `upload of '${info.path.path}' was interrupted`, { cause: e })
-        : asNarpushError(e, info);
-      return fail(info, error);
-    }
+  interface Upload {
+    readonly info: PathInfo;
+    readonly shown: (ok: boolean) => void;
+  }
+
+  /** After step 1 (the NAR, and the narinfo staged): make the narinfo visible, then durable. */
+  const show = async ({ info, shown }: Upload, nar: UploadedNar, staged: StagedObject, t0: number): Promise<void> => {
     // 2. Visible only after the narinfos of its references: the one step on the chain.
     const missing = await referencesVisible(info);
     if (missing) {
@@ -205,12 +205,116 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     emit({ type: 'uploaded', info, nar, seconds });
   };
 
+  const narInfoBody = async (info: PathInfo, nar: UploadedNar): Promise<Buffer> =>
+    Buffer.from(formatNarInfo(await makeNarInfo(info, nar, opts.signingKeys)));
+
+  /** A large path: its NAR streamed, then its narinfo. */
+  const upload = async (u: Upload): Promise<void> => {
+    const { info } = u;
+    const t0 = performance.now();
+    // 1. The NAR, complete and durable; then the narinfo, written and durable
+    // but not visible (off the chain of references, in parallel).
+    let nar: UploadedNar;
+    let staged: StagedObject;
+    try {
+      ({ nar, staged } = await jobs(async () => {
+        opts.signal?.throwIfAborted();
+        emit({ type: 'started', info });
+        const done = await uploadNar(backend, info, {
+          compression: opts.compression,
+          ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
+          ...(opts.signal ? { signal: opts.signal } : {}),
+          onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
+        });
+        return { nar: done, staged: await stageBytes(backend, narInfoKey(info.path), await narInfoBody(info, done), NARINFO_CONTENT_TYPE) };
+      }));
+    } catch (e) {
+      u.shown(false);
+      return fail(info, failure(e, info));
+    }
+    await show(u, nar, staged, t0);
+  };
+
+  /** Small paths: step 1 for the whole batch, then each path is shown on its own. */
+  const uploadBatch = async (batch: readonly Upload[]): Promise<void> => {
+    const t0 = performance.now();
+    let done: PromiseSettledResult<{ nar: UploadedNar; staged: StagedObject }>[];
+    try {
+      done = await batches(async () => {
+        opts.signal?.throwIfAborted();
+        for (const { info } of batch) emit({ type: 'started', info });
+        const nars = await uploadSmallNars(
+          backend,
+          batch.map((u) => u.info),
+          { compression: opts.compression, ...(opts.signal ? { signal: opts.signal } : {}) },
+        );
+        // Asked for in one tick: the crypto thread gets the batch's signatures in one message.
+        const bodies = await Promise.allSettled(
+          nars.map((n, k) => {
+            if (n.status === 'rejected') return Promise.reject(n.reason);
+            emit({ type: 'progress', info: batch[k]!.info, narBytes: n.value.narSize, fileBytes: n.value.fileSize });
+            return narInfoBody(batch[k]!.info, n.value);
+          }),
+        );
+        const ok = batch.flatMap((u, k) => (bodies[k]!.status === 'fulfilled' ? [k] : []));
+        const staged = await stageBatch(
+          backend,
+          ok.map((k) => ({
+            key: narInfoKey(batch[k]!.info.path),
+            body: (bodies[k] as PromiseFulfilledResult<Buffer>).value,
+            contentType: NARINFO_CONTENT_TYPE,
+          })),
+        );
+        // Each path: its error so far, or (set below for each in `ok`) its staged narinfo.
+        const results: PromiseSettledResult<{ nar: UploadedNar; staged: StagedObject }>[] = bodies.map((b) =>
+          b.status === 'rejected' ? b : { status: 'rejected', reason: new Error('narinfo not staged') },
+        );
+        for (const [j, k] of ok.entries()) {
+          const s = staged[j]!;
+          results[k] =
+            s.status === 'rejected'
+              ? s
+              : { status: 'fulfilled', value: { nar: (nars[k] as PromiseFulfilledResult<UploadedNar>).value, staged: s.value } };
+        }
+        return results;
+      });
+    } catch (e) {
+      for (const u of batch) {
+        u.shown(false);
+        fail(u.info, failure(e, u.info));
+      }
+      return;
+    }
+    await Promise.all(
+      batch.map((u, k) => {
+        const r = done[k]!;
+        if (r.status === 'fulfilled') return show(u, r.value.nar, r.value.staged, t0);
+        u.shown(false);
+        fail(u.info, failure(r.reason, u.info));
+        return undefined;
+      }),
+    );
+  };
+
   const running: Promise<void>[] = [];
+  let batch: Upload[] = [];
+  let batchBytes = 0;
   for (const info of toUpload) {
     let shown!: (ok: boolean) => void;
     visible.set(info.path.baseName, new Promise<boolean>((resolve) => (shown = resolve)));
-    running.push(upload(info, shown));
+    if (info.narSize > smallLimit) {
+      running.push(upload({ info, shown }));
+      continue;
+    }
+    if (batch.length >= batchPaths || batchBytes + info.narSize > SMALL_BATCH_BYTES) {
+      running.push(uploadBatch(batch));
+      batch = [];
+      batchBytes = 0;
+    }
+    batch.push({ info, shown });
+    batchBytes += info.narSize;
   }
+  if (batch.length > 0) running.push(uploadBatch(batch));
   // `upload` records every failure itself: a rejection here is a bug, raised once all have settled.
   for (const r of await Promise.allSettled(running)) if (r.status === 'rejected') throw r.reason;
   return { uploaded, skipped, wouldUpload: [], failed, seconds: (performance.now() - started) / 1000 };

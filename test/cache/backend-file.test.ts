@@ -13,7 +13,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { FileBackend, TEMP_MARKER } from '../../src/cache/file-backend.js';
 import { SLOW_METADATA_CALL_MS } from '../../src/cache/file-ops.js';
-import { openCacheBackend, MAX_GET_BYTES } from '../../src/cache/backend.js';
+import { openCacheBackend, MAX_GET_BYTES, stageBytes } from '../../src/cache/backend.js';
 import { parseCacheUrl } from '../../src/cache/cache-url.js';
 import { nixBuildExpr, nixEnv } from '../helpers/nix.js';
 import { runOk } from '../helpers/run.js';
@@ -234,7 +234,7 @@ test('a long abortable upload does not keep its chunks alive', async () => {
  * clock when `stop` is called.
  */
 function recordFsCalls(opts: { createMs?: number } = {}): { events: string[]; stop: () => void } {
-  const real = { open: fs.open, openSync: fs.openSync, fsync: fs.fsync, rename: fs.rename, renameSync: fs.renameSync };
+  const real = { open: fs.open, openSync: fs.openSync, fsync: fs.fsync, fdatasync: fs.fdatasync, rename: fs.rename, renameSync: fs.renameSync };
   const realNow = performance.now;
   let now = 0;
   const fdPaths = new Map<number, string>();
@@ -270,6 +270,16 @@ function recordFsCalls(opts: { createMs?: number } = {}): { events: string[]; st
       });
     }, 3);
   };
+  patched.fdatasync = (fd: number, cb: (e: Error | null) => void) => {
+    const p = fdPaths.get(fd) ?? `fd ${fd}`;
+    events.push(`fdatasync-start ${p}`);
+    setTimeout(() => {
+      real.fdatasync(fd, (e) => {
+        events.push(`fdatasync-done ${p}`);
+        cb(e);
+      });
+    }, 3);
+  };
   patched.rename = (from: string, to: string, cb: (e: Error | null) => void) => {
     events.push(`rename-start ${to}`);
     real.rename(from, to, (e) => {
@@ -300,10 +310,10 @@ test('staged objects: invisible until published, durable only after a directory 
   const rec = recordFsCalls();
   try {
     const bodies = Array.from({ length: 40 }, (_, i) => randomBytes(50 + i));
-    const staged = await Promise.all(bodies.map((body, i) => b.stageBytes(`k${i}.narinfo`, body, 'text/x-nix-narinfo')));
+    const staged = await Promise.all(bodies.map((body, i) => stageBytes(b, `k${i}.narinfo`, body, 'text/x-nix-narinfo')));
     assert.equal((await listAll(dir)).filter((f) => !f.includes(TEMP_MARKER)).length, 0, 'nothing visible before publish');
-    // Bytes are durable before stageBytes resolves: written with O_DSYNC (or fsynced).
-    const durableTemps = rec.events.filter((e) => /^(open-dsync|fsync-done) /.test(e) && e.includes(TEMP_MARKER)).length;
+    // Bytes are durable before stageBytes resolves: written with O_DSYNC, or fdatasynced.
+    const durableTemps = rec.events.filter((e) => /^(open-dsync|fdatasync-done) /.test(e) && e.includes(TEMP_MARKER)).length;
     assert.equal(durableTemps, staged.length, 'each staged file is written durably');
     // Publish in a chain (each after the previous is visible) while durability is awaited beside it.
     const durable: Promise<void>[] = [];
@@ -323,7 +333,7 @@ test('staged objects: invisible until published, durable only after a directory 
     }
     // Objects published together share directory fsyncs (group commit).
     const before = rec.events.filter((e) => e === `fsync-start ${dir}`).length;
-    const more = await Promise.all(bodies.map((body, i) => b.stageBytes(`m${i}.narinfo`, body, 'text/x-nix-narinfo')));
+    const more = await Promise.all(bodies.map((body, i) => stageBytes(b, `m${i}.narinfo`, body, 'text/x-nix-narinfo')));
     await Promise.all(more.map((s) => s.publish()));
     await Promise.all(more.map((s) => s.durable()));
     const shared = rec.events.filter((e) => e === `fsync-start ${dir}`).length - before;
@@ -337,23 +347,59 @@ test('staged objects: invisible until published, durable only after a directory 
 test('a discarded staged object leaves nothing behind; misuse is refused', async () => {
   const dir = await freshDir();
   const b = new FileBackend(dir);
-  const s = await b.stageBytes('gone.narinfo', Buffer.from('x'), 'text/x-nix-narinfo');
+  const s = await stageBytes(b, 'gone.narinfo', Buffer.from('x'), 'text/x-nix-narinfo');
   assert.equal((await listAll(dir)).length, 1, 'the staged temporary file');
   await s.discard();
   await s.discard();
   assert.deepEqual(await listAll(dir), []);
   await assert.rejects(s.publish(), /publish called when gone/);
-  const t = await b.stageBytes('k.narinfo', Buffer.from('y'), 'text/x-nix-narinfo');
+  const t = await stageBytes(b, 'k.narinfo', Buffer.from('y'), 'text/x-nix-narinfo');
   await assert.rejects(t.durable(), /durable called when staged/);
   await t.publish();
   await t.discard(); // after publish: a no-op, the object stays
   await t.durable();
   assert.equal((await b.get('k.narinfo'))?.toString(), 'y');
   // Publishing into a directory that vanished fails, and leaves no temporary file.
-  const u = await b.stageBytes('nar/u.nar', Buffer.from('z'), 'application/x-nix-nar');
+  const u = await stageBytes(b, 'nar/u.nar', Buffer.from('z'), 'application/x-nix-nar');
   await rm(path.join(dir, 'nar', (await readdir(path.join(dir, 'nar')))[0]!));
   await assert.rejects(u.publish(), { code: 'CACHE_IO', message: /cannot write nar\/u\.nar/ });
   assert.deepEqual(await listAll(dir), ['k.narinfo']);
+});
+
+test('a batch: every object durable before it resolves, none visible before publish, a bad one fails alone', async () => {
+  const dir = await freshDir();
+  const b = new FileBackend(dir);
+  const rec = recordFsCalls();
+  let results: Awaited<ReturnType<FileBackend['stageBatch']>>;
+  const bodies = Array.from({ length: 30 }, (_, i) => randomBytes(20 + i));
+  // A key that is a directory cannot be renamed over; one outside the cache is refused before any write.
+  await mkdir(path.join(dir, 'nar', 'taken', 'x'), { recursive: true });
+  const objects = [
+    ...bodies.map((body, i) => ({ key: `nar/b${i}.nar`, body, contentType: 'application/x-nix-nar' })),
+    { key: '../escape', body: Buffer.from('no'), contentType: 'application/x-nix-nar' },
+    { key: 'nar/taken', body: Buffer.from('no'), contentType: 'application/x-nix-nar' },
+  ];
+  try {
+    results = await b.stageBatch(objects);
+    const temps = rec.events.filter((e) => e.startsWith('open-inline') && e.includes(TEMP_MARKER));
+    const synced = rec.events.filter((e) => e.startsWith('fdatasync-done') && e.includes(TEMP_MARKER));
+    assert.equal(temps.length, bodies.length + 1, 'one temporary file per object with a valid key');
+    assert.deepEqual(synced.map((e) => e.split(' ')[1]).sort(), temps.map((e) => e.split(' ')[1]).sort(), 'each fdatasynced before the batch resolved');
+  } finally {
+    rec.stop();
+  }
+  assert.deepEqual((await listAll(dir)).filter((f) => !f.includes(TEMP_MARKER)), [], 'nothing visible before publish');
+  assert.equal(results[bodies.length]!.status, 'rejected');
+  assert.match(String((results[bodies.length] as PromiseRejectedResult).reason), /invalid cache key/);
+  const taken = results[bodies.length + 1]!;
+  assert.equal(taken.status, 'fulfilled', 'staged: the clash shows only when it is published');
+  if (taken.status === 'fulfilled') await assert.rejects(taken.value.publish(), { code: 'CACHE_IO' });
+  for (const r of results.slice(0, bodies.length)) {
+    assert.equal(r.status, 'fulfilled');
+    if (r.status === 'fulfilled') await r.value.publish();
+  }
+  for (const [i, body] of bodies.entries()) assert.ok((await readFile(path.join(dir, 'nar', `b${i}.nar`))).equals(body));
+  assert.deepEqual((await listAll(dir)).filter((f) => f.includes(TEMP_MARKER)), [], 'no temporary file left');
 });
 
 test('creates and renames leave this thread for the thread pool once they prove slow', async () => {
@@ -373,6 +419,19 @@ test('creates and renames leave this thread for the thread pool once they prove 
       } else {
         assert.ok(opens.every((e) => e.startsWith('open-inline')), 'fast creates stay on this thread');
       }
+      // A batch after that: written here and fdatasynced together while fast, else staged one by one on the pool.
+      const before = rec.events.length;
+      const staged = await b.stageBatch(bodies.map((body, i) => ({ key: `nar/s${i}`, body, contentType: 'application/x-nix-nar' })));
+      const batchOpens = rec.events.slice(before).filter((e) => e.startsWith('open-') && !e.startsWith('open-dsync'));
+      const synced = rec.events.slice(before).filter((e) => e.startsWith('fdatasync-done') || e.startsWith('open-dsync')).length;
+      assert.equal(batchOpens.length, bodies.length);
+      assert.ok(batchOpens.every((e) => e.startsWith(pooled ? 'open-pooled' : 'open-inline')), `batch creates ${pooled ? 'pooled' : 'inline'}`);
+      assert.equal(synced, bodies.length, 'every staged file is durable');
+      for (const r of staged) {
+        assert.equal(r.status, 'fulfilled');
+        if (r.status === 'fulfilled') await r.value.publish();
+      }
+      for (const [i, body] of bodies.entries()) assert.ok((await readFile(path.join(dir, 'nar', `s${i}`))).equals(body));
     } finally {
       rec.stop();
     }

@@ -12,7 +12,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
-import type { CacheBackend, PutStreamOptions, StagedObject } from '../../src/cache/backend.js';
+import type { CacheBackend, PutStreamOptions, SmallObject, StagedObject } from '../../src/cache/backend.js';
 import { FileBackend, TEMP_MARKER } from '../../src/cache/file-backend.js';
 import { narKey } from '../../src/cache/nar-upload.js';
 import { narInfoKey, uploadPaths } from '../../src/cache/upload.js';
@@ -26,36 +26,47 @@ import { makeStore } from './upload-fake-store.js';
  * A backend that passes everything to `inner` and logs, in order, when each
  * put finished (`put-done`), when each narinfo started and finished becoming
  * visible (`show-start`, `show-done`) and became durable (`durable`). With
- * `staging` off it hides the inner backend's stageBytes, so the pipeline
+ * `staging` off it hides the inner backend's stageBatch, so the pipeline
  * falls back to putBytes (visible and durable at once, as on S3).
  */
 class RecordingBackend implements CacheBackend {
   readonly description = 'recording';
   readonly log: string[] = [];
-  stageBytes?: (key: string, body: Uint8Array, contentType: string) => Promise<StagedObject>;
+  stageBatch?: (objects: readonly SmallObject[]) => Promise<PromiseSettledResult<StagedObject>[]>;
 
   constructor(
     private readonly inner: CacheBackend,
     staging: boolean,
     private readonly failKey: (key: string) => boolean = () => false,
   ) {
-    if (staging && inner.stageBytes) {
-      const stage = inner.stageBytes.bind(inner);
-      this.stageBytes = async (key, body, contentType) => {
-        if (this.failKey(key)) throw new Error(`injected failure staging ${key}`);
-        const s = await stage(key, body, contentType);
-        return {
-          publish: async () => {
-            this.log.push(`show-start ${key}`);
-            await s.publish();
-            this.log.push(`show-done ${key}`);
-          },
-          durable: async () => {
-            await s.durable();
-            this.log.push(`durable ${key}`);
-          },
-          discard: () => s.discard(),
-        };
+    if (staging && inner.stageBatch) {
+      const stage = inner.stageBatch.bind(inner);
+      this.stageBatch = async (objects) => {
+        const failing = objects.filter((o) => this.failKey(o.key));
+        const staged = await stage(objects.filter((o) => !this.failKey(o.key)));
+        return objects.map((o): PromiseSettledResult<StagedObject> => {
+          if (failing.includes(o)) return { status: 'rejected', reason: new Error(`injected failure staging ${o.key}`) };
+          const r = staged.shift()!;
+          if (r.status === 'rejected') return r;
+          const s = r.value;
+          const narinfo = o.key.endsWith('.narinfo');
+          return {
+            status: 'fulfilled',
+            value: {
+              publish: async () => {
+                if (narinfo) this.log.push(`show-start ${o.key}`);
+                await s.publish();
+                if (narinfo) this.log.push(`show-done ${o.key}`);
+              },
+              // A NAR is stored once it is durable.
+              durable: async () => {
+                await s.durable();
+                this.log.push(narinfo ? `durable ${o.key}` : `put-done ${o.key}`);
+              },
+              discard: () => s.discard(),
+            },
+          };
+        });
       };
     }
   }
@@ -149,7 +160,8 @@ for (const staging of [true, false]) {
         fc.integer({ min: 1, max: 3 }),
         fc.constantFrom('nar', 'narinfo'),
         fc.array(fc.nat(), { minLength: 12, maxLength: 12 }),
-        async ([refs, failingNames], jobs, failWhat, rank) => {
+        fc.integer({ min: 1, max: 5 }),
+        async ([refs, failingNames], jobs, failWhat, rank, batchPaths) => {
           const { dir, infos } = await makeStore(refs, 200);
           const cache = await mkdtemp(path.join(tmpdir(), 'narpush-order-'));
           try {
@@ -170,6 +182,7 @@ for (const staging of [true, false]) {
               compression: { method: 'zstd' },
               signingKeys: [key],
               jobs,
+              batchPaths,
               onEvent: (e) => {
                 if (e.type === 'uploaded') backend.log.push(`uploaded ${e.info.path.baseName}`);
               },
