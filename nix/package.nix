@@ -73,8 +73,9 @@ buildNpmPackage {
     CFLAGS = "-O2";
   };
 
-  # `npm run build` is tsc; `npm pack` (which decides what is installed)
-  # would run the `prepare` script, i.e. tsc, a second time.
+  # `npm run build` is tsc and the esbuild bundle bin/narpush loads; `npm
+  # pack` (which decides what is installed) would run the `prepare` script,
+  # i.e. both, a second time.
   npmPackFlags = [ "--ignore-scripts" ];
 
   postInstall = lib.optionalString stdenv.hostPlatform.isLinux ''
