@@ -265,18 +265,14 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
             contentType: NARINFO_CONTENT_TYPE,
           })),
         );
-        // Each path: its error so far, or (set below for each in `ok`) its staged narinfo.
-        const results: PromiseSettledResult<{ nar: UploadedNar; staged: StagedObject }>[] = bodies.map((b) =>
-          b.status === 'rejected' ? b : { status: 'rejected', reason: new Error('narinfo not staged') },
-        );
-        for (const [j, k] of ok.entries()) {
-          const s = staged[j]!;
-          results[k] =
-            s.status === 'rejected'
-              ? s
-              : { status: 'fulfilled', value: { nar: (nars[k] as PromiseFulfilledResult<UploadedNar>).value, staged: s.value } };
-        }
-        return results;
+        // `staged` follows `ok`: one entry for each path that got this far.
+        let j = 0;
+        return bodies.map((b, k): PromiseSettledResult<{ nar: UploadedNar; staged: StagedObject }> => {
+          if (b.status === 'rejected') return b;
+          const s = staged[j++]!;
+          if (s.status === 'rejected') return s;
+          return { status: 'fulfilled', value: { nar: (nars[k] as PromiseFulfilledResult<UploadedNar>).value, staged: s.value } };
+        });
       });
     } catch (e) {
       for (const u of batch) {
