@@ -12,10 +12,10 @@
  * and made durable at once, `publish` renames one, `durable` waits for a
  * directory fsync that started after the rename. A batch is written on this
  * thread into the page cache and then fdatasynced all at once on the thread
- * pool: one wait for the disk per batch instead of one per file. The upload pipeline uses it for
- * narinfos, which must appear in reference order (a referrer after its
- * references): the chain then costs one rename per link, and the fsyncs
- * run beside it. Between a rename and that fsync a crash may lose renames;
+ * pool: one wait for the disk per batch instead of one per file. The upload
+ * pipeline stages small NARs this way, and every narinfo, which must appear
+ * in reference order (a referrer after its references): the chain then
+ * costs one rename per link, and the fsyncs run beside it. Between a rename and that fsync a crash may lose renames;
  * a file system that did not keep their order could then show a referrer
  * without its reference. That is accepted because (1) journaling file
  * systems (ext4, XFS) commit metadata operations in the order they were

@@ -70,7 +70,7 @@ export class MetadataCalls {
     return this.here ? this.runHere(timed, inline) : pooled();
   }
 
-  /** Run `inline` on this thread whatever `inline` says (a caller that checked it first), timing it. */
+  /** Run `inline` on this thread and time it; for a caller that has checked the `inline` getter itself. */
   runHere<T>(timed: boolean, inline: () => T): T {
     const t0 = performance.now();
     try {

@@ -1,7 +1,9 @@
 /**
- * One store path's NAR into the cache, in one pass: NAR stream -> SHA-256 and
- * size (NarHash, NarSize) -> compressor -> SHA-256 and size (FileHash,
- * FileSize) -> backend. No temporary file, no whole NAR in memory.
+ * Store paths' NARs into the cache. A large one (`uploadNar`) in one pass:
+ * NAR stream -> SHA-256 and size (NarHash, NarSize) -> compressor -> SHA-256
+ * and size (FileHash, FileSize) -> backend, with no temporary file and no
+ * whole NAR in memory. Small ones (`uploadSmallNars`) in batches, each built
+ * in memory.
  *
  * The object's key is derived from the NarHash the store recorded, so it is
  * known before the bytes are read; when the stream ends the computed NarHash
@@ -47,8 +49,6 @@ export const SMALL_NAR_BYTES = 512 * 1024;
 
 export interface NarUploadOptions {
   readonly compression: CompressionOptions;
-  /** Override SMALL_NAR_BYTES (tests use 0 to exercise the streaming path on small trees). */
-  readonly smallNarBytes?: number;
   readonly signal?: AbortSignal;
   /** Called as bytes flow, with totals so far (uncompressed, compressed). */
   readonly onProgress?: (narBytes: number, fileBytes: number) => void;
@@ -79,9 +79,9 @@ function grown(src: NarSource): NarpushError {
   );
 }
 
+/** Stream one NAR of any size (upload.ts uses it for those above SMALL_NAR_BYTES). */
 export async function uploadNar(backend: CacheBackend, src: NarSource, opts: NarUploadOptions): Promise<UploadedNar> {
   const url = narKey(src.narHash, opts.compression.method);
-  if (src.narSize <= (opts.smallNarBytes ?? SMALL_NAR_BYTES)) return uploadSmallNar(backend, src, opts);
   // The NAR hash runs on the crypto thread, beside this one (see background-hash.ts).
   const narHasher = backgroundHash('sha256');
   // The file hash stays on this thread (moving it too made the crypto thread
@@ -164,13 +164,6 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
     narHash: src.narHash,
     narSize,
   };
-}
-
-async function uploadSmallNar(backend: CacheBackend, src: NarSource, opts: NarUploadOptions): Promise<UploadedNar> {
-  const [r] = await uploadSmallNars(backend, [src], opts);
-  if (r!.status === 'rejected') throw r!.reason;
-  opts.onProgress?.(r!.value.narSize, r!.value.fileSize);
-  return r!.value;
 }
 
 /**

@@ -222,7 +222,6 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
         emit({ type: 'started', info });
         const done = await uploadNar(backend, info, {
           compression: opts.compression,
-          ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
         });
@@ -302,7 +301,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
       running.push(upload({ info, shown }));
       continue;
     }
-    if (batch.length >= batchPaths || batchBytes + info.narSize > SMALL_BATCH_BYTES) {
+    if (batch.length > 0 && (batch.length >= batchPaths || batchBytes + info.narSize > SMALL_BATCH_BYTES)) {
       running.push(uploadBatch(batch));
       batch = [];
       batchBytes = 0;
@@ -311,7 +310,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     batchBytes += info.narSize;
   }
   if (batch.length > 0) running.push(uploadBatch(batch));
-  // `upload` records every failure itself: a rejection here is a bug, raised once all have settled.
+  // `upload` and `uploadBatch` record every failure themselves: a rejection here is a bug, raised once all have settled.
   for (const r of await Promise.allSettled(running)) if (r.status === 'rejected') throw r.reason;
   return { uploaded, skipped, wouldUpload: [], failed, seconds: (performance.now() - started) / 1000 };
 }

@@ -42,8 +42,8 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
 
   // 2. The store (closure and GC roots, held until the client closes) and the
   // cache. While the daemon starts (another process) and the S3 SDK loads,
-  // this thread loads the upload pipeline: ~40 ms of module loading that
-  // would otherwise come first.
+  // this thread loads the upload pipeline (in bin/narpush's bundle it is
+  // already parsed; unbundled, ~40 ms of module loading).
   const opening = StoreClient.open({ transport: storeTransportFromEnv(ctx.env), storeDir: ctx.storeDir });
   const backendOpening = openCacheBackend(config);
   const pipeline = Promise.all([

@@ -259,27 +259,19 @@ function recordFsCalls(opts: { createMs?: number } = {}): { events: string[]; st
     fdPaths.set(fd, p);
     return fd;
   };
-  patched.fsync = (fd: number, cb: (e: Error | null) => void) => {
-    const p = fdPaths.get(fd) ?? `fd ${fd}`;
-    events.push(`fsync-start ${p}`);
-    // Slow fsyncs, as on a busy disk: renames then land while one is running.
-    setTimeout(() => {
-      real.fsync(fd, (e) => {
-        events.push(`fsync-done ${p}`);
-        cb(e);
-      });
-    }, 3);
-  };
-  patched.fdatasync = (fd: number, cb: (e: Error | null) => void) => {
-    const p = fdPaths.get(fd) ?? `fd ${fd}`;
-    events.push(`fdatasync-start ${p}`);
-    setTimeout(() => {
-      real.fdatasync(fd, (e) => {
-        events.push(`fdatasync-done ${p}`);
-        cb(e);
-      });
-    }, 3);
-  };
+  // Slow fsyncs and fdatasyncs, as on a busy disk: renames then land while one is running.
+  for (const name of ['fsync', 'fdatasync'] as const) {
+    patched[name] = (fd: number, cb: (e: Error | null) => void) => {
+      const p = fdPaths.get(fd) ?? `fd ${fd}`;
+      events.push(`${name}-start ${p}`);
+      setTimeout(() => {
+        real[name](fd, (e) => {
+          events.push(`${name}-done ${p}`);
+          cb(e);
+        });
+      }, 3);
+    };
+  }
   patched.rename = (from: string, to: string, cb: (e: Error | null) => void) => {
     events.push(`rename-start ${to}`);
     real.rename(from, to, (e) => {
