@@ -14,7 +14,7 @@
 import { spawnSync } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { nix, nixBuildExpr } from '../test/helpers/nix.js';
-import { NARPUSH_BIN } from '../test/helpers/run.js';
+import { narpushCommand } from './lib.js';
 
 const BIG = `lib.mk { name = "narpush-bench-big"; salt = "bench-v1"; script = ''
   mkdir -p $out
@@ -41,9 +41,9 @@ interface Case {
   readonly narSize: number;
 }
 
-function timeRun(cmd: string, args: string[], devNull: number): number {
+function timeRun(cmd: string, args: string[], devNull: number, env: NodeJS.ProcessEnv = process.env): number {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(cmd, args, { stdio: ['ignore', devNull, 'pipe'] });
+  const r = spawnSync(cmd, args, { stdio: ['ignore', devNull, 'pipe'], env });
   const t1 = process.hrtime.bigint();
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${String(r.stderr)}`);
   return Number(t1 - t0) / 1e6;
@@ -72,14 +72,16 @@ async function main(): Promise<void> {
     { label: '10,000 small files', path: small!, narSize: await narSize(small!) },
   ];
   const devNull = openSync('/dev/null', 'w');
-  const node = process.execPath;
   console.log(`node ${process.version}; ${runs} runs each, alternating; median wall time including process start`);
   console.log('case                 | NAR size  | nix-store --dump     | narpush dump-path    | ratio | ratio without start-up');
   let fixed: { nix: number; narpush: number } | undefined;
   for (const c of cases) {
     const tools = {
       nix: (): number => timeRun('nix-store', ['--dump', c.path], devNull),
-      narpush: (): number => timeRun(node, [NARPUSH_BIN, 'dump-path', c.path], devNull),
+      narpush: (): number => {
+        const n = narpushCommand(['dump-path', c.path]);
+        return timeRun(n.cmd, n.args, devNull, n.env);
+      },
     };
     // Warm the page cache and both programs once, untimed.
     tools.nix();

@@ -22,8 +22,8 @@ import { randomUUID } from 'node:crypto';
 import { runHook } from '../src/daemon/hook.js';
 import { sendRequest } from '../src/daemon/client.js';
 import { nixBuildExpr, nixEnv } from '../test/helpers/nix.js';
-import { NARPUSH_BIN, REPO_ROOT } from '../test/helpers/run.js';
-import { median, percentile, timeRun } from './lib.js';
+import { REPO_ROOT } from '../test/helpers/run.js';
+import { median, narpushCommand, percentile, timeRun } from './lib.js';
 
 const HOOK = path.join(REPO_ROOT, 'bin', 'narpush-hook');
 
@@ -42,8 +42,9 @@ async function main(): Promise<void> {
   const socket = path.join(dir, 'd.sock');
   const stateDir = path.join(dir, 'state');
   const [out] = await nixBuildExpr(`lib.mk { name = "hook-bench"; salt = "${randomUUID()}"; script = "echo hi > $out"; }`);
-  const daemon = spawn(process.execPath, [NARPUSH_BIN, 'daemon', '--to', `file://${dir}/cache`, '--socket', socket, '--state-dir', stateDir, '--compression', 'none'], {
-    env: nixEnv(),
+  const d = narpushCommand(['daemon', '--to', `file://${dir}/cache`, '--socket', socket, '--state-dir', stateDir, '--compression', 'none'], nixEnv());
+  const daemon = spawn(d.cmd, d.args, {
+    env: d.env,
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   try {

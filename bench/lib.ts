@@ -4,6 +4,8 @@
  * never pass or fail on them (machines are noisy: tests must not time).
  */
 import { spawn, spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { NARPUSH_BIN } from '../test/helpers/run.js';
 
 export interface Timed {
   readonly ms: number;
@@ -77,4 +79,13 @@ export function timeRunAsync(
       resolve({ ms, ...(m ? { maxRssKiB: Number(m[1]) } : {}) });
     });
   });
+}
+
+/**
+ * How a benchmark runs narpush: as its users do, the program itself, so that
+ * the node flags on its `#!` line apply (`node bin/narpush` would drop them).
+ * `env` gets this node first on PATH, for `/usr/bin/env node` to find.
+ */
+export function narpushCommand(args: readonly string[], env: NodeJS.ProcessEnv = process.env): { cmd: string; args: string[]; env: NodeJS.ProcessEnv } {
+  return { cmd: NARPUSH_BIN, args: [...args], env: { ...env, PATH: `${path.dirname(process.execPath)}:${env.PATH ?? ''}` } };
 }

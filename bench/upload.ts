@@ -18,9 +18,9 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { nix, nixBuildFile, nixEnv } from '../test/helpers/nix.js';
-import { NARPUSH_BIN, FIXTURES } from '../test/helpers/run.js';
+import { FIXTURES } from '../test/helpers/run.js';
 import { startS3rver, S3RVER_ENV } from '../test/helpers/s3rver.js';
-import { alternate, median, mib, timeRun, timeRunAsync } from './lib.js';
+import { alternate, median, mib, narpushCommand, timeRun, timeRunAsync } from './lib.js';
 
 const args = process.argv.slice(2);
 const runs = Math.max(1, Number(args.find((a) => /^\d+$/.test(a)) ?? 3));
@@ -65,8 +65,10 @@ async function compare(label: string, top: string, compression: 'xz' | 'zstd', k
   let next = 0;
   const sides = {
     nix: () => timeRun('nix', ['copy', '--to', `file://${pool[next++]}?compression=${compression}&secret-key=${key}`, top], { env }).ms,
-    narpush: () =>
-      timeRun(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', `file://${pool[next++]}`, '--compression', compression, '--secret-key-file', key, top], { env }).ms,
+    narpush: () => {
+      const c = narpushCommand(['upload-path', '--to', `file://${pool[next++]}`, '--compression', compression, '--secret-key-file', key, top], env);
+      return timeRun(c.cmd, c.args, { env: c.env }).ms;
+    },
   };
   sides.nix();
   sides.narpush(); // warm-up, untimed
@@ -87,7 +89,8 @@ async function compare(label: string, top: string, compression: 'xz' | 'zstd', k
 async function main(): Promise<void> {
   const keyDir = await freshDir('key');
   const key = path.join(keyDir, 'secret.key');
-  timeRun(process.execPath, [NARPUSH_BIN, 'generate-key', 'bench-1', key, path.join(keyDir, 'public.key')]);
+  const gen = narpushCommand(['generate-key', 'bench-1', key, path.join(keyDir, 'public.key')]);
+  timeRun(gen.cmd, gen.args, { env: gen.env });
   const bench = path.join(FIXTURES, 'bench.nix');
   process.stderr.write('building the benchmark closures with Nix (once per machine)...\n');
   const [mixed] = await nixBuildFile(bench, 'mixed');
@@ -114,7 +117,8 @@ async function main(): Promise<void> {
           for (let i = 0; i < runs; i++) {
             const url = `s3://${s3.bucket}?endpoint=${s3.endpoint}&region=us-east-1`;
             // --force: every run uploads everything.
-            times.push((await timeRunAsync(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', url, '--force', '--compression', compression, '--secret-key-file', key, mixed!], { env })).ms);
+            const c = narpushCommand(['upload-path', '--to', url, '--force', '--compression', compression, '--secret-key-file', key, mixed!], env);
+            times.push((await timeRunAsync(c.cmd, c.args, { env: c.env })).ms);
           }
           const ms = median(times);
           console.log(`s3rver upload, mixed closure, ${compression}: ${ms.toFixed(0)} ms, ${(mib(size.bytes) / (ms / 1000)).toFixed(1)} MiB/s of NAR`);
@@ -136,7 +140,8 @@ async function main(): Promise<void> {
           // The 10 GiB case takes minutes a run: --10g-runs may ask for fewer.
           const n = attr === 'big10g' ? tenGiBRuns : runs;
           for (let i = 0; i < n; i++) {
-            const r = await timeRunAsync(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', url, '--force', '--compression', compression, p!], { env, rss: true });
+            const c = narpushCommand(['upload-path', '--to', url, '--force', '--compression', compression, p!], env);
+            const r = await timeRunAsync(c.cmd, c.args, { env: c.env, rss: true });
             rss.push((r.maxRssKiB ?? 0) / 1024);
             ms.push(r.ms);
             // Free s3rver's disk before the next run.

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { REPO_ROOT } from '../helpers/run.js';
+import { REPO_ROOT, run } from '../helpers/run.js';
 
 const bundle = path.join(REPO_ROOT, 'dist', 'bundle');
 
@@ -22,4 +22,16 @@ test('the bundle imports the AWS SDK and the native addons lazily, and carries t
   await readFile(path.join(bundle, 'crypto-thread.js'));
   // ...and bin/narpush runs it (the CLI tests then run the bundle).
   assert.match(await readFile(path.join(REPO_ROOT, 'bin', 'narpush'), 'utf8'), /import\(['"]\.\.\/dist\/bundle\/narpush\.js['"]\)/);
+});
+
+test('bin/narpush runs as a program, with the node flags of its #! line', async () => {
+  // As users run it (not `node bin/narpush`): `env -S` must split the line
+  // and this node must accept the flags, or every command would fail to start.
+  const first = (await readFile(path.join(REPO_ROOT, 'bin', 'narpush'), 'utf8')).split('\n')[0]!;
+  assert.match(first, /^#!\/usr\/bin\/env -S node --v8-pool-size=1$/);
+  const env = { ...process.env, PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}` };
+  const r = await run(path.join(REPO_ROOT, 'bin', 'narpush'), ['--version'], { env });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout.toString(), /^\d+\.\d+\.\d+\n$/);
+  assert.equal(r.stderr, '');
 });
