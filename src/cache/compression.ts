@@ -2,12 +2,13 @@
  * The compressors narpush writes NARs with: xz (Nix's default; see
  * xz-encoder.ts), zstd, and none. Each is a Transform stream, so the
  * pipeline can hash the bytes as they stream past; nothing here buffers a
- * whole NAR. The native bindings are imported lazily: a command that does not
- * compress never loads them.
+ * whole NAR. The native bindings are loaded lazily (addons.ts): a command that
+ * does not compress never loads them.
  */
 import { PassThrough, type Transform } from 'node:stream';
 import { availableParallelism } from 'node:os';
 import { NarpushError } from '../errors.js';
+import { lzmaNative, zstdBinding, zstdNapi } from './addons.js';
 import { XzEncoder, xzCompressBuffer } from './xz-encoder.js';
 
 export type Compression = 'xz' | 'zstd' | 'none';
@@ -105,12 +106,12 @@ export async function createCompressor(opts: CompressionOptions, sizeHint?: numb
       return new PassThrough({ highWaterMark: 1 << 20 });
     case 'xz': {
       if (threads === 1) return new XzEncoder({ preset: level, ...(sizeHint !== undefined ? { sizeHint } : {}) });
-      const lzma = (await import('lzma-native')).default;
+      const lzma = lzmaNative();
       const blockSize = opts.xzBlockSize ?? xzBlockSize(sizeHint ?? MAX_XZ_BLOCK * threads, threads);
       return lzma.createCompressor({ preset: level, check: lzma.CHECK_CRC64, threads, blockSize });
     }
     case 'zstd': {
-      const zstd = await import('zstd-napi');
+      const zstd = zstdNapi();
       // nbWorkers > 0 moves compression off the JavaScript thread into zstd's own workers.
       return new zstd.CompressStream({ compressionLevel: level, nbWorkers: threads === 1 ? 0 : threads, checksumFlag: true });
     }
@@ -141,7 +142,7 @@ export const COMPRESSED_PIECE_BYTES = 1 << 20;
 export async function createChunkCompressor(opts: CompressionOptions, sizeHint?: number): Promise<ChunkCompressor | undefined> {
   if (opts.method !== 'zstd') return undefined;
   const threads = encoderThreads(opts, sizeHint);
-  const zstd = (await import('zstd-napi/binding.js')).default;
+  const zstd = zstdBinding();
   const cctx = new zstd.CCtx();
   cctx.setParameter(zstd.CParameter.compressionLevel, compressionLevel('zstd', opts.level));
   cctx.setParameter(zstd.CParameter.checksumFlag, 1);
@@ -179,9 +180,9 @@ export async function createDecompressor(method: Compression): Promise<Transform
     case 'none':
       return new PassThrough({ highWaterMark: 1 << 20 });
     case 'xz':
-      return (await import('lzma-native')).default.createDecompressor();
+      return lzmaNative().createDecompressor();
     case 'zstd':
-      return new (await import('zstd-napi')).DecompressStream();
+      return new (zstdNapi().DecompressStream)();
   }
 }
 
@@ -204,7 +205,7 @@ export async function compressBuffer(opts: CompressionOptions, data: Buffer): Pr
     case 'zstd': {
       let ctx = zstdContexts.get(level);
       if (!ctx) {
-        const zstd = await import('zstd-napi');
+        const zstd = zstdNapi();
         ctx = new zstd.Compressor() as ZstdCompressor;
         ctx.setParameters({ compressionLevel: level, checksumFlag: true });
         zstdContexts.set(level, ctx);

@@ -27,6 +27,7 @@ import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { crc32 } from 'node:zlib';
 import type lzmaTypes from 'lzma-native';
+import { lzmaNative, zstdNapi } from './addons.js';
 import { Slots } from './limit.js';
 import {
   type BlockRecord,
@@ -96,8 +97,8 @@ type Zstd = typeof import('zstd-napi');
 let modules: Promise<{ lzma: Lzma; zstd: Zstd }> | undefined;
 function loadModules(): Promise<{ lzma: Lzma; zstd: Zstd }> {
   modules ??= (async () => ({
-    lzma: (await import('lzma-native')).default,
-    zstd: await import('zstd-napi'),
+    lzma: lzmaNative(),
+    zstd: zstdNapi(),
   }))();
   return modules;
 }

@@ -4,7 +4,9 @@
 // thread must be found next to it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { pathToFileURL } from 'node:url';
 import * as path from 'node:path';
 import { REPO_ROOT, run } from '../helpers/run.js';
 
@@ -15,8 +17,10 @@ test('the bundle imports the AWS SDK and the native addons lazily, and carries t
   const eager = [...text.matchAll(/^import\s[^;]*?from\s*["']([^"']+)["']/gm)].map((m) => m[1]!);
   assert.ok(eager.length > 0, 'found the static imports');
   assert.deepEqual(eager.filter((m) => !m.startsWith('node:')), [], 'static imports are Node builtins only');
-  for (const lazy of ['@aws-sdk/client-s3', 'zstd-napi', 'lzma-native']) {
-    assert.match(text, new RegExp(`import\\(["']${lazy.replace('/', '\\/')}["']\\)`), `${lazy} is imported when used`);
+  assert.match(text, /import\(["']@aws-sdk\/client-s3["']\)/, 'the AWS SDK is imported when used');
+  // The addons are CommonJS, loaded by require() when first used (src/cache/addons.ts), not bundled.
+  for (const addon of ['zstd-napi', 'zstd-napi/binding.js', 'lzma-native']) {
+    assert.match(text, new RegExp(`\\(["']${addon.replace(/[/.]/g, '\\$&')}["']\\)`), `${addon} is loaded at run time`);
   }
   assert.match(text, /new URL\(["']\.\/crypto-thread\.js["'], import\.meta\.url\)/);
   await readFile(path.join(bundle, 'crypto-thread.js'));
@@ -34,4 +38,29 @@ test('bin/narpush runs as a program, with the node flags of its #! line', async 
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout.toString(), /^\d+\.\d+\.\d+\n$/);
   assert.equal(r.stderr, '');
+});
+
+test('commands that do not compress load neither native addon', async () => {
+  // A preload reports, as the process exits, every CommonJS module it loaded.
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-bundle-'));
+  try {
+    const report = path.join(dir, 'loaded.cjs');
+    await writeFile(report, "process.on('exit', () => process.stderr.write(JSON.stringify(Object.keys(require.cache))));\n");
+    const addons = async (args: string[]): Promise<string[]> => {
+      const r = await run(process.execPath, ['--require', report, ...args]);
+      assert.equal(r.code, 0, r.stderr);
+      const loaded = JSON.parse(r.stderr) as string[];
+      assert.ok(loaded.includes(report), 'the preload itself is listed');
+      return loaded.filter((m) => /node_modules\/(zstd-napi|lzma-native)\//.test(m));
+    };
+    const bin = path.join(REPO_ROOT, 'bin', 'narpush');
+    assert.deepEqual(await addons([bin, '--version']), []);
+    assert.deepEqual(await addons([bin, 'generate-key', 'k', path.join(dir, 'sk'), path.join(dir, 'pk')]), []);
+    // The check sees an addon once it is loaded.
+    const url = pathToFileURL(path.join(REPO_ROOT, 'dist', 'src', 'cache', 'addons.js')).href;
+    const seen = await addons(['--input-type=module', '-e', `(await import('${url}')).zstdNapi()`]);
+    assert.ok(seen.some((m) => m.includes('/zstd-napi/')), seen.join(', '));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
