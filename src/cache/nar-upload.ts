@@ -13,13 +13,21 @@
 import { createHash } from 'node:crypto';
 import { Readable, pipeline } from 'node:stream';
 import { NarpushError } from '../errors.js';
-import { backgroundHash } from '../hash/background-hash.js';
+import { backgroundHash, runNarJob } from '../hash/background-hash.js';
 import { type Hash, formatHash } from '../hash/hash.js';
 import { nix32Encode } from '../hash/nix32.js';
 import { dumpNar, dumpNarSync } from '../nar/dump.js';
 import type { StorePath } from '../store/store-path.js';
 import { type CacheBackend, stageBatch } from './backend.js';
-import { type ChunkCompressor, type CompressionOptions, compressBuffer, createChunkCompressor, createCompressor, narExtension } from './compression.js';
+import {
+  type ChunkCompressor,
+  type CompressionOptions,
+  compressBuffer,
+  compressionLevel,
+  createChunkCompressor,
+  createCompressor,
+  narExtension,
+} from './compression.js';
 
 export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 
@@ -52,6 +60,17 @@ export interface NarUploadOptions {
   readonly signal?: AbortSignal;
   /** Called as bytes flow, with totals so far (uncompressed, compressed). */
   readonly onProgress?: (narBytes: number, fileBytes: number) => void;
+  /**
+   * Do the NAR's CPU work whole on one crypto thread (see nar-job.ts): for
+   * an upload of several large NARs, which then take one thread each. Only
+   * zstd on one encoder thread does this; otherwise it is ignored.
+   */
+  readonly wholeOnThread?: boolean;
+}
+
+/** Whether `uploadNar` can hand this compression to a crypto thread whole. */
+export function canRunWholeOnThread(c: CompressionOptions): boolean {
+  return c.method === 'zstd' && (c.threads ?? 1) <= 1;
 }
 
 /** The cache key of a NAR: content-addressed by its NarHash, so it is known before streaming. */
@@ -82,11 +101,13 @@ function grown(src: NarSource): NarpushError {
 /** Stream one NAR of any size (upload.ts uses it for those above SMALL_NAR_BYTES). */
 export async function uploadNar(backend: CacheBackend, src: NarSource, opts: NarUploadOptions): Promise<UploadedNar> {
   const url = narKey(src.narHash, opts.compression.method);
-  // The NAR hash runs on the crypto thread, beside this one (see background-hash.ts).
-  const narHasher = backgroundHash('sha256');
-  // The file hash stays on this thread (moving it too made the crypto thread
-  // the bottleneck). Uncompressed, the file is the NAR: its hash is the NAR hash.
-  const fileHasher = opts.compression.method === 'none' ? undefined : createHash('sha256');
+  const whole = opts.wholeOnThread === true && canRunWholeOnThread(opts.compression);
+  // Otherwise the work is split: the NAR hash runs on the crypto thread,
+  // beside this one (see background-hash.ts). The file hash stays on this
+  // thread (moving it too made the crypto thread the bottleneck).
+  // Uncompressed, the file is the NAR: its hash is the NAR hash.
+  const narHasher = whole ? undefined : backgroundHash('sha256');
+  const fileHasher = whole || opts.compression.method === 'none' ? undefined : createHash('sha256');
   let narSize = 0;
   let fileSize = 0;
   let narDigest: Buffer | undefined;
@@ -94,7 +115,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
 
   async function* tappedNar(): AsyncGenerator<Buffer> {
     for await (const chunk of dumpNar(src.path.path)) {
-      const wait = narHasher.update(chunk);
+      const wait = narHasher!.update(chunk);
       if (wait) await wait;
       narSize += chunk.length;
       yield chunk;
@@ -113,7 +134,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
     };
     for await (const chunk of dumpNar(src.path.path, { reuseBuffers: true })) {
       // Both calls are done with the lent chunk when they return: the hash copies it, zstd consumes it.
-      const wait = narHasher.update(chunk);
+      const wait = narHasher!.update(chunk);
       narSize += chunk.length;
       yield* out(compressor.update(chunk));
       if (wait) await wait;
@@ -124,12 +145,41 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
 
   // The NAR must be what the store recorded; only then is the file's hash taken.
   async function finish(): Promise<void> {
-    narDigest = await narHasher.digest();
+    narDigest = await narHasher!.digest();
     if (narSize !== src.narSize || !narDigest.equals(src.narHash.digest)) throw mismatch(src, narDigest, narSize);
     fileDigest = fileHasher ? fileHasher.digest() : narDigest;
   }
 
+  // Whole on a crypto thread: this thread only passes the pieces on.
+  async function* threadBody(): AsyncGenerator<Buffer> {
+    const job = runNarJob({ path: src.path.path, level: compressionLevel('zstd', opts.compression.level), narSize: src.narSize });
+    try {
+      for (;;) {
+        const next = await job.next();
+        if (next.done === true) {
+          const r = next.value;
+          narSize = r.narSize;
+          fileSize = r.fileSize;
+          narDigest = Buffer.from(r.narDigest);
+          if (narSize !== src.narSize || !narDigest.equals(src.narHash.digest)) throw mismatch(src, narDigest, narSize);
+          fileDigest = Buffer.from(r.fileDigest);
+          return;
+        }
+        fileSize += next.value.bytes.length;
+        opts.onProgress?.(next.value.narBytes, fileSize);
+        yield next.value.bytes;
+      }
+    } finally {
+      // Cancels the job when the upload stopped first; nothing otherwise.
+      await job.return(undefined as never);
+    }
+  }
+
   async function* body(): AsyncGenerator<Buffer> {
+    if (whole) {
+      yield* threadBody();
+      return;
+    }
     const direct = await createChunkCompressor(opts.compression, src.narSize);
     if (direct) {
       yield* chunkBody(direct);
@@ -154,7 +204,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
   } finally {
-    narHasher.drop();
+    narHasher?.drop();
   }
   return {
     url,

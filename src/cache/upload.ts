@@ -144,8 +144,12 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   // Large NARs hold compressor threads and upload buffers: `jobs` of them at
   // once. Small ones are batched (see SMALL_BATCH_PATHS).
   const jobs = createLimiter(opts.jobs);
+  // With several large NARs, each one's CPU work goes whole to a crypto
+  // thread, one per core (nar-job.ts); one large NAR is split between this
+  // thread and the crypto thread instead, which finishes it sooner.
   const batches = createLimiter(Math.max(SMALL_BATCHES, opts.jobs));
   const smallLimit = opts.smallNarBytes ?? SMALL_NAR_BYTES;
+  const wholeOnThread = toUpload.filter((i) => i.narSize > smallLimit).length >= 2;
   const batchPaths = Math.max(1, opts.batchPaths ?? SMALL_BATCH_PATHS);
   const uploaded: UploadedPath[] = [];
   const failed: { info: PathInfo; error: NarpushError }[] = [];
@@ -222,6 +226,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
         emit({ type: 'started', info });
         const done = await uploadNar(backend, info, {
           compression: opts.compression,
+          wholeOnThread,
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
         });

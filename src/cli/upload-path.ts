@@ -70,11 +70,16 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
 
   // The crypto thread (it signs narinfos and hashes streamed NARs) boots
   // (~70 ms, on another core) while the closure is read; an unsigned
-  // closure of small paths, built in memory, never starts it.
+  // closure of small paths, built in memory, never starts it. From the
+  // second large NAR on, one thread per core (up to --jobs) boots: each
+  // takes whole NARs (see uploadPaths).
   const signing = settings.signingKeys.length > 0;
   if (signing && !flags.dryRun) prewarmCryptoThread();
-  const needsCryptoThread = (info: PathInfo): void => {
-    if (info.narSize > SMALL_NAR_BYTES && !flags.dryRun) prewarmCryptoThread();
+  let large = 0;
+  const onInfo = (info: PathInfo): void => {
+    if (info.narSize <= SMALL_NAR_BYTES || flags.dryRun) return;
+    large++;
+    prewarmCryptoThread(large === 1 ? 1 : settings.jobs);
   };
 
   const abort = new AbortController();
@@ -83,7 +88,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   process.once('SIGTERM', onSignal);
   let report: UploadReport;
   try {
-    const infos = await resolvePaths(store, storePaths, flags.closure, signing ? undefined : needsCryptoThread);
+    const infos = await resolvePaths(store, storePaths, flags.closure, onInfo);
     if (!flags.dryRun) {
       await ensureCacheInfo(backend, settings.cacheInfo);
     }

@@ -6,9 +6,9 @@
  * 1.3 s upload of 103 MiB with zstd. Here the NAR hash runs beside the main
  * thread, which keeps reading, compressing and writing.
  *
- * One worker serves the whole process, started on first use (about 30 ms)
- * and kept referenced only while a hash is open, so it never holds the
- * process alive. Bytes are copied to the worker (a chunk may share its
+ * One worker serves the whole process (more for whole NARs, below),
+ * started on first use (about 30 ms) and kept referenced only while it has
+ * work, so it never holds the process alive. Bytes are copied to the worker (a chunk may share its
  * memory with others); at most MAX_IN_FLIGHT bytes wait there per hash, and
  * `update` returns a promise to wait on when that is reached. If the worker
  * dies, every open hash fails: a digest is never made up.
@@ -18,8 +18,16 @@
  * asked for in the same tick go to the thread in one message and come back
  * in one. Ed25519 is deterministic, so if the thread fails, the main thread
  * signs instead: the bytes are the same.
+ *
+ * Whole NARs: when an upload has several large NARs, each is read, hashed,
+ * compressed and hashed again on one thread (nar-job.ts), and there is
+ * one such thread per core (the first one is the crypto thread above). Its
+ * compressed pieces move to the main thread without a copy, at most
+ * NAR_JOB_AHEAD bytes ahead of the consumer.
  */
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import type { NarJobRequest, NarJobResult } from '../cache/nar-job.js';
 import { NarpushError } from '../errors.js';
 import type { SecretKey } from '../signing/keys.js';
 import { signFingerprint } from '../signing/sign.js';
@@ -38,6 +46,21 @@ interface PendingSign {
   readonly reject: (e: unknown) => void;
 }
 
+interface Job {
+  readonly pieces: { bytes: Buffer; narBytes: number }[];
+  /** Bytes in `pieces`. */
+  queued: number;
+  result?: NarJobResult;
+  failed?: Error;
+  wake?: () => void;
+}
+
+/** A compressed piece of a NAR job, and how much of the NAR was read when it was made. */
+export interface NarJobPiece {
+  readonly bytes: Buffer;
+  readonly narBytes: number;
+}
+
 interface Open {
   inFlight: number;
   resumeWaiting?: () => void;
@@ -48,6 +71,7 @@ interface Open {
 class CryptoThread {
   private worker: Worker | undefined;
   private readonly open = new Map<number, Open>();
+  private readonly jobs = new Map<number, Job>();
   private nextId = 1;
   private readonly free: ArrayBuffer[] = [];
   // Hashes the thread failed, until their owner drops them: later calls report why.
@@ -72,9 +96,9 @@ class CryptoThread {
     return worker;
   }
 
-  /** Referenced (holding the process alive) only while a hash is open or a batch is being signed. */
+  /** Referenced (holding the process alive) only while a hash is open, a batch is being signed or a NAR job runs. */
   private updateRef(): void {
-    if (this.open.size > 0 || this.signing.size > 0) this.worker?.ref();
+    if (this.open.size > 0 || this.signing.size > 0 || this.jobs.size > 0) this.worker?.ref();
     else this.worker?.unref();
   }
 
@@ -121,6 +145,63 @@ class CryptoThread {
     this.signing.set(id, batch);
     this.updateRef();
     this.post({ op: 'sign', id, keyIds, fingerprints: batch.map((s) => s.fingerprint) });
+  }
+
+  /** NAR jobs running on this thread. */
+  get activeJobs(): number {
+    return this.jobs.size;
+  }
+
+  /**
+   * Run a NAR job here: the compressed pieces in order, then the digests as
+   * the generator's return value. Returning early cancels the job.
+   */
+  async *narJob(req: NarJobRequest): AsyncGenerator<NarJobPiece, NarJobResult> {
+    this.ensure();
+    const id = this.nextId++;
+    const job: Job = { pieces: [], queued: 0 };
+    this.jobs.set(id, job);
+    this.updateRef();
+    this.post({ op: 'nar', id, job: req });
+    let ended = false;
+    try {
+      for (;;) {
+        const piece = job.pieces.shift();
+        if (piece) {
+          job.queued -= piece.bytes.length;
+          this.post({ op: 'taken', id, bytes: piece.bytes.length });
+          yield piece;
+          continue;
+        }
+        if (job.failed) throw job.failed;
+        if (job.result) {
+          ended = true;
+          return job.result;
+        }
+        await new Promise<void>((resolve) => (job.wake = resolve));
+      }
+    } finally {
+      if (this.jobs.get(id) === job) {
+        this.jobs.delete(id);
+        this.updateRef();
+      }
+      if (!ended && !job.failed && this.worker) this.post({ op: 'cancel', id });
+    }
+  }
+
+  private onJobReply(job: Job, m: CryptoReply): void {
+    if (m.op === 'piece') {
+      job.pieces.push({ bytes: Buffer.from(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength), narBytes: m.narBytes });
+      job.queued += m.bytes.byteLength;
+      maxQueued = Math.max(maxQueued, job.queued);
+    } else if (m.op === 'nar-done') {
+      job.result = { narDigest: m.narDigest, narSize: m.narSize, fileDigest: m.fileDigest, fileSize: m.fileSize };
+    } else if (m.op === 'nar-failed') {
+      job.failed = new NarpushError(m.code ?? 'NAR_JOB_FAILED', m.message);
+    }
+    const wake = job.wake;
+    delete job.wake;
+    wake?.();
   }
 
   update(id: number, chunk: Uint8Array): Promise<void> | undefined {
@@ -171,6 +252,8 @@ class CryptoThread {
   }
 
   private onReply(m: CryptoReply): void {
+    const job = this.jobs.get(m.id);
+    if (job) return this.onJobReply(job, m);
     const batch = this.signing.get(m.id);
     if (batch) {
       this.signing.delete(m.id);
@@ -181,7 +264,8 @@ class CryptoThread {
     }
     const h = this.open.get(m.id);
     if (m.op === 'ack' && this.free.length < MAX_FREE_BUFFERS) this.free.push(m.buffer);
-    if (!h || m.op === 'signed') return;
+    // A job's replies after it was cancelled or failed: nobody waits for them.
+    if (!h || m.op === 'signed' || m.op === 'piece' || m.op === 'nar-done' || m.op === 'nar-failed') return;
     if (m.op === 'ack') {
       h.inFlight -= m.length;
       if (h.resumeWaiting && h.inFlight < MAX_IN_FLIGHT / 2) {
@@ -213,6 +297,12 @@ class CryptoThread {
     this.keyIds = new WeakMap();
     const e = new NarpushError('HASH_FAILED', `the crypto thread stopped: ${cause.message}`, { cause });
     for (const [id, h] of [...this.open]) this.failOne(id, h, e);
+    for (const job of this.jobs.values()) {
+      job.failed = e;
+      const wake = job.wake;
+      delete job.wake;
+      wake?.();
+    }
     const batches = [...this.signing.values()];
     this.signing.clear();
     for (const batch of batches) signHere(batch);
@@ -271,12 +361,45 @@ export function backgroundSign(fingerprint: string, key: SecretKey): Promise<str
   return shared.sign(fingerprint, key);
 }
 
-/** Start the crypto thread now, so that its start-up overlaps other work; it never holds the process alive. */
-export function prewarmCryptoThread(): void {
-  shared.ensure();
+let maxQueued = 0;
+
+/** Tests only: the most bytes of one NAR job's pieces waiting here since the last call. */
+export function narJobBacklogForTests(): number {
+  const m = maxQueued;
+  maxQueued = 0;
+  return m;
 }
 
-/** Tests only. */
-export function terminateCryptoThreadForTests(): Promise<void> {
-  return shared.terminateForTests();
+/** Threads for whole NARs: the crypto thread and one more per further core. */
+const pool: CryptoThread[] = [shared];
+
+function poolThread(i: number): CryptoThread {
+  while (pool.length <= i) pool.push(new CryptoThread());
+  return pool[i]!;
+}
+
+/**
+ * Run a NAR job (see nar-job.ts) on the thread with the fewest, starting
+ * another (up to one per core) when every one has some.
+ */
+export function runNarJob(req: NarJobRequest): AsyncGenerator<NarJobPiece, NarJobResult> {
+  let best = pool[0]!;
+  for (const t of pool) if (t.activeJobs < best.activeJobs) best = t;
+  if (best.activeJobs > 0 && pool.length < availableParallelism()) best = poolThread(pool.length);
+  return best.narJob(req);
+}
+
+/**
+ * Start the crypto thread now (and `threads - 1` more for whole NARs, at
+ * most one per core), so that their start-up overlaps other work; they
+ * never hold the process alive.
+ */
+export function prewarmCryptoThread(threads = 1): void {
+  const n = Math.max(1, Math.min(threads, availableParallelism()));
+  for (let i = 0; i < n; i++) poolThread(i).ensure();
+}
+
+/** Tests only: every thread, as if it had crashed. */
+export async function terminateCryptoThreadForTests(): Promise<void> {
+  await Promise.all(pool.map((t) => t.terminateForTests()));
 }

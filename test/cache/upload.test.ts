@@ -146,6 +146,24 @@ test(`${'a path whose contents do not match the store record is refused and noth
 });
 }
 
+test('with several large NARs (each whole on a crypto thread), a corrupted one is refused and the others are uploaded', async () => {
+  const { dir, infos } = await makeStore({ a: [], b: [], c: [] });
+  try {
+    const backend = new MemoryBackend();
+    const a = infos.get('a')!;
+    await writeFile(path.join(a.path.path, 'data'), 'tampered after registration');
+    const report = await uploadPaths([...infos.values()], { backend, compression: { method: 'zstd' }, signingKeys: [], jobs: 3, smallNarBytes: 0 });
+    assert.deepEqual(report.failed.map((f) => [f.info.path.name, f.error.code]), [['a', 'NAR_HASH_MISMATCH']]);
+    assert.match(report.failed[0]!.error.message, /is corrupted/);
+    assert.deepEqual(report.uploaded.map((u) => u.info.path.name).sort(), ['b', 'c']);
+    assert.ok(!backend.objects.has(narInfoKey(a.path)));
+    assert.ok(!backend.objects.has(`nar/${nix32Encode(a.narHash.digest)}.nar.zst`), 'no NAR for the corrupted path');
+    assert.ok(backend.log.some((l) => l.op === 'putStream-aborted'), 'its stream was aborted');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('a small path that grew past its recorded size is refused without being read whole or sent', async () => {
   const { dir, infos } = await makeStore({ a: [] });
   try {
