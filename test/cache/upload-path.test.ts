@@ -12,6 +12,7 @@ import { NARPUSH_BIN, narpush, run } from '../helpers/run.js';
 import { startS3rver, S3RVER_ENV, type S3rverHandle } from '../helpers/s3rver.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { assertCacheHas, httpFetcher, nixClosure } from '../helpers/cache-check.js';
+import { SMALL_NAR_BYTES } from '../../src/cache/nar-upload.js';
 
 let work: string;
 let secretKey: string;
@@ -98,12 +99,15 @@ test('file://: upload with zstd, then Nix substitutes it back with signatures re
     publicKey,
   );
   assert.ok(nis.every((ni) => ni.compression === 'zstd' && ni.url.endsWith('.nar.zst')));
+  assert.ok(nis.filter((ni) => ni.narSize > SMALL_NAR_BYTES).length >= 2, 'several large NARs: each went whole to a worker thread');
   const leftovers = (await readdir(path.join(dir, 'nar'))).filter((f) => !f.endsWith('.nar.zst'));
   assert.deepEqual(leftovers, [], 'no temporary files left');
   await roundTripThroughNix(closure, top, `file://${dir}`);
 });
 
-test('s3 through a proxy failing 30% of requests: the upload completes and the cache is consistent', async () => {
+// zstd: the two large NARs go whole to worker threads; none: streamed from this one.
+for (const compression of ['none', 'zstd']) {
+test(`s3 through a proxy failing 30% of requests: the upload completes and the cache is consistent (${compression})`, async () => {
   const { top, closure } = await buildClosure(6 << 20);
   const proxy = await startFaultProxy({
     targetPort: s3.port,
@@ -113,7 +117,7 @@ test('s3 through a proxy failing 30% of requests: the upload completes and the c
   });
   try {
     const url = `s3://${s3.bucket}?endpoint=${proxy.endpoint}&region=us-east-1`;
-    const r = await narpush(['upload-path', '--to', url, '--compression', 'none', '--secret-key-file', secretKey, top], { env: env() });
+    const r = await narpush(['upload-path', '--to', url, '--compression', compression, '--secret-key-file', secretKey, top], { env: env() });
     assert.equal(r.code, 0, r.stderr);
     const c = proxy.counts;
     assert.ok(c.slowDown + c.internalError + c.resetBefore + c.resetAfter >= 3, `faults were injected: ${JSON.stringify(c)}`);
@@ -125,6 +129,7 @@ test('s3 through a proxy failing 30% of requests: the upload completes and the c
     await proxy.stop();
   }
 });
+}
 
 test('s3 unreachable: a clean failure and no narinfo written', async () => {
   const { top, closure } = await buildClosure(1024);
