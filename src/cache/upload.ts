@@ -144,11 +144,11 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   // Large NARs hold compressor threads and upload buffers: `jobs` of them at
   // once. Small ones are batched (see SMALL_BATCH_PATHS).
   const jobs = createLimiter(opts.jobs);
+  const batches = createLimiter(Math.max(SMALL_BATCHES, opts.jobs));
+  const smallLimit = opts.smallNarBytes ?? SMALL_NAR_BYTES;
   // With several large NARs, each one's CPU work goes whole to a crypto
   // thread, one per core (nar-job.ts); one large NAR is split between this
   // thread and the crypto thread instead, which finishes it sooner.
-  const batches = createLimiter(Math.max(SMALL_BATCHES, opts.jobs));
-  const smallLimit = opts.smallNarBytes ?? SMALL_NAR_BYTES;
   const wholeOnThread = toUpload.filter((i) => i.narSize > smallLimit).length >= 2;
   const batchPaths = Math.max(1, opts.batchPaths ?? SMALL_BATCH_PATHS);
   const uploaded: UploadedPath[] = [];
