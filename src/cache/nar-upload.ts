@@ -13,7 +13,7 @@
 import { createHash } from 'node:crypto';
 import { Readable, pipeline } from 'node:stream';
 import { NarpushError } from '../errors.js';
-import { backgroundHash, runNarJob } from '../hash/background-hash.js';
+import { backgroundHash, runNarJobOnThread } from '../hash/background-hash.js';
 import { type Hash, formatHash } from '../hash/hash.js';
 import { nix32Encode } from '../hash/nix32.js';
 import { dumpNar, dumpNarSync } from '../nar/dump.js';
@@ -144,15 +144,19 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
   }
 
   // The NAR must be what the store recorded; only then is the file's hash taken.
+  function checkNar(digest: Buffer): void {
+    if (narSize !== src.narSize || !digest.equals(src.narHash.digest)) throw mismatch(src, digest, narSize);
+    narDigest = digest;
+  }
+
   async function finish(): Promise<void> {
-    narDigest = await narHasher!.digest();
-    if (narSize !== src.narSize || !narDigest.equals(src.narHash.digest)) throw mismatch(src, narDigest, narSize);
+    checkNar(await narHasher!.digest());
     fileDigest = fileHasher ? fileHasher.digest() : narDigest;
   }
 
   // Whole on a crypto thread: this thread only passes the pieces on.
   async function* threadBody(): AsyncGenerator<Buffer> {
-    const job = runNarJob({ path: src.path.path, level: compressionLevel('zstd', opts.compression.level), narSize: src.narSize });
+    const job = runNarJobOnThread({ path: src.path.path, level: compressionLevel('zstd', opts.compression.level), narSize: src.narSize });
     try {
       for (;;) {
         const next = await job.next();
@@ -160,8 +164,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
           const r = next.value;
           narSize = r.narSize;
           fileSize = r.fileSize;
-          narDigest = Buffer.from(r.narDigest);
-          if (narSize !== src.narSize || !narDigest.equals(src.narHash.digest)) throw mismatch(src, narDigest, narSize);
+          checkNar(Buffer.from(r.narDigest));
           fileDigest = Buffer.from(r.fileDigest);
           return;
         }

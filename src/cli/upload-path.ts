@@ -64,22 +64,23 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   }
   const store = (storeOpened as PromiseFulfilledResult<StoreClient>).value;
   const backend = (backendOpened as PromiseFulfilledResult<CacheBackend>).value;
-  const [{ uploadPaths }, { SMALL_NAR_BYTES }, { prewarmCryptoThread }, { resolvePaths }, { ensureCacheInfo }, { createProgress }] = (
+  const [{ uploadPaths }, { SMALL_NAR_BYTES, canRunWholeOnThread }, { prewarmCryptoThread }, { resolvePaths }, { ensureCacheInfo }, { createProgress }] = (
     loaded as PromiseFulfilledResult<Awaited<typeof pipeline>>
   ).value;
 
   // The crypto thread (it signs narinfos and hashes streamed NARs) boots
   // (~70 ms, on another core) while the closure is read; an unsigned
   // closure of small paths, built in memory, never starts it. From the
-  // second large NAR on, one thread per core (up to --jobs) boots: each
-  // takes whole NARs (see uploadPaths).
+  // second large NAR on, with zstd, one thread per core (up to --jobs)
+  // boots: each takes whole NARs (see uploadPaths).
   const signing = settings.signingKeys.length > 0;
   if (signing && !flags.dryRun) prewarmCryptoThread();
+  const whole = canRunWholeOnThread(settings.compression);
   let large = 0;
   const onInfo = (info: PathInfo): void => {
     if (info.narSize <= SMALL_NAR_BYTES || flags.dryRun) return;
     large++;
-    prewarmCryptoThread(large === 1 ? 1 : settings.jobs);
+    prewarmCryptoThread(large > 1 && whole ? settings.jobs : 1);
   };
 
   const abort = new AbortController();

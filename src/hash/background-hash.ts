@@ -382,7 +382,7 @@ function poolThread(i: number): CryptoThread {
  * Run a NAR job (see nar-job.ts) on the thread with the fewest, starting
  * another (up to one per core) when every one has some.
  */
-export function runNarJob(req: NarJobRequest): AsyncGenerator<NarJobPiece, NarJobResult> {
+export function runNarJobOnThread(req: NarJobRequest): AsyncGenerator<NarJobPiece, NarJobResult> {
   let best = pool[0]!;
   for (const t of pool) if (t.activeJobs < best.activeJobs) best = t;
   if (best.activeJobs > 0 && pool.length < availableParallelism()) best = poolThread(pool.length);

@@ -1,5 +1,5 @@
 // Whole NARs on the crypto threads (src/cache/nar-job.ts, run through
-// background-hash.ts's runNarJob): the pieces must be the NAR compressed
+// background-hash.ts's runNarJobOnThread): the pieces must be the NAR compressed
 // exactly as on the main thread, the digests those of the bytes, the
 // backlog bounded, and a cancelled, failed or orphaned job must end cleanly.
 import { test } from 'node:test';
@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createChunkCompressor } from '../../src/cache/compression.js';
-import { narJobBacklogForTests, runNarJob, terminateCryptoThreadForTests } from '../../src/hash/background-hash.js';
+import { narJobBacklogForTests, runNarJobOnThread, terminateCryptoThreadForTests } from '../../src/hash/background-hash.js';
 import { NAR_JOB_AHEAD, type NarJobResult } from '../../src/cache/nar-job.js';
 import { uploadNar } from '../../src/cache/nar-upload.js';
 import { MemoryBackend } from '../helpers/memory-backend.js';
@@ -46,7 +46,7 @@ test('NAR job: the pieces are the NAR compressed as on this thread, with the dig
   try {
     const nar = await narOf(root);
     for (const level of [1, 3]) {
-      const { file, result, narBytes } = await collect(runNarJob({ path: root, level, narSize: nar.length }));
+      const { file, result, narBytes } = await collect(runNarJobOnThread({ path: root, level, narSize: nar.length }));
       assert.ok(file.equals(await zstdHere(nar, level)), `level ${level}: the same bytes as the main thread's compressor`);
       assert.equal(result.narSize, nar.length);
       assert.equal(result.fileSize, file.length);
@@ -59,10 +59,10 @@ test('NAR job: the pieces are the NAR compressed as on this thread, with the dig
   }
 });
 
-test('NAR job: several at once, on several threads, keep their bytes apart', async () => {
+test('NAR job: several at once (on one thread per core) keep their bytes apart', async () => {
   const roots = await Promise.all(Array.from({ length: 5 }, (_, i) => tree({ data: randomBytes((1 << 20) + i * 4099) })));
   try {
-    const results = await Promise.all(roots.map((r) => collect(runNarJob({ path: r, level: 3, narSize: 1 << 20 }))));
+    const results = await Promise.all(roots.map((r) => collect(runNarJobOnThread({ path: r, level: 3, narSize: 1 << 20 }))));
     for (const [i, r] of results.entries()) {
       const nar = await narOf(roots[i]!);
       assert.ok(Buffer.from(r.result.narDigest).equals(createHash('sha256').update(nar).digest()), `job ${i}`);
@@ -78,7 +78,7 @@ test('NAR job: the thread stays at most NAR_JOB_AHEAD bytes ahead of a slow cons
   const root = await tree({ data: randomBytes(4 * NAR_JOB_AHEAD) });
   try {
     narJobBacklogForTests();
-    const job = runNarJob({ path: root, level: 1, narSize: 4 * NAR_JOB_AHEAD });
+    const job = runNarJobOnThread({ path: root, level: 1, narSize: 4 * NAR_JOB_AHEAD });
     let taken = 0;
     for (;;) {
       const n = await job.next();
@@ -103,7 +103,7 @@ test('NAR job: a missing file fails with the error the main thread would give', 
     () => assert.fail('dumped a missing path'),
     (e: { code: string; message: string }) => e,
   );
-  await assert.rejects(collect(runNarJob({ path: root, level: 3, narSize: 100 })), (e: { code: string; message: string }) => {
+  await assert.rejects(collect(runNarJobOnThread({ path: root, level: 3, narSize: 100 })), (e: { code: string; message: string }) => {
     assert.equal(e.code, here.code);
     assert.equal(e.message, here.message);
     return true;
@@ -114,17 +114,17 @@ test('NAR job: stopping early cancels it; a dead thread fails its job; the next 
   const root = await tree({ data: randomBytes(6 << 20) });
   try {
     const nar = await narOf(root);
-    const cancelled = runNarJob({ path: root, level: 1, narSize: nar.length });
+    const cancelled = runNarJobOnThread({ path: root, level: 1, narSize: nar.length });
     assert.equal((await cancelled.next()).done, false);
     await cancelled.return(undefined as never);
-    const next = await collect(runNarJob({ path: root, level: 1, narSize: nar.length }));
+    const next = await collect(runNarJobOnThread({ path: root, level: 1, narSize: nar.length }));
     assert.ok(Buffer.from(next.result.narDigest).equals(createHash('sha256').update(nar).digest()), 'after a cancel');
 
-    const dying = runNarJob({ path: root, level: 1, narSize: nar.length });
+    const dying = runNarJobOnThread({ path: root, level: 1, narSize: nar.length });
     assert.equal((await dying.next()).done, false);
     await terminateCryptoThreadForTests();
     await assert.rejects(collect(dying), { code: 'HASH_FAILED' });
-    const again = await collect(runNarJob({ path: root, level: 1, narSize: nar.length }));
+    const again = await collect(runNarJobOnThread({ path: root, level: 1, narSize: nar.length }));
     assert.ok(again.file.equals(await zstdHere(nar, 1)), 'a new thread after the crash');
   } finally {
     await rm(path.dirname(root), { recursive: true, force: true });
@@ -135,8 +135,8 @@ test('NAR job: a job stopped early does not keep the process alive', async () =>
   const root = await tree({ data: randomBytes(24 << 20) });
   try {
     const mod = fileURLToPath(new URL('../../src/hash/background-hash.js', import.meta.url));
-    const script = `import(${JSON.stringify(mod)}).then(async ({ runNarJob }) => {
-      const job = runNarJob({ path: ${JSON.stringify(root)}, level: 1, narSize: ${24 << 20} });
+    const script = `import(${JSON.stringify(mod)}).then(async ({ runNarJobOnThread }) => {
+      const job = runNarJobOnThread({ path: ${JSON.stringify(root)}, level: 1, narSize: ${24 << 20} });
       await job.next();
       await job.return();
       console.log('done');
