@@ -71,6 +71,10 @@ export interface S3CacheConfig {
   readonly minPartSize?: number;
   /** `multipart-upload` as given; narpush streams, so objects larger than one part always go multipart. */
   readonly multipartUpload?: boolean;
+  /** `connect-timeout` (seconds in the URL): how long a TCP/TLS connection may take to open. */
+  readonly connectTimeoutMs?: number;
+  /** `idle-timeout` (seconds in the URL): how long a request may see no byte either way (first byte, body) before it counts as dead. */
+  readonly idleTimeoutMs?: number;
   readonly params: CacheParams;
   readonly description: string;
 }
@@ -120,6 +124,7 @@ const COMMON_PARAMS = new Set([
 const S3_PARAMS = new Set([
   'region', 'endpoint', 'profile', 'scheme', 'addressing-style', 'storage-class',
   'multipart-upload', 'multipart-chunk-size', 'buffer-size', 'narinfo-compression', 'ls-compression',
+  'connect-timeout', 'idle-timeout',
 ]);
 
 /** Parse a `--to` URL. Throws NarpushError('BAD_CACHE_URL') with a one-line reason. */
@@ -189,6 +194,15 @@ function int(url: string, name: string, v: string, min: number, max: number): nu
     throw bad(url, `parameter '${name}' must be between ${min} and ${max}, not ${v}`);
   }
   return n;
+}
+
+/** Seconds, as Nix's connect-timeout; fractions are allowed (tests use short timeouts). */
+function seconds(url: string, name: string, v: string, min: number, max: number): number {
+  const n = Number(v);
+  if (!/^[0-9]+(\.[0-9]+)?$/.test(v) || n < min || n > max) {
+    throw bad(url, `parameter '${name}' must be a number of seconds from ${min} to ${max}, not '${v}'`);
+  }
+  return Math.round(n * 1000);
 }
 
 function compression(url: string, name: string, v: string): Compression {
@@ -374,6 +388,11 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
   const lsC = q.get('ls-compression');
   if (lsC !== undefined) onlyNone(url, 'ls-compression', lsC, 'narpush writes no .ls listings');
 
+  const connectRaw = q.get('connect-timeout');
+  const connectTimeoutMs = connectRaw === undefined ? undefined : seconds(url, 'connect-timeout', connectRaw, 0.1, 3600);
+  const idleRaw = q.get('idle-timeout');
+  const idleTimeoutMs = idleRaw === undefined ? undefined : seconds(url, 'idle-timeout', idleRaw, 0.1, 3600);
+
   const where = endpoint !== undefined ? `at ${endpoint}` : `in ${region}`;
   const description = `s3://${bucket} (${where}${profile !== undefined ? `, profile ${profile}` : ''})`;
   return Object.freeze({
@@ -388,6 +407,8 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
     ...(sc !== undefined && { storageClass: sc as StorageClass }),
     ...(minPartSize !== undefined && { minPartSize }),
     ...(mpu !== undefined && { multipartUpload: bool(url, 'multipart-upload', mpu) }),
+    ...(connectTimeoutMs !== undefined && { connectTimeoutMs }),
+    ...(idleTimeoutMs !== undefined && { idleTimeoutMs }),
     params: Object.freeze(parseCommon(url, q)),
     description,
   });

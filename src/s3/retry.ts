@@ -22,6 +22,13 @@ export interface RetryPolicy {
   readonly maxDelayMs: number;
   /** Cap on how long a Retry-After header can make us wait. */
   readonly maxRetryAfterMs: number;
+  /**
+   * Attempts per request that may end in a timeout. Each one already waited
+   * a whole connect or idle timeout: retrying a frozen server maxAttempts
+   * times would hold a path for maxAttempts x idle-timeout before anyone
+   * sees a failure. The caller (the daemon's queue) retries later anyway.
+   */
+  readonly maxTimeoutAttempts: number;
 }
 
 export const DEFAULT_RETRY_POLICY: RetryPolicy = Object.freeze({
@@ -30,9 +37,16 @@ export const DEFAULT_RETRY_POLICY: RetryPolicy = Object.freeze({
   throttleBaseDelayMs: 500,
   maxDelayMs: 10_000,
   maxRetryAfterMs: 30_000,
+  maxTimeoutAttempts: 2,
 });
 
 export type FailureKind = 'transient' | 'throttle' | 'permanent';
+
+/** Whether `error` is a connect or idle timeout (the SDK's TimeoutError, or ETIMEDOUT). */
+export function isTimeout(error: unknown): boolean {
+  const e = (error ?? {}) as ErrorLike;
+  return e.name === 'TimeoutError' || e.code === 'ETIMEDOUT';
+}
 
 // Codes that never get better by trying again: what they need is a fix by the user.
 const PERMANENT_NAMES = new Set([
@@ -133,6 +147,7 @@ class Token {
   constructor(
     private readonly count: number,
     private readonly delay: number,
+    readonly timeouts = 0,
   ) {}
   getRetryCount(): number {
     return this.count;
@@ -163,11 +178,13 @@ export class SdkRetryStrategy {
   async refreshRetryTokenForRetry(token: Token, info: SdkRetryErrorInfo): Promise<Token> {
     const kind = classifyFailure(info.error, info.errorType);
     const retry = token.getRetryCount();
+    const timeouts = token.timeouts + (isTimeout(info.error) ? 1 : 0);
     if (kind === 'permanent' || retry + 1 >= this.policy.maxAttempts) throw new Error('not retried');
+    if (timeouts >= this.policy.maxTimeoutAttempts) throw new Error('not retried');
     const retryAfterMs = info.retryAfterHint instanceof Date ? info.retryAfterHint.getTime() - Date.now() : undefined;
     const delayMs = backoffDelay(retry, kind, this.policy, this.random, retryAfterMs);
     this.onRetry?.({ attempt: retry + 2, delayMs, kind, error: info.error });
-    return new Token(retry + 1, delayMs);
+    return new Token(retry + 1, delayMs, timeouts);
   }
 
   recordSuccess(_token: Token): void {}

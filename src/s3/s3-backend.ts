@@ -12,7 +12,13 @@
  *   queueSize parts in flight plus the one being filled (4 x 5 MiB parts ~ 25 MiB
  *   for NARs up to 48 GiB).
  * - Every request, multipart parts included, is retried by SdkRetryStrategy
- *   (see retry.ts); connection and idle-socket timeouts detect a dead server.
+ *   (see retry.ts). Two timeouts turn a dead or frozen server into a failed
+ *   attempt: connect (TCP/TLS, default 10 s) and idle (no byte sent or
+ *   received on the request's socket, default 60 s), which covers the wait
+ *   for the first byte of the answer, a body that stops arriving and a body
+ *   the server stops reading. There is no total timeout: a large part on a
+ *   slow but live link must not fail. URL parameters `connect-timeout` and
+ *   `idle-timeout` override the defaults.
  * - A failed or aborted putStream waits for its in-flight parts, then aborts
  *   the multipart upload (leavePartsOnError false) before it settles.
  *
@@ -28,7 +34,7 @@ import {
 } from '../cache/backend.js';
 import type { S3CacheConfig } from '../cache/cache-url.js';
 import { EtagTracker, choosePartSize } from './multipart.js';
-import { DEFAULT_RETRY_POLICY, SdkRetryStrategy, backoffDelay, classifyFailure, type RetryEvent, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, SdkRetryStrategy, backoffDelay, classifyFailure, isTimeout, type RetryEvent, type RetryPolicy } from './retry.js';
 import { s3Error, type S3ErrorContext } from './s3-errors.js';
 
 export interface S3Credentials {
@@ -46,9 +52,9 @@ export interface S3BackendOptions {
   readonly random?: () => number;
   /** Called before each retry (for logs and tests). */
   readonly onRetry?: (e: RetryEvent) => void;
-  /** Time to establish a TCP/TLS connection, default 10 s. */
+  /** Time to establish a TCP/TLS connection; default the URL's connect-timeout, else 10 s. */
   readonly connectionTimeoutMs?: number;
-  /** Time a socket may stay silent mid-request before it counts as dead, default 60 s. */
+  /** Time a socket may stay silent mid-request before it counts as dead; default the URL's idle-timeout, else 60 s. */
   readonly socketTimeoutMs?: number;
   /** Parts of one NAR uploaded in parallel, default 4. Memory: (queueSize + 1) x part size per upload. */
   readonly queueSize?: number;
@@ -60,6 +66,11 @@ type ClientS3 = typeof import('@aws-sdk/client-s3');
 type UploadCtor = (typeof import('@aws-sdk/lib-storage'))['Upload'];
 
 const SILENT = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+// A connection that takes longer than this on a working network is not coming.
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+// S3 answers a request in well under a second; a minute of silence is a dead server, not a busy one,
+// yet is long enough for a loaded S3-compatible server (MinIO on a busy disk) finishing a large part.
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 // The SDK's context key (@smithy/types SMITHY_CONTEXT_KEY), where it keeps the command being sent.
 const SMITHY_CONTEXT_KEY = '__smithy_context';
 
@@ -75,6 +86,8 @@ class S3Backend implements CacheBackend {
   private readonly policy: RetryPolicy;
   private readonly random: () => number;
   private readonly queueSize: number;
+  private readonly idleTimeoutMs: number;
+  private readonly connectTimeoutMs: number;
   // Upload's requests are checked against the abort signal of the putStream that made them.
   private readonly signals = new WeakMap<object, AbortSignal>();
 
@@ -89,6 +102,8 @@ class S3Backend implements CacheBackend {
     if (!(this.policy.maxAttempts >= 1)) throw new NarpushError('BAD_OPTION', 'retry.maxAttempts must be at least 1');
     this.random = opts.random ?? Math.random;
     this.queueSize = Math.max(1, opts.queueSize ?? 4);
+    this.connectTimeoutMs = opts.connectionTimeoutMs ?? config.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.idleTimeoutMs = opts.socketTimeoutMs ?? config.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
     const agent = { keepAlive: true, maxSockets: opts.maxSockets ?? 50 };
     this.client = new sdk.S3Client({
       region: config.region,
@@ -106,8 +121,9 @@ class S3Backend implements CacheBackend {
       responseChecksumValidation: 'WHEN_REQUIRED',
       logger: SILENT,
       requestHandler: {
-        connectionTimeout: opts.connectionTimeoutMs ?? 10_000,
-        socketTimeout: opts.socketTimeoutMs ?? 60_000,
+        connectionTimeout: this.connectTimeoutMs,
+        // An idle timeout (socket.setTimeout), not the SDK's requestTimeout, which is a total one.
+        socketTimeout: this.idleTimeoutMs,
         httpAgent: agent,
         httpsAgent: agent,
         logger: SILENT,
@@ -132,6 +148,8 @@ class S3Backend implements CacheBackend {
       bucket: c.bucket,
       where: c.endpoint ?? `AWS region ${c.region}`,
       region: c.region,
+      connectTimeoutMs: this.connectTimeoutMs,
+      idleTimeoutMs: this.idleTimeoutMs,
       ...(c.profile !== undefined && { profile: c.profile }),
     };
   }
@@ -140,6 +158,7 @@ class S3Backend implements CacheBackend {
     checkCacheKey(key);
     const ctx = this.ctx(`read ${key}`);
     // The SDK retries the request; a reset while the body streams in happens after it returned, so it is retried here.
+    let timeouts = 0;
     for (let attempt = 1; ; attempt++) {
       let out;
       try {
@@ -156,7 +175,8 @@ class S3Backend implements CacheBackend {
         return Buffer.from((await out.Body?.transformToByteArray()) ?? new Uint8Array());
       } catch (e) {
         const kind = classifyFailure(e);
-        if (kind === 'permanent' || attempt >= this.policy.maxAttempts) throw s3Error(e, ctx);
+        if (isTimeout(e)) timeouts++;
+        if (kind === 'permanent' || attempt >= this.policy.maxAttempts || timeouts >= this.policy.maxTimeoutAttempts) throw s3Error(e, ctx);
         const delayMs = backoffDelay(attempt - 1, kind, this.policy, this.random);
         this.opts.onRetry?.({ attempt: attempt + 1, delayMs, kind, error: e });
         await sleep(delayMs);
@@ -201,15 +221,29 @@ class S3Backend implements CacheBackend {
     let ended = false;
     let bodyError: unknown;
     const source = abortable(body, signal, what);
+    // Only an error of the body itself counts as bodyError: when lib-storage
+    // gives up (a part failed), it destroys the Readable, which throws an
+    // AbortError in at the `yield`; that one must not hide the part's error.
     async function* tracked(): AsyncGenerator<Uint8Array> {
+      const it = source[Symbol.asyncIterator]();
+      let finished = false;
       try {
-        for await (const chunk of source) {
-          etags.update(chunk);
-          yield chunk;
+        for (;;) {
+          let r: IteratorResult<Uint8Array>;
+          try {
+            r = await it.next();
+          } catch (e) {
+            finished = true;
+            bodyError = e;
+            throw e;
+          }
+          if (r.done) break;
+          etags.update(r.value);
+          yield r.value;
         }
-      } catch (e) {
-        bodyError = e;
-        throw e;
+        finished = true;
+      } finally {
+        if (!finished) await it.return?.();
       }
       ended = true;
     }

@@ -20,6 +20,9 @@ export interface S3ErrorContext {
   readonly where: string;
   readonly region: string;
   readonly profile?: string;
+  /** The timeouts in force, to name the one that expired. */
+  readonly connectTimeoutMs?: number;
+  readonly idleTimeoutMs?: number;
 }
 
 interface SdkError {
@@ -36,8 +39,19 @@ function credentialsHint(ctx: S3ErrorContext): string {
     : 'the AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role)';
 }
 
-function networkReason(e: SdkError): string {
+function seconds(ms: number | undefined): string {
+  return ms === undefined ? '' : ` ${Number((ms / 1000).toFixed(3))} s`;
+}
+
+function networkReason(e: SdkError, ctx: S3ErrorContext): string {
   const code = e.code ?? '';
+  // The SDK's own wording (@smithy/node-http-handler) is the only way to tell its two timeouts apart.
+  if (e.name === 'TimeoutError' && /did not establish a connection/.test(e.message ?? '')) {
+    return `timed out: no connection within${seconds(ctx.connectTimeoutMs)} (connect-timeout)`;
+  }
+  if (e.name === 'TimeoutError' && /timed out after \d+ ms of inactivity/.test(e.message ?? '')) {
+    return `timed out: no data for${seconds(ctx.idleTimeoutMs)} (idle-timeout)`;
+  }
   if (code === 'ECONNREFUSED') return 'connection refused';
   if (code === 'ECONNRESET' || /socket hang up/i.test(e.message ?? '')) return 'connection reset';
   if (e.name === 'TimeoutError' || code === 'ETIMEDOUT') return 'timed out';
@@ -98,7 +112,7 @@ export function s3Error(error: unknown, ctx: S3ErrorContext): NarpushError {
   }
   if (classifyFailure(error) !== 'permanent') {
     const tries = attempts !== undefined && attempts > 1 ? ` after ${attempts} attempts` : '';
-    return mk('S3_UNAVAILABLE', `cannot ${ctx.op} at ${ctx.where}${tries}: ${networkReason(e)}`);
+    return mk('S3_UNAVAILABLE', `cannot ${ctx.op} at ${ctx.where}${tries}: ${networkReason(e, ctx)}`);
   }
-  return mk('S3_ERROR', `cannot ${ctx.op} in bucket '${ctx.bucket}' at ${ctx.where}: ${networkReason(e)}`);
+  return mk('S3_ERROR', `cannot ${ctx.op} in bucket '${ctx.bucket}' at ${ctx.where}: ${networkReason(e, ctx)}`);
 }

@@ -105,6 +105,20 @@ test('s3:// upload parameters', () => {
   assert.equal(s3('s3://nix?multipart-upload=false').multipartUpload, false);
 });
 
+test('s3:// timeouts: connect-timeout and idle-timeout in seconds', () => {
+  const c = s3('s3://nix?connect-timeout=5&idle-timeout=0.5');
+  assert.equal(c.connectTimeoutMs, 5000);
+  assert.equal(c.idleTimeoutMs, 500);
+  assert.equal(s3('s3://nix').idleTimeoutMs, undefined);
+  for (const v of ['0', '-1', 'abc', '1e3', '3601', '']) {
+    assert.throws(() => parseCacheUrl(`s3://nix?idle-timeout=${v}`), {
+      code: 'BAD_CACHE_URL',
+      message: new RegExp(`parameter 'idle-timeout' must be a number of seconds from 0.1 to 3600, not '${v}'|parameter 'idle-timeout' needs a value`),
+    });
+  }
+  assert.throws(() => parseCacheUrl('file:///c?connect-timeout=1'), /parameter 'connect-timeout' only applies to s3:\/\/ caches/);
+});
+
 test('binary-cache parameters shared by file:// and s3://', () => {
   for (const base of ['file:///c?', 's3://nix?']) {
     const c = parseCacheUrl(

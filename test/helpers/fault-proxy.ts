@@ -10,7 +10,9 @@
  *   connection is reset partway through the response (after the headers and
  *   half the body, or at once when the body is empty): the client never
  *   learns that it succeeded;
- * - `delay`: forwarded after `delayMs` (slowness).
+ * - `delay`: forwarded after `delayMs` (slowness);
+ * - `hang`: nothing of the request is read and nothing is ever answered
+ *   (a frozen server): only the client's timeout ends it.
  * `down()` stops listening so connections are refused; `up()` listens again
  * on the same port. Counters record what was done. Loopback only.
  */
@@ -23,6 +25,7 @@ export interface FaultRates {
   readonly resetBefore: number;
   readonly resetAfter: number;
   readonly delay: number;
+  readonly hang: number;
 }
 
 export interface FaultProxyOptions {
@@ -48,6 +51,7 @@ export interface FaultCounts {
   resetBefore: number;
   resetAfter: number;
   delay: number;
+  hang: number;
 }
 
 export interface FaultProxy {
@@ -78,7 +82,7 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
-const NO_FAULTS: FaultRates = { slowDown: 0, internalError: 0, resetBefore: 0, resetAfter: 0, delay: 0 };
+const NO_FAULTS: FaultRates = { slowDown: 0, internalError: 0, resetBefore: 0, resetAfter: 0, delay: 0, hang: 0 };
 
 function s3Xml(code: string, message: string): string {
   return `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message><RequestId>fault-proxy</RequestId></Error>`;
@@ -88,7 +92,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
   const random = seededRandom(opts.seed);
   let rates: FaultRates = { ...NO_FAULTS, ...opts.rates };
   const counts: FaultCounts = {
-    requests: 0, forwarded: 0, slowDown: 0, slowDownWithRetryAfter: 0, internalError: 0, resetBefore: 0, resetAfter: 0, delay: 0,
+    requests: 0, forwarded: 0, slowDown: 0, slowDownWithRetryAfter: 0, internalError: 0, resetBefore: 0, resetAfter: 0, delay: 0, hang: 0,
   };
   const log: string[] = [];
   const upstream = new http.Agent({ keepAlive: true });
@@ -96,7 +100,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
 
   const choose = (): keyof FaultRates | 'forward' => {
     let r = random();
-    for (const k of ['slowDown', 'internalError', 'resetBefore', 'resetAfter', 'delay'] as const) {
+    for (const k of ['slowDown', 'internalError', 'resetBefore', 'resetAfter', 'delay', 'hang'] as const) {
       if (r < rates[k]) return k;
       r -= rates[k];
     }
@@ -182,6 +186,10 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
         counts.resetAfter++;
         counts.forwarded++;
         return forward(req, res, true);
+      case 'hang':
+        counts.hang++;
+        req.pause();
+        return;
       case 'delay':
         counts.delay++;
         counts.forwarded++;

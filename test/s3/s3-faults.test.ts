@@ -251,14 +251,15 @@ test('a server that accepts connections but never answers is detected by the soc
   const port = (silent.address() as AddressInfo).port;
   const backend = await openS3Backend(cfgFor(`http://127.0.0.1:${port}`), {
     credentials: S3RVER_CREDENTIALS,
-    retry: { maxAttempts: 2, baseDelayMs: 1, maxDelayMs: 5 },
+    // More attempts than timeouts allowed: a timed-out request is tried twice, not five times.
+    retry: { maxAttempts: 5, baseDelayMs: 1, maxDelayMs: 5 },
     socketTimeoutMs: 300,
   });
   try {
     const t0 = Date.now();
     await assert.rejects(backend.putBytes('hang.narinfo', Buffer.from('x'), 'text/x-nix-narinfo'), (e: NodeJS.ErrnoException) => {
       assert.equal(e.code, 'S3_UNAVAILABLE');
-      assert.match(e.message, /after 2 attempts: timed out$/);
+      assert.match(e.message, /after 2 attempts: timed out: no data for 0\.3 s \(idle-timeout\)$/);
       return true;
     });
     const elapsed = Date.now() - t0;
@@ -267,5 +268,42 @@ test('a server that accepts connections but never answers is detected by the soc
     await backend.close();
     for (const c of conns) c.destroy();
     silent.close();
+  }
+});
+
+test('a part upload the server stops reading and never answers: the idle timeout fails it, the upload is aborted, a retry succeeds', async () => {
+  const pendingBefore = await s3.pendingUploads();
+  // Every part upload hangs: the server reads nothing of it and says nothing.
+  proxy = await startFaultProxy({ targetPort: s3.port, seed: 1, rates: { hang: 1 }, only: (l) => /^PUT .*partNumber=/.test(l) });
+  const backend = await openS3Backend(cfgFor(proxy.endpoint), {
+    credentials: S3RVER_CREDENTIALS,
+    retry: { maxAttempts: 5, baseDelayMs: 1, maxDelayMs: 5 },
+    socketTimeoutMs: 500,
+    queueSize: 2,
+  });
+  try {
+    const data = randomBytes(11 * MiB);
+    const t0 = Date.now();
+    await assert.rejects(
+      backend.putStream('nar/hang.nar', chunked(data, Math.random), 'application/x-nix-nar', { sizeHint: data.length }),
+      (e: NodeJS.ErrnoException) => {
+        assert.equal(e.code, 'S3_UNAVAILABLE');
+        assert.match(e.message, /^cannot upload nar\/hang\.nar at http:\/\/127\.0\.0\.1:\d+ after 2 attempts: timed out: no data for 0\.5 s \(idle-timeout\)$/);
+        return true;
+      },
+    );
+    const elapsed = Date.now() - t0;
+    console.log(`hung part upload detected after ${elapsed} ms (idle timeout 500 ms, 2 attempts)`);
+    assert.ok(elapsed < 15_000, `gave up after ${elapsed} ms`);
+    assert.ok(proxy.counts.hang >= 2);
+    assert.equal(await direct('nar/hang.nar'), undefined, 'nothing visible under the key');
+    assert.deepEqual(await s3.pendingUploads(), pendingBefore, 'the multipart upload was aborted');
+    // The server answers again: the same upload goes through.
+    proxy.setRates({});
+    await backend.putStream('nar/hang.nar', chunked(data, Math.random), 'application/x-nix-nar', { sizeHint: data.length });
+    assert.equal(sha((await direct('nar/hang.nar'))!), sha(data));
+  } finally {
+    await backend.close();
+    await proxy.stop();
   }
 });
