@@ -6,7 +6,9 @@ import { appendFile, readFile, stat, truncate, writeFile } from 'node:fs/promise
 import * as path from 'node:path';
 import fc from 'fast-check';
 import { Journal, type JournalRecord, type PendingPath, applyRecord, replayJournal } from '../../src/daemon/journal.js';
-import { fakePath, tempDir } from './fakes.js';
+import { sendRequest } from '../../src/daemon/client.js';
+import type { LogEvent } from '../../src/daemon/log.js';
+import { fakePath, startFakeDaemon, tempDir } from './fakes.js';
 
 const line = (r: JournalRecord): string => `${JSON.stringify(r)}\n`;
 
@@ -179,4 +181,71 @@ test('applyRecord is the fold the journal replays with', () => {
   applyRecord(m, { op: 'queued', path: p, at: 5 });
   applyRecord(m, { op: 'queued', path: p, at: 6 });
   assert.equal(m.get(p)?.queuedAt, 5, 'queueing again keeps the first time');
+});
+
+test('property: a journal cut at any byte, UTF-8 in the records, keeps every complete record and reports the torn tail', () => {
+  const names = Array.from({ length: 4 }, (_, i) => fakePath(`u${i}`));
+  // Errors are free text (S3 messages, file names): multi-byte characters, escapes, newlines.
+  const arbRecord: fc.Arbitrary<JournalRecord> = fc.oneof(
+    fc.record({ op: fc.constant('queued' as const), path: fc.constantFrom(...names), at: fc.nat() }),
+    fc.record({ op: fc.constant('done' as const), path: fc.constantFrom(...names) }),
+    fc.record({ op: fc.constant('failed' as const), path: fc.constantFrom(...names), attempts: fc.integer({ min: 1, max: 99 }), error: fc.string({ unit: 'binary', maxLength: 12 }) }),
+    fc.record({ op: fc.constant('dropped' as const), path: fc.constantFrom(...names), reason: fc.string({ unit: 'grapheme', maxLength: 8 }) }),
+  );
+  fc.assert(
+    fc.property(fc.array(arbRecord, { maxLength: 20 }), fc.nat(), (records, cutSeed) => {
+      const bytes = Buffer.from(records.map(line).join(''), 'utf8');
+      const cut = cutSeed % (bytes.length + 1);
+      // As Journal.open reads it: the bytes on disk decoded as UTF-8 (a cut character becomes U+FFFD).
+      const r = replayJournal(bytes.subarray(0, cut).toString('utf8'));
+      const lineEnds = [...bytes.subarray(0, cut)].filter((b) => b === 0x0a).length;
+      const complete = records.slice(0, lineEnds);
+      const want = new Map<string, PendingPath>();
+      for (const rec of complete) applyRecord(want, rec);
+      assert.deepEqual(r.pending, want);
+      assert.equal(r.records, complete.length, 'every complete record is read');
+      assert.equal(r.badLines, 0);
+      assert.equal(r.tornTail, cut > 0 && bytes[cut - 1] !== 0x0a);
+    }),
+    { numRuns: 1000 },
+  );
+});
+
+/** An upload that only ends when the daemon aborts it at stop: the path stays in the journal. */
+const stuck = (_p: string, signal: AbortSignal): Promise<never> =>
+  new Promise((_, reject) => signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true }));
+
+test('a torn journal is reported once: the daemon warns at the start that found it, and the next start finds it repaired', async () => {
+  const t = await tempDir();
+  try {
+    const stateDir = path.join(t.dir, 'state');
+    const first = await startFakeDaemon({ dir: t.dir, outcome: stuck });
+    const [a, b] = [fakePath('a'), fakePath('b')];
+    // Both stay in flight until the stop aborts them, so both stay in the journal.
+    await sendRequest(first.socket, { op: 'enqueue', paths: [a, b] }, { timeoutMs: 5000 });
+    await first.daemon.stop();
+    const file = path.join(stateDir, 'queue.journal');
+    const queued = ['é', '中'].map((ch) => line({ op: 'failed', path: a, attempts: 1, error: `nope ${ch}` })).join('');
+    // A crash in the middle of the second record's multi-byte character.
+    const torn = Buffer.from(queued, 'utf8');
+    await appendFile(file, torn.subarray(0, torn.length - 4));
+    const torns = (logs: LogEvent[]): number => logs.filter((e) => e.event === 'warning' && /partial line/.test(e.detail ?? '')).length;
+
+    const second = await startFakeDaemon({ dir: t.dir, outcome: stuck });
+    assert.equal(second.daemon.resumed, 2);
+    assert.equal(torns(second.logs), 1, 'reported at the start that found it');
+    await second.daemon.stop();
+    const text = await readFile(file, 'utf8');
+    assert.ok(text.endsWith('\n'), 'the torn tail is gone from the file');
+    const r = replayJournal(text);
+    assert.equal(r.tornTail, false);
+    assert.equal(r.pending.get(a)?.lastError, 'nope é', 'the complete record before the cut was kept');
+
+    const third = await startFakeDaemon({ dir: t.dir, outcome: stuck });
+    assert.equal(third.daemon.resumed, 2);
+    assert.equal(torns(third.logs), 0, 'not reported again');
+    await third.daemon.stop();
+  } finally {
+    await t.remove();
+  }
 });
