@@ -138,6 +138,19 @@ async function rewrite(file: string, text: string): Promise<FileHandle> {
   return h;
 }
 
+/**
+ * Write all of `bytes` at `position`. A single write may be short (a disk
+ * filling up): the rest is written or the call throws. Positional, so that
+ * a file cut back after a failure is never written past its end.
+ */
+async function writeAt(h: FileHandle, bytes: Buffer, position: number): Promise<void> {
+  for (let off = 0; off < bytes.length; ) {
+    const { bytesWritten } = await h.write(bytes, off, bytes.length - off, position + off);
+    if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'EIO' });
+    off += bytesWritten;
+  }
+}
+
 export interface JournalOptions {
   /** Compact when the file grows past this many bytes, default 4 MiB. */
   readonly compactAtBytes?: number;
@@ -154,6 +167,8 @@ export class Journal {
   private waiters: Waiter[] = [];
   private writing: Promise<void> | undefined;
   private closed = false;
+  /** The file may hold bytes past `size` from a failed append; repaired before the next one. */
+  private torn = false;
 
   private constructor(
     private readonly file: string,
@@ -213,18 +228,32 @@ export class Journal {
       }
       const group = this.waiters.splice(0);
       try {
-        const text = group.map((w) => w.text).join('');
-        await this.handle.write(text);
+        await this.repair();
+        const bytes = Buffer.from(group.map((w) => w.text).join(''), 'utf8');
+        await writeAt(this.handle, bytes, this.size);
         await this.handle.datasync();
-        this.size += Buffer.byteLength(text);
+        this.size += bytes.length;
         for (const w of group) for (const r of w.records) applyRecord(this.pendingSet, r);
       } catch (e) {
+        // Part of the group may be in the file (a short write on a full disk,
+        // or written but not synced): nobody was told it is, and it must not
+        // stay, or the next record would be glued onto a partial line and
+        // lost with it. Cut the file back to its last acknowledged byte.
+        this.torn = true;
+        await this.repair().catch(() => {});
         for (const w of group) w.reject(e);
         continue;
       }
       for (const w of group) w.resolve();
       if (this.size > this.compactAt) await this.compact().catch(() => {});
     }
+  }
+
+  /** After a failed append: cut the file back to what was acknowledged (a truncate needs no free space). */
+  private async repair(): Promise<void> {
+    if (!this.torn) return;
+    await this.handle.truncate(this.size);
+    this.torn = false;
   }
 
   /** Rewrite the file with only what is pending. Runs inside the write loop, so no append interleaves. */
