@@ -145,3 +145,95 @@ test('journal compaction on a full disk never loses the old journal, and succeed
   assert.ok((await readFile(file)).length < bigBefore + 40 * 200, 'compacted again');
   assert.deepEqual([...replayJournal(await readFile(file, 'utf8')).pending.keys()], acked.filter((p) => !/-g\d+$/.test(p)));
 });
+
+test('file:// cache on a full disk: the upload fails and is retried, no partial NAR, narinfo or temporary file is ever left, and it succeeds once there is space', async (t) => {
+  await requireNix();
+  const work = await tempDir('narpush-full-cache-');
+  let stopDaemon: (() => Promise<unknown>) | undefined;
+  const fs = await mountTmpfs(t, '1m', async () => {
+    await stopDaemon?.();
+    await work.remove();
+  });
+  if (!fs) return;
+  const secretKey = path.join(work.dir, 'secret.key');
+  const pub = path.join(work.dir, 'public.key');
+  assert.equal((await narpush(['generate-key', 'narpush-full-test-1', secretKey, pub])).code, 0);
+  const publicKey = (await readFile(pub, 'utf8')).trim();
+  const cache = path.join(fs.dir, 'cache');
+
+  // A small path first (the cache gets its nix-cache-info), then one of 600 KiB that cannot fit.
+  const salt = randomUUID();
+  const expr = `let lib = import ${path.join(FIXTURES, 'lib.nix')}; in {
+    small = lib.mk { name = "np-full-small"; salt = "${salt}"; script = "mkdir $out; echo small > $out/f"; };
+    big = lib.mk { name = "np-full-big"; salt = "${salt}"; script = "mkdir $out; head -c 600000 /dev/urandom > $out/blob"; };
+  }`;
+  const built = await run('nix-build', ['-E', expr, '--no-out-link'], { env: nixEnv() });
+  assert.equal(built.code, 0, built.stderr);
+  const outs = built.stdout.toString().trim().split('\n');
+  const small = outs.find((o) => o.endsWith('-np-full-small'))!;
+  const big = outs.find((o) => o.endsWith('-np-full-big'))!;
+  assert.ok(small && big, built.stdout.toString());
+
+  const socket = path.join(work.dir, 'd.sock');
+  const stateDir = path.join(work.dir, 'state');
+  const d = await startDaemonProcess({
+    to: `file://${cache}`,
+    socket,
+    stateDir,
+    env: nixEnv(),
+    args: ['--secret-key-file', secretKey, '--compression', 'none', '--retry-delay', '0.2', '--retry-max-delay', '0.5'],
+  });
+  stopDaemon = () => d.stop('SIGKILL');
+  assert.equal((await runHook({ OUT_PATHS: small, NARPUSH_SOCKET: socket, NARPUSH_STATE_DIR: stateDir })).result, 'queued');
+  await d.idle();
+  const before = await filesUnder(cache);
+
+  // About 300 KiB left: the NAR starts to be written and cannot be finished.
+  await fs.fill(300 * 1024);
+  assert.equal((await runHook({ OUT_PATHS: big, NARPUSH_SOCKET: socket, NARPUSH_STATE_DIR: stateDir })).result, 'queued');
+  // Sample the cache while the failures repeat: at no moment may a partial object be visible.
+  const seen = new Set<string>();
+  await eventually(
+    async () => {
+      for (const f of await filesUnder(cache)) seen.add(f);
+      return (await d.status()).failures >= 3;
+    },
+    60_000,
+    'three failed attempts',
+  ).catch(async (e: Error) => {
+    throw new Error(`${e.message}: ${JSON.stringify(await d.status())}\n${d.log()}`);
+  });
+  const s = await d.status();
+  assert.equal(s.failing.length, 1);
+  assert.match(s.failing[0]!.lastError, /ENOSPC|no space left/i);
+  assert.equal(s.failing[0]!.path, big);
+  const narinfoOfBig = `${path.basename(big).slice(0, 32)}.narinfo`;
+  assert.ok(![...seen].includes(narinfoOfBig), 'no narinfo of the path that failed');
+  const added = [...seen].filter((f) => !before.includes(f));
+  assert.ok(added.every((f) => path.basename(f).includes('.narpush-')), `only temporary files ever appeared: ${added.join(', ')}`);
+  console.log(`full file:// cache: ${s.failures} failed attempts, last error: ${s.failing[0]!.lastError}`);
+  // Stopped while the disk is still full: whatever it was writing is cleaned up.
+  assert.deepEqual(await d.stop(), { code: 0, signal: null });
+  assert.deepEqual(await filesUnder(cache), before, 'nothing was added: no partial NAR, narinfo or temporary file');
+
+  await fs.free();
+  const again = await startDaemonProcess({ to: `file://${cache}`, socket, stateDir, env: nixEnv(), args: ['--secret-key-file', secretKey, '--compression', 'none'] });
+  stopDaemon = () => again.stop('SIGKILL');
+  assert.match(again.log(), /1 path\(s\) resumed from the journal/);
+  const done = await again.idle(60_000);
+  assert.equal(done.uploaded, 1);
+  const closure = await nixClosure([small, big]);
+  await assertCacheHas((k) => readFile(path.join(cache, k)).catch(() => undefined), closure, publicKey);
+  assert.deepEqual((await filesUnder(cache)).filter((f) => f.includes('.narpush-')), [], 'no temporary file left');
+  await again.stop();
+  stopDaemon = undefined;
+
+  // Nix takes it back from the cache.
+  await eventually(async () => (await run('nix-store', ['--delete', big], { env: nixEnv() })).code === 0, 10_000, 'path deleted');
+  const r = await run(
+    'nix-store',
+    ['-r', big, '--option', 'substituters', `file://${cache}`, '--option', 'trusted-public-keys', publicKey, '--option', 'require-sigs', 'true'],
+    { env: nixEnv() },
+  );
+  assert.equal(r.code, 0, `substitution failed: ${r.stderr}`);
+});
