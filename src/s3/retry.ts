@@ -42,10 +42,15 @@ export const DEFAULT_RETRY_POLICY: RetryPolicy = Object.freeze({
 
 export type FailureKind = 'transient' | 'throttle' | 'permanent';
 
-/** Whether `error` is a connect or idle timeout (the SDK's TimeoutError, or ETIMEDOUT). */
+/**
+ * Whether `error` is a connect or idle timeout: the SDK's own TimeoutError
+ * (which has no code), or ETIMEDOUT. The SDK also names resets
+ * (ECONNRESET, EPIPE) TimeoutError; those answer at once and are not counted.
+ */
 export function isTimeout(error: unknown): boolean {
   const e = (error ?? {}) as ErrorLike;
-  return e.name === 'TimeoutError' || e.code === 'ETIMEDOUT';
+  if (e.code === 'ETIMEDOUT') return true;
+  return e.name === 'TimeoutError' && (e.code === undefined || e.code === '');
 }
 
 // Codes that never get better by trying again: what they need is a fix by the user.

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { DEFAULT_RETRY_POLICY, SdkRetryStrategy, backoffDelay, classifyFailure, type RetryEvent } from '../../src/s3/retry.js';
+import { DEFAULT_RETRY_POLICY, SdkRetryStrategy, backoffDelay, classifyFailure, isTimeout, type RetryEvent } from '../../src/s3/retry.js';
 import { NarpushError } from '../../src/errors.js';
 
 const sdkErr = (name: string, status?: number, extra: object = {}): Error =>
@@ -71,4 +71,23 @@ test('the SDK strategy: bounded attempts, permanent errors refused, events repor
   const fresh = await s.acquireInitialRetryToken('');
   await assert.rejects(s.refreshRetryTokenForRetry(fresh, { error: sdkErr('NoSuchBucket', 404) }));
   assert.deepEqual(events.map((e) => [e.attempt, e.kind]), [[2, 'transient'], [3, 'transient']]);
+});
+
+test('isTimeout: the SDK timeouts and ETIMEDOUT, not the resets the SDK also names TimeoutError', () => {
+  assert.equal(isTimeout(Object.assign(new Error('the request socket timed out after 500 ms of inactivity'), { name: 'TimeoutError' })), true);
+  assert.equal(isTimeout(Object.assign(new Error('connect ETIMEDOUT'), { code: 'ETIMEDOUT' })), true);
+  assert.equal(isTimeout(Object.assign(new Error('write ECONNRESET'), { name: 'TimeoutError', code: 'ECONNRESET' })), false);
+  assert.equal(isTimeout(Object.assign(new Error('write EPIPE'), { name: 'TimeoutError', code: 'EPIPE' })), false);
+  assert.equal(isTimeout(new Error('other')), false);
+});
+
+test('SdkRetryStrategy: a request that timed out twice is not retried again, whatever maxAttempts allows; resets do not count', async () => {
+  const policy = { ...DEFAULT_RETRY_POLICY, maxAttempts: 8, baseDelayMs: 1, maxDelayMs: 1 };
+  const s = new SdkRetryStrategy(policy, () => 0);
+  const timeout = Object.assign(new Error('timed out after 1 ms of inactivity'), { name: 'TimeoutError' });
+  const reset = Object.assign(new Error('write ECONNRESET'), { name: 'TimeoutError', code: 'ECONNRESET' });
+  let token = await s.acquireInitialRetryToken('s3');
+  for (let i = 0; i < 5; i++) token = await s.refreshRetryTokenForRetry(token, { error: reset, errorType: 'TRANSIENT' });
+  token = await s.refreshRetryTokenForRetry(token, { error: timeout, errorType: 'TRANSIENT' });
+  await assert.rejects(s.refreshRetryTokenForRetry(token, { error: timeout, errorType: 'TRANSIENT' }), /not retried/);
 });
