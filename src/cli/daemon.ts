@@ -29,7 +29,17 @@ export interface DaemonFlags extends UploadFlags {
   readonly shutdownGrace?: string;
   readonly retryDelay?: string;
   readonly retryMaxDelay?: string;
+  readonly storeTimeout?: string;
 }
+
+/**
+ * Default of --store-timeout. narpush's store requests are small queries and
+ * temporary roots, answered in milliseconds; but a store busy with a garbage
+ * collection or a locked database can stall a reply for tens of seconds, and
+ * a false alarm costs a retry, so this is generous. A hung nix-daemon then
+ * holds a batch for two minutes, not for ever.
+ */
+const DEFAULT_STORE_TIMEOUT_S = 120;
 
 function number(flag: string, s: string, min: number, max: number, integer: boolean): number {
   const ok = integer ? /^-?\d+$/.test(s) : /^\d+(\.\d+)?$/.test(s);
@@ -59,6 +69,8 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
       flags.retryMaxDelay !== undefined ? 1000 * number('--retry-max-delay', flags.retryMaxDelay, 0.001, 86400, false) : DEFAULT_RETRY_POLICY.maxDelayMs,
   };
   if (retry.maxDelayMs < retry.initialDelayMs) throw new NarpushError('BAD_OPTION', '--retry-max-delay is shorter than --retry-delay');
+  const storeTimeoutMs =
+    1000 * (flags.storeTimeout !== undefined ? number('--store-timeout', flags.storeTimeout, 0.1, 86400, false) : DEFAULT_STORE_TIMEOUT_S);
 
   // LISTEN_* are meant for this process only, not for the nix-daemon it may spawn.
   const env: NodeJS.ProcessEnv = { ...ctx.env };
@@ -70,7 +82,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
   const stateDir = nodePath.resolve(flags.stateDir ?? (env.NARPUSH_STATE_DIR || DEFAULT_STATE_DIR));
 
   const transport = storeTransportFromEnv(env);
-  const openStore = (): Promise<StoreClient> => StoreClient.open({ transport, storeDir: ctx.storeDir });
+  const openStore = (): Promise<StoreClient> => StoreClient.open({ transport, storeDir: ctx.storeDir, idleTimeoutMs: storeTimeoutMs });
   // The query connection: opened now, so that an unusable store is an error at start.
   const queries = new StoreHandle(openStore);
   await queries.get();

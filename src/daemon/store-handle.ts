@@ -9,7 +9,7 @@
 import { isNarpushError } from '../errors.js';
 import type { StoreClient } from '../store/client.js';
 
-const CONNECTION_CODES = new Set(['STORE_CONNECTION_CLOSED', 'STORE_PROTOCOL_ERROR', 'STORE_UNAVAILABLE']);
+const CONNECTION_CODES = new Set(['STORE_CONNECTION_CLOSED', 'STORE_PROTOCOL_ERROR', 'STORE_UNAVAILABLE', 'STORE_TIMEOUT']);
 
 /** Whether `e` means the connection is unusable (as opposed to an answer such as "path not valid"). */
 export function isConnectionError(e: unknown): boolean {

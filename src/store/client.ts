@@ -27,6 +27,14 @@ export interface StoreClientOptions {
    */
   readonly connections?: number;
   readonly onLog?: (event: DaemonLog) => void;
+  /** Connecting to the daemon's socket may take this long; default 10 s. */
+  readonly connectTimeoutMs?: number;
+  /**
+   * A connection owing an answer fails (STORE_TIMEOUT) after this long
+   * without a byte from the daemon; default 0, never. The daemon sets one:
+   * a hung nix-daemon must become a failed attempt, not a stuck upload.
+   */
+  readonly idleTimeoutMs?: number;
 }
 
 interface Member {
@@ -34,8 +42,8 @@ interface Member {
   readonly opened: OpenedStream;
 }
 
-async function openMember(transport: StoreTransport, options: ConnectionOptions): Promise<Member> {
-  const opened = await openStream(transport);
+async function openMember(transport: StoreTransport, options: ConnectionOptions, connectTimeoutMs?: number): Promise<Member> {
+  const opened = await openStream(transport, { ...(connectTimeoutMs !== undefined && { connectTimeoutMs }) });
   try {
     const conn = await DaemonConnection.open(opened.stream, { ...options, closeDetail: opened.closeDetail });
     return { conn, opened };
@@ -65,7 +73,9 @@ export class StoreClient {
   static async open(options: StoreClientOptions): Promise<StoreClient> {
     const n = Math.max(1, Math.floor(options.connections ?? 1));
     const results = await Promise.allSettled(
-      Array.from({ length: n }, () => openMember(options.transport, { onLog: options.onLog })),
+      Array.from({ length: n }, () =>
+        openMember(options.transport, { onLog: options.onLog, idleTimeoutMs: options.idleTimeoutMs }, options.connectTimeoutMs),
+      ),
     );
     const members = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');

@@ -5,9 +5,12 @@
  * Requests are pipelined: each is written at once (batched per event-loop
  * turn) and a reader for its answer is queued; the daemon answers in order,
  * so answers are matched to requests by position. An error the daemon reports fails that one request and the
- * connection carries on. A malformed answer or a closed stream fails every
+ * connection carries on. A malformed answer, a closed stream or a daemon
+ * that stays silent for `idleTimeoutMs` while answers are owed fails every
  * request in flight with a NarpushError: nothing ever waits forever on a dead
- * peer. Never prints; log lines go to the `onLog` hook.
+ * or hung peer. The timeout is an idle one, restarted by every byte the
+ * daemon sends (log lines included), never a total: a long answer that keeps
+ * coming is never cut off. Never prints; log lines go to the `onLog` hook.
  */
 import type { Duplex } from 'node:stream';
 import { NarpushError } from '../errors.js';
@@ -30,6 +33,8 @@ export interface ConnectionOptions {
   readonly onLog?: (event: DaemonLog) => void;
   /** Extra words for "connection closed" errors, e.g. the last line a spawned daemon wrote on stderr. */
   readonly closeDetail?: () => string | undefined;
+  /** Fail the connection (STORE_TIMEOUT) when an answer is owed and no byte arrives for this long; 0: never. Default 0. */
+  readonly idleTimeoutMs?: number;
 }
 
 /** One request: how to write it at the negotiated version, and how to read its result. */
@@ -56,6 +61,9 @@ export class DaemonConnection {
   private outgoing: Buffer[] = [];
   private readonly hooks: StderrHooks;
   private handshakeInfo: HandshakeInfo | undefined;
+  private idleTimer: NodeJS.Timeout | undefined;
+  /** When the daemon last sent a byte, or when it began to owe an answer. */
+  private lastHeard = 0;
 
   private constructor(
     private readonly stream: Duplex,
@@ -145,7 +153,10 @@ export class DaemonConnection {
   private send<T>(name: string, payload: Buffer, reply: Reply<T>, unwrap = false): Promise<T> {
     if (this.closed) return Promise.reject(this.closed);
     return new Promise<T>((resolve, reject) => {
+      // The silence that counts starts when an answer becomes owed, not at the last answer.
+      if (this.inFlight === 0) this.lastHeard = Date.now();
       this.queue.push({ name, reply, unwrap, resolve: resolve as (v: unknown) => void, reject });
+      this.armIdleTimer();
       if (payload.length > 0) this.write(payload);
     });
   }
@@ -163,8 +174,30 @@ export class DaemonConnection {
     });
   }
 
+  /** One timer per connection, re-armed for the remaining time rather than reset on every chunk. */
+  private armIdleTimer(): void {
+    const ms = this.options.idleTimeoutMs ?? 0;
+    if (ms <= 0 || this.idleTimer || this.closed) return;
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined;
+      if (this.closed || this.inFlight === 0) return;
+      const silent = Date.now() - this.lastHeard;
+      if (silent < ms) return this.armIdleTimer();
+      const current = this.queue[this.head];
+      this.fail(
+        new NarpushError(
+          'STORE_TIMEOUT',
+          `the Nix daemon sent nothing for ${ms / 1000} s while answering ${current?.name ?? 'a request'}; gave up on the connection`,
+        ),
+      );
+      this.stream.destroy();
+    }, Math.max(1, ms - (Date.now() - this.lastHeard)));
+    this.idleTimer.unref();
+  }
+
   private onData(chunk: Buffer): void {
     if (this.closed) return;
+    this.lastHeard = Date.now();
     this.decoder.push(chunk);
     try {
       for (;;) {
@@ -216,6 +249,8 @@ export class DaemonConnection {
   private fail(error: NarpushError): void {
     if (this.closed) return;
     this.closed = error;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
     const pending = this.queue.slice(this.head);
     this.queue = [];
     this.head = 0;

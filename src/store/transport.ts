@@ -71,14 +71,26 @@ export interface OpenedStream {
   dispose(): Promise<void>;
 }
 
-function connectSocket(path: string): Promise<Duplex> {
+function connectSocket(path: string, timeoutMs: number): Promise<Duplex> {
   return new Promise((resolve, reject) => {
     const socket = createConnection({ path });
+    // A Unix socket connect either completes or fails at once; the timer is for the odd file system (a hung FUSE or NFS path).
+    const timer =
+      timeoutMs > 0
+        ? setTimeout(() => {
+            socket.destroy();
+            reject(Object.assign(new Error(`no connection within ${timeoutMs / 1000} s`), { code: 'ETIMEDOUT' }));
+          }, timeoutMs)
+        : undefined;
     socket.once('connect', () => {
+      clearTimeout(timer);
       socket.removeAllListeners('error');
       resolve(socket);
     });
-    socket.once('error', reject);
+    socket.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
   });
 }
 
@@ -118,12 +130,12 @@ function spawnDaemon(t: SpawnTransport): Promise<OpenedStream> {
 
 const DAEMON_ABSENT = new Set(['ENOENT', 'ECONNREFUSED', 'ENOTDIR']);
 
-/** Open a byte stream to the daemon `t` describes. */
-export async function openStream(t: StoreTransport): Promise<OpenedStream> {
+/** Open a byte stream to the daemon `t` describes; a socket connection that takes longer than `connectTimeoutMs` (default 10 s) fails. */
+export async function openStream(t: StoreTransport, opts: { connectTimeoutMs?: number } = {}): Promise<OpenedStream> {
   if (t.kind === 'spawn') return spawnDaemon(t);
   const path = t.kind === 'socket' ? t.path : t.socketPath;
   try {
-    const stream = await connectSocket(path);
+    const stream = await connectSocket(path, opts.connectTimeoutMs ?? 10_000);
     return {
       stream,
       description: `the Nix daemon at ${path}`,

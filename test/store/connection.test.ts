@@ -267,3 +267,81 @@ test('property: an answer with interleaved daemon messages parses the same howev
     { numRuns: 300 },
   );
 });
+
+/** Open a connection to the fake daemon with an idle timeout. */
+function connectWithTimeout(socketPath: string, idleTimeoutMs: number): Promise<DaemonConnection> {
+  return DaemonConnection.open(createConnection({ path: socketPath }), { idleTimeoutMs });
+}
+
+async function expectAddTempRoot(peer: Peer): Promise<string> {
+  assert.equal(await peer.read(u64), Op.AddTempRoot);
+  return peer.read(string);
+}
+
+/** `p`, or a failure after `ms`: a missing store timeout must fail the test, not hang it. */
+function within<T>(ms: number, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`still waiting after ${ms} ms`)), ms);
+  });
+  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
+}
+
+test('a hung daemon (silent while an answer is owed) fails the request with STORE_TIMEOUT, and the connection with it', async () => {
+  const d = await fakeDaemon(async (peer) => {
+    await peer.handshake(V1_34);
+    await expectAddTempRoot(peer);
+    // ... and never a word again.
+  });
+  try {
+    const conn = await connectWithTimeout(d.socketPath, 300);
+    const t0 = Date.now();
+    await assert.rejects(within(10_000, conn.run(ops.addTempRoot(PATH))), {
+      code: 'STORE_TIMEOUT',
+      message: `the Nix daemon sent nothing for 0.3 s while answering AddTempRoot(${PATH}); gave up on the connection`,
+    });
+    const ms = Date.now() - t0;
+    assert.ok(ms >= 250 && ms < 5000, `timed out after ${ms} ms`);
+    await assert.rejects(conn.run(ops.addTempRoot(PATH)), { code: 'STORE_TIMEOUT' });
+    assert.equal(conn.isClosed, true);
+  } finally {
+    await d.stop();
+  }
+});
+
+test('a daemon that hangs in the handshake fails the open with STORE_TIMEOUT', async () => {
+  const d = await fakeDaemon(async (peer) => {
+    await peer.read(u64); // the client's magic, then silence
+  });
+  try {
+    await assert.rejects(within(10_000, connectWithTimeout(d.socketPath, 300)), { code: 'STORE_TIMEOUT', message: /while answering the handshake/ });
+  } finally {
+    await d.stop();
+  }
+});
+
+test('the store timeout is an idle one: an answer preceded by log lines for longer than the timeout arrives; an idle connection is not closed', async () => {
+  const d = await fakeDaemon(async (peer) => {
+    await peer.handshake(V1_34);
+    for (let round = 0; round < 2; round++) {
+      await expectAddTempRoot(peer);
+      // 1.5 s of work, reported every 100 ms: never 500 ms of silence.
+      for (let i = 0; i < 15; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        peer.write((w) => w.u64(STDERR_NEXT).string(`working ${i}\n`));
+      }
+      peer.write((w) => w.u64(STDERR_LAST).u64(1));
+    }
+  });
+  try {
+    const conn = await connectWithTimeout(d.socketPath, 500);
+    await conn.run(ops.addTempRoot(PATH));
+    // Nothing is owed: the silence does not count.
+    await new Promise((r) => setTimeout(r, 1000));
+    await conn.run(ops.addTempRoot(PATH));
+    assert.equal(conn.isClosed, false);
+    conn.destroy();
+  } finally {
+    await d.stop();
+  }
+});
