@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, readdir, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import { runHook } from '../../src/daemon/hook.js';
 import { assertCacheHas, httpFetcher, nixClosure } from '../helpers/cache-check.js';
@@ -44,7 +44,8 @@ test('S3 frozen by SIGSTOP: attempts time out, status shows them, everything upl
   const expr = `let lib = import ${path.join(FIXTURES, 'lib.nix')};
     dep = lib.mk { name = "np-frozen-dep"; salt = "${salt}"; script = "mkdir $out; echo dep > $out/f"; };
   in builtins.genList (i: lib.mk { name = "np-frozen-p\${toString i}"; salt = "${salt}"; script = "mkdir $out; echo \${toString i} > $out/f; echo \${dep} > $out/dep"; }) 3`;
-  const built = await run('nix-build', ['-E', expr, '--no-out-link'], { env: nixEnv() });
+  // Out-links are GC roots: a garbage collection elsewhere on the machine must not take the paths mid-test.
+  const built = await run('nix-build', ['-E', expr, '-o', path.join(work.dir, 'result')], { env: nixEnv() });
   assert.equal(built.code, 0, built.stderr);
   const outs = built.stdout.toString().trim().split('\n');
   const closure = await nixClosure(outs);
@@ -87,12 +88,13 @@ test('S3 frozen by SIGSTOP: attempts time out, status shows them, everything upl
 
   s3.thaw();
   const done = await d.idle(120_000);
-  assert.equal(done.uploaded, closure.length);
+  assert.equal(done.uploaded, closure.length, d.log());
   assert.deepEqual(done.failing, []);
   await assertCacheHas(httpFetcher(s3.httpUrl), closure, publicKey);
 
   // Nix itself takes the result back from the cache.
   await d.stop();
+  for (const name of await readdir(work.dir)) if (name.startsWith('result')) await rm(path.join(work.dir, name));
   await eventually(async () => (await run('nix-store', ['--delete', ...closure], { env: nixEnv() })).code === 0, 10_000, 'closure deleted');
   const r = await run(
     'nix-store',

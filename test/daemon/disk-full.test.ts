@@ -6,7 +6,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import { sendRequest } from '../../src/daemon/client.js';
 import { runHook } from '../../src/daemon/hook.js';
@@ -167,7 +167,8 @@ test('file:// cache on a full disk: the upload fails and is retried, no partial 
     small = lib.mk { name = "np-full-small"; salt = "${salt}"; script = "mkdir $out; echo small > $out/f"; };
     big = lib.mk { name = "np-full-big"; salt = "${salt}"; script = "mkdir $out; head -c 600000 /dev/urandom > $out/blob"; };
   }`;
-  const built = await run('nix-build', ['-E', expr, '--no-out-link'], { env: nixEnv() });
+  // Out-links are GC roots: a garbage collection elsewhere on the machine must not take the paths mid-test.
+  const built = await run('nix-build', ['-E', expr, '-o', path.join(work.dir, 'result')], { env: nixEnv() });
   assert.equal(built.code, 0, built.stderr);
   const outs = built.stdout.toString().trim().split('\n');
   const small = outs.find((o) => o.endsWith('-np-full-small'))!;
@@ -229,6 +230,7 @@ test('file:// cache on a full disk: the upload fails and is retried, no partial 
   stopDaemon = undefined;
 
   // Nix takes it back from the cache.
+  for (const name of await readdir(work.dir)) if (name.startsWith('result')) await rm(path.join(work.dir, name));
   await eventually(async () => (await run('nix-store', ['--delete', big], { env: nixEnv() })).code === 0, 10_000, 'path deleted');
   const r = await run(
     'nix-store',
