@@ -20,7 +20,7 @@ import { WorkQueue } from './queue.js';
 import { type ParsedRequest, parseRequest } from './request.js';
 import { startServer, type SocketServer } from './server.js';
 import { listSpool, markSpoolFileRejected, readSpoolFile, removeSpoolFile, removeStaleTempFiles } from './spool.js';
-import { type StateDirLayout, claimStateDir, releaseStateDir } from './state-dir.js';
+import { type StateDirLayout, claimStateDir, releaseStateDir, unusable } from './state-dir.js';
 import { type PipelineEvent, type UploadBatch, Worker } from './worker.js';
 
 export interface DaemonConfig {
@@ -109,7 +109,14 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
   const now = deps.now ?? Date.now;
   const started = now();
   const layout: StateDirLayout = await claimStateDir(config.stateDir);
-  const { journal, replayed } = await Journal.open(layout.journal, { compactAtBytes: config.compactAtBytes });
+  let opened;
+  try {
+    opened = await Journal.open(layout.journal, { compactAtBytes: config.compactAtBytes });
+  } catch (e) {
+    await releaseStateDir(layout);
+    throw unusable(config.stateDir, e);
+  }
+  const { journal, replayed } = opened;
   if (replayed.tornTail) log({ event: 'warning', detail: 'the queue journal ended in a partial line (a crash mid-write); ignored it' });
   if (replayed.badLines > 0) log({ event: 'warning', detail: `skipped ${replayed.badLines} unreadable line(s) of the queue journal` });
 

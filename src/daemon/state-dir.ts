@@ -36,6 +36,15 @@ function alive(pid: number): boolean {
   }
 }
 
+/** The one-line error for a state directory the daemon cannot write (full, read-only, not ours). */
+export function unusable(dir: string, e: unknown): NarpushError {
+  const err = e as NodeJS.ErrnoException;
+  const why = err.code === 'ENOSPC' || err.code === 'EDQUOT' ? `${err.code}: no space left` : (err.code ?? err.message);
+  return new NarpushError('STATE_DIR_UNUSABLE', `cannot write to the state directory ${dir} (${why}); free space there or choose another --state-dir`, {
+    cause: e,
+  });
+}
+
 /** Create the directories (0700 when new), check they are writable, and take the pid file. */
 export async function claimStateDir(dir: string): Promise<StateDirLayout> {
   const layout = stateDirLayout(dir);
@@ -51,13 +60,23 @@ export async function claimStateDir(dir: string): Promise<StateDirLayout> {
     });
   }
   for (let tries = 0; ; tries++) {
+    let h;
     try {
-      const h = await open(layout.pidFile, 'wx', 0o644);
-      await h.writeFile(`${process.pid}\n`);
-      await h.close();
-      return layout;
+      h = await open(layout.pidFile, 'wx', 0o644);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 2) throw e;
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 2) throw unusable(dir, e);
+    }
+    if (h) {
+      try {
+        await h.writeFile(`${process.pid}\n`);
+        await h.close();
+        return layout;
+      } catch (e) {
+        // A full disk: no empty pid file is left for the next start to puzzle over.
+        await h.close().catch(() => {});
+        await unlink(layout.pidFile).catch(() => {});
+        throw unusable(dir, e);
+      }
     }
     const pid = Number((await readFile(layout.pidFile, 'utf8').catch(() => '')).trim());
     if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {

@@ -239,3 +239,20 @@ test('file:// cache on a full disk: the upload fails and is retried, no partial 
   );
   assert.equal(r.code, 0, `substitution failed: ${r.stderr}`);
 });
+
+test('a daemon started on a full state directory fails with one line and leaves no empty pid file; it starts once there is space', async (t) => {
+  const fs = await mountTmpfs(t, '1m');
+  if (!fs) return;
+  const first = await startFakeDaemon({ dir: fs.dir });
+  await first.stop();
+  await fs.fill();
+  await assert.rejects(startFakeDaemon({ dir: fs.dir }), (e: NodeJS.ErrnoException) => {
+    assert.equal(e.code, 'STATE_DIR_UNUSABLE');
+    assert.match(e.message, /^cannot write to the state directory .*\/state \(ENOSPC: no space left\); free space there or choose another --state-dir$/);
+    return true;
+  });
+  assert.deepEqual((await readdir(path.join(fs.dir, 'state'))).filter((n) => n !== 'spool' && n !== 'queue.journal'), [], 'no pid file left');
+  await fs.free();
+  const again = await startFakeDaemon({ dir: fs.dir });
+  await again.stop();
+});
