@@ -13,6 +13,7 @@ import { parseCacheUrl } from '../cache/cache-url.js';
 import { DEFAULT_RETRY_POLICY } from '../daemon/backoff.js';
 import { startDaemon } from '../daemon/daemon.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
+import { type ListenAddress, parseListenAddress } from '../daemon/listen-address.js';
 import { formatLogEvent, type LogEvent } from '../daemon/log.js';
 import { createPipeline } from '../daemon/pipeline.js';
 import { StoreHandle } from '../daemon/store-handle.js';
@@ -29,6 +30,7 @@ export interface DaemonFlags extends UploadFlags {
   readonly shutdownGrace?: string;
   readonly retryDelay?: string;
   readonly retryMaxDelay?: string;
+  readonly metricsListen?: string;
 }
 
 function number(flag: string, s: string, min: number, max: number, integer: boolean): number {
@@ -59,6 +61,12 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
       flags.retryMaxDelay !== undefined ? 1000 * number('--retry-max-delay', flags.retryMaxDelay, 0.001, 86400, false) : DEFAULT_RETRY_POLICY.maxDelayMs,
   };
   if (retry.maxDelayMs < retry.initialDelayMs) throw new NarpushError('BAD_OPTION', '--retry-max-delay is shorter than --retry-delay');
+  let metricsListen: ListenAddress | undefined;
+  if (flags.metricsListen !== undefined) {
+    const parsed = parseListenAddress(flags.metricsListen);
+    if (!parsed.ok) throw new NarpushError('BAD_OPTION', `--metrics-listen ${parsed.error}`);
+    metricsListen = parsed.address;
+  }
 
   // LISTEN_* are meant for this process only, not for the nix-daemon it may spawn.
   const env: NodeJS.ProcessEnv = { ...ctx.env };
@@ -97,6 +105,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
         cache: backend.description,
         retry,
         shutdownGraceMs: graceMs,
+        ...(metricsListen ? { metricsListen } : {}),
       },
       {
         validPaths: async (paths) =>

@@ -119,6 +119,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option('--shutdown-grace <seconds>', 'on SIGTERM, how long uploads in flight may finish before they are aborted (default 10)')
     .option('--retry-delay <seconds>', 'wait after a failed upload before the first retry, doubling each time (default 5)')
     .option('--retry-max-delay <seconds>', 'the longest wait between retries (default 600)')
+    .option('--metrics-listen <host:port>', 'serve Prometheus /metrics and /healthz over HTTP here, e.g. 127.0.0.1:9101 or [::1]:9101 (default: off)')
     .action(async (opts: Record<string, unknown>) => {
       const { daemon } = await import('./daemon.js');
       exitCode = await daemon(ctx(), {
@@ -132,6 +133,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         shutdownGrace: opts.shutdownGrace as string | undefined,
         retryDelay: opts.retryDelay as string | undefined,
         retryMaxDelay: opts.retryMaxDelay as string | undefined,
+        metricsListen: opts.metricsListen as string | undefined,
       });
     });
 
