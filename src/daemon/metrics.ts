@@ -111,10 +111,11 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
   const unsubscribe = stats.onUpload((seconds) => durations.observe(seconds));
 
   const server = createServer((req, res) => void answer(req, res));
-  // A scraper gets a few seconds; nothing here should take longer.
+  // A scraper gets a few seconds and needs one connection; nothing here should take longer or need more.
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
   server.keepAliveTimeout = 5_000;
+  server.maxConnections = 32;
 
   const send = (res: ServerResponse, code: number, type: string, body: string, head: boolean, headers: Record<string, string> = {}): void => {
     res.writeHead(code, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-store', ...headers });
