@@ -11,9 +11,9 @@ import { request } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { assertCacheHas, nixClosure, nixPathInfos } from '../helpers/cache-check.js';
-import { nixBuildExpr, nixEnv, requireNix } from '../helpers/nix.js';
+import { nixEnv, requireNix } from '../helpers/nix.js';
 import { parseExposition, sampleValue } from '../helpers/prometheus.js';
-import { REPO_ROOT, narpush, run } from '../helpers/run.js';
+import { FIXTURES, REPO_ROOT, narpush, run } from '../helpers/run.js';
 import { killLeftoverDaemons, startDaemonProcess } from './daemon-process.js';
 import { eventually, tempDir } from './fakes.js';
 
@@ -68,14 +68,18 @@ test('one build handed over by the hook: uploaded paths equal its closure, one h
     base = /metrics at (http:\/\/127\.0\.0\.1:\d+)\/metrics/.exec(d.log())![1]!;
     assert.deepEqual(await get(`${base}/healthz`), { status: 200, body: 'ok\n' });
 
+    // Built with a GC root (the -o link): a garbage collection that another test runs meanwhile must not take it.
     const salt = randomUUID();
-    const [out] = await nixBuildExpr(`let
+    const expr = `let lib = import ${path.join(FIXTURES, 'lib.nix')};
         a = lib.mk { name = "np-metrics-a"; salt = "${salt}"; script = "echo a > $out"; };
         b = lib.mk { name = "np-metrics-b"; salt = "${salt}"; script = "echo \${a} > $out"; };
-      in lib.mk { name = "np-metrics-top"; salt = "${salt}"; script = "mkdir $out; echo \${a} > $out/a; echo \${b} > $out/b"; }`);
-    const closure = await nixClosure([out!]);
+      in lib.mk { name = "np-metrics-top"; salt = "${salt}"; script = "mkdir $out; echo \${a} > $out/a; echo \${b} > $out/b"; }`;
+    const built = await run('nix-build', ['-E', expr, '-o', path.join(work.dir, 'result')], { env: nixEnv() });
+    assert.equal(built.code, 0, built.stderr);
+    const out = built.stdout.toString().trim();
+    const closure = await nixClosure([out]);
     assert.equal(closure.length, 3);
-    const hook = await run(HOOK, [], { env: { PATH: process.env.PATH, OUT_PATHS: out!, DRV_PATH: '', NARPUSH_SOCKET: socket, NARPUSH_STATE_DIR: stateDir } });
+    const hook = await run(HOOK, [], { env: { PATH: process.env.PATH, OUT_PATHS: out, DRV_PATH: '', NARPUSH_SOCKET: socket, NARPUSH_STATE_DIR: stateDir } });
     assert.equal(hook.code, 0, hook.stderr);
     await d.idle();
     await assertCacheHas((key) => readFile(path.join(cache, key)).catch(() => undefined), closure, publicKey);
