@@ -465,9 +465,13 @@ test('the journal cannot be written (a full state directory): /healthz 503 with 
     assert.deepEqual(await http(address, '/healthz').then((r) => [r.status, r.body]), [200, 'ok\n']);
     await eventually(() => d!.done.has(p));
   } finally {
-    await d?.stop();
-    spawnSync('umount', [state]);
-    await tmp.remove();
+    try {
+      await d?.stop();
+    } finally {
+      await rm(filler, { force: true });
+      spawnSync('umount', [state]);
+      await tmp.remove();
+    }
   }
 });
 
