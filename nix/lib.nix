@@ -44,6 +44,7 @@ rec {
       jobs ? defaults.jobs,
       compression ? defaults.compression,
       compressionLevel ? null,
+      metricsListen ? null,
       extraArgs ? [ ],
     }:
     [
@@ -72,6 +73,15 @@ rec {
         [
           "--compression-level"
           (toString compressionLevel)
+        ]
+    )
+    ++ (
+      if metricsListen == null then
+        [ ]
+      else
+        [
+          "--metrics-listen"
+          metricsListen
         ]
     )
     ++ extraArgs;
@@ -160,6 +170,13 @@ rec {
       m = builtins.match "file://([^?#]*)([?#].*)?" url;
     in
     if m == null then null else builtins.head m;
+
+  # Whether `s` has the form `narpush daemon --metrics-listen` takes: HOST:PORT,
+  # an IPv6 address in brackets. The CLI checks the address itself; this
+  # catches a wrong form when the system is evaluated, not when it starts.
+  isListenAddress =
+    s:
+    builtins.match "(\\[[0-9A-Fa-f:.]+]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]{1,5}" s != null;
 
   # StateDirectory= wants a path relative to /var/lib; null when `dir` is elsewhere.
   stateDirectoryName =

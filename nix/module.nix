@@ -154,6 +154,19 @@ in
       description = "The group of the daemon; members may write to the hook socket (mode 0660).";
     };
 
+    metricsListen = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "127.0.0.1:9101";
+      description = ''
+        Serve Prometheus metrics at `http://HOST:PORT/metrics` and a health
+        check at `/healthz` (`narpush daemon --metrics-listen`); IPv6 as
+        `[::1]:9101`. Null (the default) serves nothing. The endpoint has no
+        authentication: bind it to loopback or a private address. The
+        firewall is not opened for it.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -200,6 +213,10 @@ in
             cfg.compressionLevel >= r.min && cfg.compressionLevel <= r.max
           );
         message = "services.narpush.compressionLevel is out of range for ${cfg.compression} (xz: 0-9, zstd: 1-22).";
+      }
+      {
+        assertion = cfg.metricsListen == null || narpushLib.isListenAddress cfg.metricsListen;
+        message = "services.narpush.metricsListen must be HOST:PORT such as 127.0.0.1:9101 or [::1]:9101, not '${toString cfg.metricsListen}'.";
       }
       {
         assertion = lib.hasPrefix "/" cfg.socketPath && lib.hasPrefix "/" cfg.stateDir;
@@ -290,6 +307,7 @@ in
             jobs
             compression
             compressionLevel
+            metricsListen
             extraArgs
             ;
         };
@@ -313,7 +331,8 @@ in
         # daemon creates its journal 0600 itself.
         UMask = "0022";
 
-        # Hardening. The daemon needs: the network (S3), nix-daemon's socket
+        # Hardening. The daemon needs: the network (S3, and the metrics
+        # endpoint's TCP socket when metricsListen is set), nix-daemon's socket
         # (connecting to a socket works on a read-only mount), reading
         # /nix/store, and writing its state directory (and a file:// cache).
         NoNewPrivileges = true;

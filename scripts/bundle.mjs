@@ -4,7 +4,8 @@
 // tsc still compiles every module to dist/src (tests and the hook use those);
 // this bundles dist/src/cli/main.js and the crypto thread it starts into
 // dist/bundle, next to each other as background-hash.ts expects. Native
-// addons and the AWS SDK stay outside: they are loaded when first used.
+// addons, the AWS SDK and prom-client (only `daemon --metrics-listen` needs
+// it) stay outside: they are loaded when first used.
 import { build } from 'esbuild';
 
 await build({
@@ -14,7 +15,7 @@ await build({
   format: 'esm',
   platform: 'node',
   target: 'node20',
-  external: ['zstd-napi', 'lzma-native', '@aws-sdk/*', '@smithy/*'],
+  external: ['zstd-napi', 'lzma-native', '@aws-sdk/*', '@smithy/*', 'prom-client'],
   // commander is CommonJS: its require() calls of Node builtins need a require.
   banner: { js: "import { createRequire as narpushCreateRequire } from 'node:module';\nconst require = narpushCreateRequire(import.meta.url);" },
   logLevel: 'warning',

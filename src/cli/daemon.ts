@@ -13,6 +13,7 @@ import { parseCacheUrl } from '../cache/cache-url.js';
 import { DEFAULT_RETRY_POLICY } from '../daemon/backoff.js';
 import { startDaemon } from '../daemon/daemon.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
+import { type ListenAddress, parseListenAddress } from '../daemon/listen-address.js';
 import { formatLogEvent, type LogEvent } from '../daemon/log.js';
 import { createPipeline } from '../daemon/pipeline.js';
 import { StoreHandle } from '../daemon/store-handle.js';
@@ -30,6 +31,7 @@ export interface DaemonFlags extends UploadFlags {
   readonly retryDelay?: string;
   readonly retryMaxDelay?: string;
   readonly storeTimeout?: string;
+  readonly metricsListen?: string;
 }
 
 /**
@@ -71,6 +73,12 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
   if (retry.maxDelayMs < retry.initialDelayMs) throw new NarpushError('BAD_OPTION', '--retry-max-delay is shorter than --retry-delay');
   const storeTimeoutMs =
     1000 * (flags.storeTimeout !== undefined ? number('--store-timeout', flags.storeTimeout, 0.1, 86400, false) : DEFAULT_STORE_TIMEOUT_S);
+  let metricsListen: ListenAddress | undefined;
+  if (flags.metricsListen !== undefined) {
+    const parsed = parseListenAddress(flags.metricsListen);
+    if (!parsed.ok) throw new NarpushError('BAD_OPTION', `--metrics-listen ${parsed.error}`);
+    metricsListen = parsed.address;
+  }
 
   // LISTEN_* are meant for this process only, not for the nix-daemon it may spawn.
   const env: NodeJS.ProcessEnv = { ...ctx.env };
@@ -109,6 +117,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
         cache: backend.description,
         retry,
         shutdownGraceMs: graceMs,
+        ...(metricsListen ? { metricsListen } : {}),
       },
       {
         validPaths: async (paths) =>

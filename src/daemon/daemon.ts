@@ -10,10 +10,15 @@
  * fsync'd, and only then answered; a spool file is deleted only after its
  * paths are in the journal; a path leaves the journal (a `done` record)
  * only after its closure is in the cache.
+ *
+ * What happened is counted once, in DaemonStats; `status` and the metrics
+ * endpoint (metrics.ts, started only with `metricsListen`, which loads
+ * prom-client) both read it.
  */
 import type { StorePath } from '../store/store-path.js';
 import { type RetryPolicy, DEFAULT_RETRY_POLICY } from './backoff.js';
-import { Journal } from './journal.js';
+import { Journal, type JournalRecord } from './journal.js';
+import type { ListenAddress } from './listen-address.js';
 import type { DaemonLogger } from './log.js';
 import { type EnqueueAnswer, type ErrorAnswer, MAX_LINE_BYTES, type RejectedPath } from './protocol.js';
 import { WorkQueue } from './queue.js';
@@ -21,6 +26,8 @@ import { type ParsedRequest, parseRequest } from './request.js';
 import { startServer, type SocketServer } from './server.js';
 import { listSpool, markSpoolFileRejected, readSpoolFile, removeSpoolFile, removeStaleTempFiles } from './spool.js';
 import { type StateDirLayout, claimStateDir, releaseStateDir, unusable } from './state-dir.js';
+import { DaemonStats, HOOK_SOURCES } from './stats.js';
+import type { MetricsServer } from './metrics.js';
 import { type PipelineEvent, type UploadBatch, Worker } from './worker.js';
 
 export interface DaemonConfig {
@@ -39,6 +46,8 @@ export interface DaemonConfig {
   readonly spoolPollMs?: number;
   readonly maxBatch?: number;
   readonly compactAtBytes?: number;
+  /** Serve /metrics and /healthz over HTTP here; off when undefined. */
+  readonly metricsListen?: ListenAddress;
 }
 
 export interface DaemonDeps {
@@ -91,6 +100,8 @@ export interface DaemonStatus {
 
 export interface RunningDaemon {
   readonly address: string;
+  /** The metrics endpoint's host:port, when `metricsListen` was given. */
+  readonly metricsAddress?: string;
   /** Paths the journal held at start. */
   readonly resumed: number;
   status(): DaemonStatus;
@@ -120,22 +131,32 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
   if (replayed.tornTail) log({ event: 'warning', detail: 'the queue journal ended in a partial line (a crash mid-write); ignored it' });
   if (replayed.badLines > 0) log({ event: 'warning', detail: `skipped ${replayed.badLines} unreadable line(s) of the queue journal` });
 
-  const queue = new WorkQueue(journal, {
+  // Health: from a failed journal write until the next one succeeds, the daemon cannot take work
+  // (hooks are answered with an error and spool). Writes come with every request, so it recovers by itself.
+  let journalError: string | undefined;
+  const journalSink = {
+    append: (records: readonly JournalRecord[]): Promise<void> =>
+      journal.append(records).then(
+        () => void (journalError = undefined),
+        (e: unknown) => {
+          journalError = message(e);
+          throw e;
+        },
+      ),
+  };
+  const queue = new WorkQueue(journalSink, {
     retry: config.retry ?? DEFAULT_RETRY_POLICY,
     now,
     ...(deps.random ? { random: deps.random } : {}),
   });
   queue.restore(replayed.pending.values());
 
-  const stats = { uploaded: 0, skipped: 0, dropped: 0, rejected: 0, failures: 0, narBytes: 0, fileBytes: 0, busySeconds: 0 };
+  const stats = new DaemonStats(now);
   const onEvent = (e: PipelineEvent): void => {
+    stats.pipelineEvent(e);
     if (e.type === 'uploaded') {
-      stats.uploaded++;
-      stats.narBytes += e.narSize;
-      stats.fileBytes += e.fileSize;
       log({ event: 'uploaded', subject: e.path, detail: `(${e.narSize} bytes -> ${e.fileSize} bytes, ${e.seconds.toFixed(2)} s)` });
     } else if (e.type === 'skipped') {
-      stats.skipped++;
       log({ event: 'skipped', subject: e.path, detail: '(already in the cache)' });
     } else {
       log({ event: 'failed', subject: e.path, detail: e.error });
@@ -145,13 +166,13 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     upload: deps.upload,
     ...(config.maxBatch !== undefined ? { maxBatch: config.maxBatch } : {}),
     log: (e) => {
-      if (e.event === 'retry') stats.failures++;
-      if (e.event === 'dropped') stats.dropped++;
+      if (e.event === 'retry') stats.attemptFailed();
+      if (e.event === 'dropped') stats.pathDropped();
       log(e);
     },
     onEvent,
     ...(deps.onIdle ? { onIdle: deps.onIdle } : {}),
-    onBatch: (s) => (stats.busySeconds += s),
+    onBatch: (s) => stats.batchFinished(s),
   });
 
   /** Validate against the store and queue durably. Throws only when the journal cannot be written. */
@@ -169,7 +190,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       }
     }
     for (const r of rejected) log({ event: 'rejected', subject: r.path, detail: `${r.reason} (from ${source})` });
-    stats.rejected += rejected.length;
+    stats.pathsRejected(rejected.length);
     const r = await queue.enqueue(targets.map((t) => t.path));
     const via = req.drv && !r.queued.includes(req.drv.path) ? `from ${source}, ${req.drv.path}` : `from ${source}`;
     for (const p of r.queued) log({ event: 'queued', subject: p, detail: `(${via})` });
@@ -179,14 +200,17 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
   const handle = async (line: string): Promise<unknown> => {
     const parsed = parseRequest(line, config.storeDir);
     if (!parsed.ok) {
-      stats.rejected++;
+      stats.hookRequest('socket', 'rejected');
       log({ event: 'rejected', subject: 'a request', detail: parsed.error });
       return { ok: false, code: 'BAD_REQUEST', error: parsed.error } satisfies ErrorAnswer;
     }
     if (parsed.request.op === 'status') return { ok: true, status: status() };
     try {
-      return await enqueue(parsed.request, 'the socket');
+      const answer = await enqueue(parsed.request, 'the socket');
+      stats.hookRequest('socket', 'ok');
+      return answer;
     } catch (e) {
+      stats.hookRequest('socket', 'error');
       log({ event: 'warning', detail: `cannot write the queue journal: ${message(e)}` });
       return { ok: false, code: 'QUEUE_UNAVAILABLE', error: `the daemon cannot write its queue: ${message(e)}` } satisfies ErrorAnswer;
     }
@@ -202,20 +226,23 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
         line = (await readSpoolFile(layout.spool, name, MAX_LINE_BYTES + 1)).replace(/\n$/, '');
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        stats.hookRequest('spool', 'rejected');
         log({ event: 'rejected', subject: name, detail: `unreadable spool file (${message(e)}); kept as ${name}.rejected` });
         await markSpoolFileRejected(layout.spool, name).catch(() => {});
         continue;
       }
       const parsed = parseRequest(line, config.storeDir);
       if (!parsed.ok || parsed.request.op !== 'enqueue') {
-        stats.rejected++;
+        stats.hookRequest('spool', 'rejected');
         log({ event: 'rejected', subject: name, detail: `${parsed.ok ? 'not an enqueue request' : parsed.error}; kept as ${name}.rejected` });
         await markSpoolFileRejected(layout.spool, name).catch(() => {});
         continue;
       }
       try {
         await enqueue(parsed.request, 'the spool');
+        stats.hookRequest('spool', 'ok');
       } catch (e) {
+        stats.hookRequest('spool', 'error');
         log({ event: 'warning', detail: `cannot queue spool file ${name} (${message(e)}); will try again` });
         return;
       }
@@ -227,9 +254,22 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     return ingesting;
   };
 
+  const queueCounts = (items = queue.list()): { queued: number; inFlight: number; waitingRetry: number } => {
+    let inFlight = 0;
+    let waitingRetry = 0;
+    for (const i of items) {
+      if (i.state === 'running') inFlight++;
+      else if (i.state === 'waiting') waitingRetry++;
+    }
+    return { queued: items.length - inFlight, inFlight, waitingRetry };
+  };
+
   const status = (): DaemonStatus => {
     const t = now();
     const items = queue.list();
+    const counts = queueCounts(items);
+    const s = stats.snapshot();
+    const rejectedRequests = HOOK_SOURCES.reduce((n, source) => n + stats.hookRequests(source, 'rejected'), 0);
     const failing = items
       .filter((i) => i.attempts > 0)
       .slice(0, 100)
@@ -246,25 +286,39 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       cache: config.cache,
       startedAt: new Date(started).toISOString(),
       uptimeSeconds: Math.round((t - started) / 1000),
-      queued: items.filter((i) => i.state !== 'running').length,
+      queued: counts.queued,
       inFlight: items.filter((i) => i.state === 'running').map((i) => i.path),
-      waitingRetry: items.filter((i) => i.state === 'waiting').length,
-      uploaded: stats.uploaded,
-      skipped: stats.skipped,
-      dropped: stats.dropped,
-      rejected: stats.rejected,
-      failures: stats.failures,
+      waitingRetry: counts.waitingRetry,
+      uploaded: s.uploaded,
+      skipped: s.skipped,
+      dropped: s.dropped,
+      rejected: s.rejectedPaths + rejectedRequests,
+      failures: s.failures,
       failing,
-      narBytes: stats.narBytes,
-      fileBytes: stats.fileBytes,
-      busySeconds: Number(stats.busySeconds.toFixed(3)),
-      narBytesPerSecond: stats.busySeconds > 0 ? Math.round(stats.narBytes / stats.busySeconds) : 0,
+      narBytes: s.narBytes,
+      fileBytes: s.fileBytes,
+      busySeconds: Number(s.busySeconds.toFixed(3)),
+      narBytesPerSecond: s.busySeconds > 0 ? Math.round(s.narBytes / s.busySeconds) : 0,
     };
   };
 
+  let stopping: Promise<void> | undefined;
+  /** Why the daemon cannot take work now, or undefined (GET /healthz). */
+  const health = (): string | undefined => {
+    if (stopping) return 'stopping';
+    if (journalError !== undefined) return `the queue journal cannot be written (${journalError})`;
+    return undefined;
+  };
+
   let server: SocketServer | undefined;
+  let metrics: MetricsServer | undefined;
   try {
     await ingestSpool();
+    // Before the socket: a metrics address that cannot be bound stops the start, before any hook is answered.
+    if (config.metricsListen) {
+      const { startMetricsServer } = await import('./metrics.js');
+      metrics = await startMetricsServer({ listen: config.metricsListen, stats, queue: () => queueCounts(), health });
+    }
     server = await startServer({
       ...(config.listenFd !== undefined ? { listenFd: config.listenFd } : { socketPath: config.socketPath! }),
       ...(config.idleTimeoutMs !== undefined ? { idleTimeoutMs: config.idleTimeoutMs } : {}),
@@ -272,6 +326,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       log,
     });
   } catch (e) {
+    await metrics?.close();
     await journal.close().catch(() => {});
     await releaseStateDir(layout);
     throw e;
@@ -280,10 +335,9 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
   worker.start();
   log({
     event: 'started',
-    detail: `listening on ${server.address}, state in ${config.stateDir}, uploading to ${config.cache}; ${replayed.pending.size} path(s) resumed from the journal`,
+    detail: `listening on ${server.address}${metrics ? `, metrics at http://${metrics.address}/metrics` : ''}, state in ${config.stateDir}, uploading to ${config.cache}; ${replayed.pending.size} path(s) resumed from the journal`,
   });
 
-  let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     if (stopping) {
       worker.abortNow();
@@ -295,6 +349,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       await server!.close();
       await ingesting;
       await worker.stop(config.shutdownGraceMs ?? 10_000);
+      await metrics?.close();
       await journal.close();
       await releaseStateDir(layout);
       log({ event: 'stopped', detail: `${queue.size} path(s) left in the queue for the next start` });
@@ -302,5 +357,12 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     return stopping;
   };
 
-  return { address: server.address, resumed: replayed.pending.size, status, ingestSpool, stop };
+  return {
+    address: server.address,
+    ...(metrics ? { metricsAddress: metrics.address } : {}),
+    resumed: replayed.pending.size,
+    status,
+    ingestSpool,
+    stop,
+  };
 }

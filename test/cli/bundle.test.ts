@@ -1,7 +1,7 @@
 // bin/narpush runs dist/bundle/narpush.js (scripts/bundle.mjs). The bundle
-// must load no more than the unbundled modules did at start-up: the AWS SDK
-// and the native addons only when a command needs them, and the crypto
-// thread must be found next to it.
+// must load no more than the unbundled modules did at start-up: the AWS SDK,
+// the native addons and prom-client only when a command needs them, and the
+// crypto thread must be found next to it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -18,6 +18,7 @@ test('the bundle imports the AWS SDK and the native addons lazily, and carries t
   assert.ok(eager.length > 0, 'found the static imports');
   assert.deepEqual(eager.filter((m) => !m.startsWith('node:')), [], 'static imports are Node builtins only');
   assert.match(text, /import\(["']@aws-sdk\/client-s3["']\)/, 'the AWS SDK is imported when used');
+  assert.match(text, /import\(["']prom-client["']\)/, 'prom-client is imported when used (daemon --metrics-listen)');
   // The addons are CommonJS, loaded by require() when first used (src/cache/addons.ts), not bundled.
   for (const addon of ['zstd-napi', 'zstd-napi/binding.js', 'lzma-native']) {
     assert.match(text, new RegExp(`\\(["']${addon.replace(/[/.]/g, '\\$&')}["']\\)`), `${addon} is loaded at run time`);
@@ -60,6 +61,38 @@ test('commands that do not compress load neither native addon', async () => {
     const url = pathToFileURL(path.join(REPO_ROOT, 'dist', 'src', 'cache', 'addons.js')).href;
     const seen = await addons(['--input-type=module', '-e', `(await import('${url}')).zstdNapi()`]);
     assert.ok(seen.some((m) => m.includes('/zstd-napi/')), seen.join(', '));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('prom-client is loaded only when a metrics server starts', async () => {
+  // It is CommonJS: imported or required, its modules are listed in require.cache.
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-bundle-'));
+  try {
+    const report = path.join(dir, 'loaded.cjs');
+    await writeFile(report, "process.on('exit', () => process.stderr.write(JSON.stringify(Object.keys(require.cache))));\n");
+    const promClient = async (args: string[]): Promise<string[]> => {
+      const r = await run(process.execPath, ['--require', report, ...args]);
+      assert.equal(r.code, 0, r.stderr);
+      const loaded = JSON.parse(r.stderr.slice(r.stderr.lastIndexOf('['))) as string[];
+      assert.ok(loaded.includes(report), 'the preload itself is listed');
+      return loaded.filter((m) => m.includes('/node_modules/prom-client/'));
+    };
+    const bin = path.join(REPO_ROOT, 'bin', 'narpush');
+    assert.deepEqual(await promClient([bin, '--version']), []);
+    assert.deepEqual(await promClient([bin, 'generate-key', 'k', path.join(dir, 'sk'), path.join(dir, 'pk')]), []);
+    const daemonJs = pathToFileURL(path.join(REPO_ROOT, 'dist', 'src', 'daemon', 'daemon.js')).href;
+    const metricsJs = pathToFileURL(path.join(REPO_ROOT, 'dist', 'src', 'daemon', 'metrics.js')).href;
+    const statsJs = pathToFileURL(path.join(REPO_ROOT, 'dist', 'src', 'daemon', 'stats.js')).href;
+    assert.deepEqual(await promClient(['--input-type=module', '-e', `await import('${daemonJs}'); await import('${metricsJs}')`]), []);
+    // The check sees it once a server starts.
+    const start = `const { startMetricsServer } = await import('${metricsJs}'); const { DaemonStats } = await import('${statsJs}');
+      const s = await startMetricsServer({ listen: { host: '127.0.0.1', port: 0 }, stats: new DaemonStats(Date.now),
+        queue: () => ({ queued: 0, inFlight: 0, waitingRetry: 0 }), health: () => undefined });
+      await s.close();`;
+    const seen = await promClient(['--input-type=module', '-e', start]);
+    assert.ok(seen.length > 0, 'prom-client seen once loaded');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -57,6 +57,8 @@ export interface FakeDaemonOptions {
   readonly valid?: (p: string) => boolean;
   /** Decide one path's outcome (may wait); default: done at once. */
   readonly outcome?: (p: string, signal: AbortSignal) => Promise<PathOutcome>;
+  /** Paths that succeed as "already in the cache" (a skipped event) instead of uploaded. */
+  readonly skipped?: (p: string) => boolean;
   readonly config?: Partial<DaemonConfig>;
 }
 
@@ -75,7 +77,8 @@ export async function startFakeDaemon(opts: FakeDaemonOptions): Promise<FakeDaem
         const o = opts.outcome ? await opts.outcome(p, ctx.signal) : ({ kind: 'done' } as const);
         if (o.kind === 'done') {
           done.add(p);
-          ctx.onEvent({ type: 'uploaded', path: p, narSize: 100, fileSize: 50, seconds: 0.01 });
+          if (opts.skipped?.(p)) ctx.onEvent({ type: 'skipped', path: p });
+          else ctx.onEvent({ type: 'uploaded', path: p, narSize: 100, fileSize: 50, seconds: 0.01 });
         }
         out.set(p, o);
       }),

@@ -22,6 +22,7 @@ import { nixEnv, nixBuildExpr, requireNix } from '../helpers/nix.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../../src/daemon/hook.js';
 import { DEFAULT_JOBS } from '../../src/cli/upload-settings.js';
 import { compressionLevel } from '../../src/cache/compression.js';
+import { parseListenAddress } from '../../src/daemon/listen-address.js';
 
 const NIX_LIB = path.join(REPO_ROOT, 'nix', 'lib.nix');
 const STUB = path.join(REPO_ROOT, 'test', 'packaging', 'stub-nixpkgs.nix');
@@ -184,9 +185,10 @@ describe('nix/lib.nix agrees with the CLI', () => {
 
   it('passes only flags that `narpush daemon --help` lists', async () => {
     const args = (await nixEval(
-      `(import ${NIX_LIB}).daemonArgs { uploadTo = "s3://b"; secretKeyFiles = [ "/k" ]; compressionLevel = 3; }`,
+      `(import ${NIX_LIB}).daemonArgs { uploadTo = "s3://b"; secretKeyFiles = [ "/k" ]; compressionLevel = 3; metricsListen = "127.0.0.1:9101"; }`,
     )) as string[];
     assert.equal(args[0], 'daemon');
+    assert.equal(args[args.indexOf('--metrics-listen') + 1], '127.0.0.1:9101');
     const flags = await helpFlags('daemon');
     for (const a of args.filter((x) => x.startsWith('--'))) assert.ok(flags.has(a), `${a} is not a flag of narpush daemon`);
   });
@@ -197,6 +199,14 @@ describe('nix/lib.nix agrees with the CLI', () => {
     // systemd: inside double quotes \x escapes x; %% is % and $$ is $.
     const back = quoted.map((q) => systemdWords(q)[0]!.replace(/%%/g, '%').replace(/\$\$/g, '$'));
     assert.deepEqual(back, samples);
+  });
+
+  it('isListenAddress accepts every form the CLI accepts and refuses the wrong forms it refuses', async () => {
+    const samples = ['127.0.0.1:9101', '[::1]:9101', '[::]:0', 'localhost:80', 'metrics.example.org:9101', '0.0.0.0:65535',
+      '::1:9101', '127.0.0.1', '[::1]', ':9101', 'a b:1', '127.0.0.1:http', '[::1]:x', ''];
+    const nix = (await nixEval(`map (import ${NIX_LIB}).isListenAddress (builtins.fromJSON ${nixStr(JSON.stringify(samples))})`)) as boolean[];
+    const cli = samples.map((x) => parseListenAddress(x).ok);
+    assert.deepEqual(nix, cli);
   });
 
   it('recovers the file:// directory and the StateDirectory name', async () => {
@@ -273,7 +283,7 @@ describe('the module, contrib/ and the CLI fit together', () => {
     const args = (await nixEval(`(import ${NIX_LIB}).daemonArgs {
       uploadTo = ${nixStr(`file://${cache}`)}; secretKeyFiles = [ ${nixStr(secretKey)} ];
       socketPath = ${nixStr(socket)}; stateDir = ${nixStr(state)}; jobs = 2; compression = "zstd"; compressionLevel = 5;
-      extraArgs = [ "--retry-delay" "1" ];
+      metricsListen = "127.0.0.1:0"; extraArgs = [ "--retry-delay" "1" ];
     }`)) as string[];
     const { child, log } = await startDaemon(args, socket);
     try {
@@ -294,6 +304,11 @@ describe('the module, contrib/ and the CLI fit together', () => {
       const text2 = await readFile(narinfo, 'utf8');
       assert.match(text2, /^Compression: zstd$/m);
       assert.match(text2, /^Sig: packaging-test-1:/m);
+      const metrics = /metrics at (http:\/\/127\.0\.0\.1:\d+)\/metrics/.exec(log());
+      assert.ok(metrics, log());
+      const health = await fetch(`${metrics[1]}/healthz`);
+      assert.equal(health.status, 200);
+      assert.equal(await health.text(), 'ok\n');
     } finally {
       const code = await stopDaemon(child);
       assert.equal(code, 0, log());
@@ -469,6 +484,21 @@ describe('flake.nix and the module, evaluated against a nixpkgs stand-in', () =>
     assert.equal(r.enabled, true);
   });
 
+  it('metricsListen: off by default, else --metrics-listen, over address families the service may use', async () => {
+    const sel = `{ exec = m.config.systemd.services.narpush.serviceConfig.ExecStart; families = m.config.systemd.services.narpush.serviceConfig.RestrictAddressFamilies; }`;
+    const off = (await nixEval(moduleExpr('{ enable = true; uploadTo = "s3://cache"; }', sel))) as { exec: string; families: string[] };
+    assert.ok(!systemdWords(off.exec).includes('--metrics-listen'), off.exec);
+    for (const listen of ['127.0.0.1:9101', '[::1]:9101']) {
+      const on = (await nixEval(moduleExpr(`{ enable = true; uploadTo = "s3://cache"; metricsListen = ${nixStr(listen)}; }`, sel))) as typeof off;
+      const words = systemdWords(on.exec);
+      assert.equal(words[words.indexOf('--metrics-listen') + 1], listen);
+      assert.equal(parseListenAddress(listen).ok, true);
+    }
+    // The endpoint is a TCP socket: IPv4 and IPv6 must stay allowed.
+    for (const family of ['AF_INET', 'AF_INET6']) assert.ok(off.families.includes(family), family);
+    assert.deepEqual(await failed('{ enable = true; uploadTo = "s3://c"; metricsListen = "[::1]:9101"; }'), []);
+  });
+
   it('refuses bad combinations with a message', async () => {
     const cases: [string, RegExp][] = [
       ['{ enable = true; uploadTo = "https://cache.example.org"; }', /uploadTo must be an s3:\/\/bucket/],
@@ -480,6 +510,8 @@ describe('flake.nix and the module, evaluated against a nixpkgs stand-in', () =>
       ['{ enable = true; uploadTo = "s3://c"; compression = "xz"; compressionLevel = 12; }', /out of range for xz/],
       ['{ enable = true; uploadTo = "s3://c"; socketPath = "narpush.sock"; }', /absolute paths/],
       ['{ enable = true; uploadTo = "file:///nix/var/cache"; }', /outside \/nix/],
+      ['{ enable = true; uploadTo = "s3://c"; metricsListen = "::1:9101"; }', /metricsListen must be HOST:PORT/],
+      ['{ enable = true; uploadTo = "s3://c"; metricsListen = "9101"; }', /metricsListen must be HOST:PORT/],
     ];
     for (const [settings, why] of cases) {
       const messages = await failed(settings);
