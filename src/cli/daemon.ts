@@ -17,6 +17,8 @@ import { formatLogEvent, type LogEvent } from '../daemon/log.js';
 import { createPipeline } from '../daemon/pipeline.js';
 import { StoreHandle } from '../daemon/store-handle.js';
 import { StoreClient } from '../store/client.js';
+import { parseStorePath } from '../store/store-path.js';
+import type { RootStore } from '../daemon/root-keeper.js';
 import { storeTransportFromEnv } from '../store/transport.js';
 import type { CliContext } from './main.js';
 import { type UploadFlags, uploadSettings } from './upload-settings.js';
@@ -75,6 +77,27 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
   const queries = new StoreHandle(openStore);
   await queries.get();
 
+  // GC roots for queued work, on a connection of their own: it also holds a
+  // temporary root per path (covering a collection already under way when
+  // the indirect root is added), so it is closed whenever the queue runs dry.
+  const rootsStore = new StoreHandle(openStore);
+  const roots: RootStore = {
+    expand: async (p) => {
+      const sp = parseStorePath(p, ctx.storeDir);
+      if (!sp.name.endsWith('.drv')) return [p];
+      const outputs = await rootsStore.use((s) => s.derivationOutputs(sp), { retry: true });
+      return [p, ...[...outputs.values()].flatMap((o) => (o ? [o.path] : []))];
+    },
+    register: (links, paths) =>
+      rootsStore.use(
+        async (s) => {
+          await Promise.all(paths.map((p) => s.addTempRoot(parseStorePath(p, ctx.storeDir))));
+          await Promise.all(links.map((l) => s.addIndirectRoot(l)));
+        },
+        { retry: true },
+      ),
+  };
+
   const log = (e: LogEvent): void => void ctx.stderr.write(`${formatLogEvent(e)}\n`);
   const backend = await openCacheBackend(config);
   const pipeline = createPipeline({
@@ -102,12 +125,15 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
         validPaths: async (paths) =>
           new Set((await queries.use((s) => s.queryValidPaths(paths), { retry: true })).map((p) => p.path)),
         upload: pipeline.upload,
-        onIdle: () => pipeline.idle(),
+        roots,
+        onIdle: async () => {
+          await Promise.all([pipeline.idle(), rootsStore.reset()]);
+        },
         log,
       },
     );
   } catch (e) {
-    await Promise.allSettled([queries.close(), pipeline.close()]);
+    await Promise.allSettled([queries.close(), rootsStore.close(), pipeline.close()]);
     throw e;
   }
 
@@ -120,7 +146,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
-  await Promise.allSettled([queries.close(), pipeline.close()]);
+  await Promise.allSettled([queries.close(), rootsStore.close(), pipeline.close()]);
   // Whatever handle a library left open must not keep a stopped daemon alive.
   setTimeout(() => process.exit(0), 2000).unref();
   return 0;
