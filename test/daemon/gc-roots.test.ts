@@ -49,7 +49,11 @@ function fakeRoots(stateDir: string, outputs: ReadonlyMap<string, readonly strin
 
 async function links(dir: string): Promise<Map<string, string>> {
   const out = new Map<string, string>();
-  for (const n of await readdir(dir).catch(() => [] as string[])) out.set(n, await readlink(path.join(dir, n)));
+  for (const n of await readdir(dir).catch(() => [] as string[])) {
+    // The daemon may remove one between the listing and the read.
+    const target = await readlink(path.join(dir, n)).catch(() => undefined);
+    if (target !== undefined) out.set(n, target);
+  }
   return out;
 }
 
