@@ -28,9 +28,20 @@ function firstLine(e: unknown): string {
   return (e instanceof Error ? e.message : String(e)).split('\n')[0]!;
 }
 
-/** The nix-daemon named by NIX_REMOTE / NIX_DAEMON_SOCKET_PATH in `env`, as the daemon finds it. */
-export async function openHookRootStore(env: Readonly<Record<string, string | undefined>>, storeDir: string): Promise<HookRootStore> {
-  const client = await StoreClient.open({ transport: storeTransportFromEnv(env), storeDir });
+/**
+ * The nix-daemon named by NIX_REMOTE / NIX_DAEMON_SOCKET_PATH in `env`, as
+ * the daemon finds it; except that a hook not running as root (the NixOS
+ * module's setpriv wrapper) never starts a `nix-daemon --stdio` of its own:
+ * that could not open the store database, so only the socket is tried.
+ */
+export async function openHookRootStore(
+  env: Readonly<Record<string, string | undefined>>,
+  storeDir: string,
+  uid: number | undefined = process.getuid?.(),
+): Promise<HookRootStore> {
+  const t = storeTransportFromEnv(env);
+  const transport = t.kind === 'auto' && uid !== 0 ? ({ kind: 'socket', path: t.socketPath } as const) : t;
+  const client = await StoreClient.open({ transport, storeDir });
   return {
     async outputs(drv) {
       const outs = await client.derivationOutputs(parseStorePath(drv, storeDir));
