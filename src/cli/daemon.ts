@@ -77,25 +77,18 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
   const queries = new StoreHandle(openStore);
   await queries.get();
 
-  // GC roots for queued work, on a connection of their own: it also holds a
-  // temporary root per path (covering a collection already under way when
-  // the indirect root is added), so it is closed whenever the queue runs dry.
-  const rootsStore = new StoreHandle(openStore);
+  // GC roots for queued work, registered on the query connection. No
+  // temporary roots: while the hook waits for the acknowledgement, the build
+  // that made the path still holds one, which covers a collection already
+  // under way; later collections see the indirect root.
   const roots: RootStore = {
     expand: async (p) => {
       const sp = parseStorePath(p, ctx.storeDir);
       if (!sp.name.endsWith('.drv')) return [p];
-      const outputs = await rootsStore.use((s) => s.derivationOutputs(sp), { retry: true });
+      const outputs = await queries.use((s) => s.derivationOutputs(sp), { retry: true });
       return [p, ...[...outputs.values()].flatMap((o) => (o ? [o.path] : []))];
     },
-    register: (links, paths) =>
-      rootsStore.use(
-        async (s) => {
-          await Promise.all(paths.map((p) => s.addTempRoot(parseStorePath(p, ctx.storeDir))));
-          await Promise.all(links.map((l) => s.addIndirectRoot(l)));
-        },
-        { retry: true },
-      ),
+    register: (links) => queries.use((s) => Promise.all(links.map((l) => s.addIndirectRoot(l))).then(() => {}), { retry: true }),
   };
 
   const log = (e: LogEvent): void => void ctx.stderr.write(`${formatLogEvent(e)}\n`);
@@ -126,14 +119,12 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
           new Set((await queries.use((s) => s.queryValidPaths(paths), { retry: true })).map((p) => p.path)),
         upload: pipeline.upload,
         roots,
-        onIdle: async () => {
-          await Promise.all([pipeline.idle(), rootsStore.reset()]);
-        },
+        onIdle: () => pipeline.idle(),
         log,
       },
     );
   } catch (e) {
-    await Promise.allSettled([queries.close(), rootsStore.close(), pipeline.close()]);
+    await Promise.allSettled([queries.close(), pipeline.close()]);
     throw e;
   }
 
@@ -146,7 +137,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
-  await Promise.allSettled([queries.close(), rootsStore.close(), pipeline.close()]);
+  await Promise.allSettled([queries.close(), pipeline.close()]);
   // Whatever handle a library left open must not keep a stopped daemon alive.
   setTimeout(() => process.exit(0), 2000).unref();
   return 0;
