@@ -121,7 +121,11 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
   if (replayed.tornTail) log({ event: 'warning', detail: 'the queue journal ended in a partial line (a crash mid-write); ignored it' });
   if (replayed.badLines > 0) log({ event: 'warning', detail: `skipped ${replayed.badLines} unreadable line(s) of the queue journal` });
 
-  const roots = deps.roots ? new RootKeeper(gcRootsDir(config.stateDir), deps.roots, log) : undefined;
+  // Paths between their roots and their journal record (see RootKeeper's inUse).
+  const enqueuing = new Map<string, number>();
+  const roots = deps.roots
+    ? new RootKeeper(gcRootsDir(config.stateDir), deps.roots, log, (p) => queue.has(p) || enqueuing.has(p))
+    : undefined;
   const releaseRoots = (paths: readonly string[]): void => {
     if (roots && paths.length > 0) {
       void roots.release(paths).catch((e: unknown) => log({ event: 'warning', detail: `cannot remove GC roots: ${message(e)}` }));
@@ -162,6 +166,14 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     onBatch: (s) => (stats.busySeconds += s),
   });
 
+  const done = (paths: readonly string[]): void => {
+    for (const p of paths) {
+      const n = (enqueuing.get(p) ?? 1) - 1;
+      if (n > 0) enqueuing.set(p, n);
+      else enqueuing.delete(p);
+    }
+  };
+
   /** Validate against the store, hold GC roots, queue durably. Throws only when the roots or the journal cannot be written. */
   const enqueue = async (req: Extract<ParsedRequest, { op: 'enqueue' }>, source: string): Promise<EnqueueAnswer> => {
     const rejected: RejectedPath[] = [...req.rejected];
@@ -182,14 +194,19 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     const given = rejected.map((r) => r.path).filter((p) => p.startsWith(`${config.storeDir}/`) && !p.slice(config.storeDir.length + 1).includes('/'));
     releaseRoots(given);
     // The roots exist before the journal has the paths, and so before any acknowledgement.
-    const fresh = roots ? await roots.hold(targets.map((t) => t.path)) : [];
+    const paths = targets.map((t) => t.path);
+    for (const p of paths) enqueuing.set(p, (enqueuing.get(p) ?? 0) + 1);
     let r;
+    let fresh: string[] = [];
     try {
-      r = await queue.enqueue(targets.map((t) => t.path));
+      fresh = roots ? await roots.hold(paths) : [];
+      r = await queue.enqueue(paths);
     } catch (e) {
+      done(paths);
       releaseRoots(fresh);
       throw e;
     }
+    done(paths);
     const via = req.drv && !r.queued.includes(req.drv.path) ? `from ${source}, ${req.drv.path}` : `from ${source}`;
     for (const p of r.queued) log({ event: 'queued', subject: p, detail: `(${via})` });
     return { ok: true, queued: r.queued.length, duplicates: r.duplicates.length, rejected };

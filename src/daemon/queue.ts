@@ -210,6 +210,11 @@ export class WorkQueue {
       }));
   }
 
+  /** Whether `path` is in the queue (in any state). */
+  has(path: string): boolean {
+    return this.items.has(path);
+  }
+
   get size(): number {
     return this.items.size;
   }

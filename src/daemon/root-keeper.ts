@@ -40,10 +40,16 @@ export class RootKeeper {
   private readonly unregistered = new Set<string>();
   private lock: Promise<unknown> = Promise.resolve();
 
+  /**
+   * `inUse(path)`: whether the queue has `path` again, or a request is
+   * queueing it now; such a path keeps its roots whatever `release` is told
+   * (a path uploaded and queued again at once must not lose its new root).
+   */
   constructor(
     readonly dir: string,
     private readonly store: RootStore,
     private readonly log: DaemonLogger,
+    private readonly inUse: (path: string) => boolean = () => false,
   ) {}
 
   /** Queued paths that own roots. */
@@ -93,6 +99,7 @@ export class RootKeeper {
     await this.exclusive(async () => {
       const candidates = new Set<string>();
       for (const p of paths) {
+        if (this.inUse(p)) continue;
         for (const k of this.owned.get(p) ?? [p]) candidates.add(k);
         this.owned.delete(p);
       }

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { gcRootsDir, makeRootLinks } from '../../src/daemon/gc-roots.js';
 import { runHook } from '../../src/daemon/hook.js';
 import type { HookRootStore } from '../../src/daemon/hook-roots.js';
-import type { RootStore } from '../../src/daemon/root-keeper.js';
+import { RootKeeper, type RootStore } from '../../src/daemon/root-keeper.js';
 import { spoolDir } from '../../src/daemon/spool.js';
 import type { PathOutcome } from '../../src/daemon/worker.js';
 import { REPO_ROOT, run } from '../helpers/run.js';
@@ -270,6 +270,45 @@ test('the hook cannot register a root: it still spools, says so in one line, and
     assert.match(r.stderr, /^narpush-hook: no narpush daemon .*; spooled the request .*no GC root: cannot connect to the Nix daemon at .*\n$/);
     assert.doesNotMatch(r.stderr, /\n\s+at /);
     assert.equal((await readdir(spoolDir(stateDir))).length, 3);
+  } finally {
+    await t.remove();
+  }
+});
+
+test('RootKeeper: a root shared by two queued paths stays until both are released; a path queued again keeps its root', async () => {
+  const t = await tempDir();
+  try {
+    const stateDir = path.join(t.dir, 'state');
+    const [d1, d2, shared, own] = [fakePath('one.drv'), fakePath('two.drv'), fakePath('shared'), fakePath('own')];
+    const roots = fakeRoots(stateDir, new Map([[d1, [shared, own]], [d2, [shared]]]));
+    const requeued = new Set<string>();
+    const keeper = new RootKeeper(roots.dir, roots.store, () => {}, (p) => requeued.has(p));
+    assert.deepEqual(await keeper.hold([d1, d2]), [d1, d2]);
+    assert.deepEqual(await keeper.hold([d1]), [], 'already held');
+    await keeper.release([d1]);
+    assert.deepEqual([...(await links(roots.dir)).keys()].sort(), [d2, shared].map((p) => path.basename(p)).sort());
+    requeued.add(d2);
+    await keeper.release([d2]);
+    assert.equal((await links(roots.dir)).size, 2, 'queued again: kept');
+    requeued.clear();
+    await keeper.release([d2]);
+    assert.equal((await links(roots.dir)).size, 0);
+  } finally {
+    await t.remove();
+  }
+});
+
+test('a state directory whose gcroots/ is not a writable directory: the daemon refuses to start, in one line', async () => {
+  const t = await tempDir();
+  try {
+    const stateDir = path.join(t.dir, 'state');
+    await mkdir(stateDir);
+    await writeFile(path.join(stateDir, 'gcroots'), 'not a directory');
+    await assert.rejects(startFakeDaemon({ dir: t.dir, roots: fakeRoots(stateDir).store }), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'STATE_DIR_UNUSABLE');
+      assert.match(e.message, /^cannot use the state directory .*state \(ENOTDIR\); create it writable for the daemon or choose another --state-dir$/);
+      return true;
+    });
   } finally {
     await t.remove();
   }
