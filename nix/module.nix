@@ -16,6 +16,17 @@
 #   credentials come from `environmentFile`, read by systemd as root.
 # - The daemon reads the store through nix-daemon's socket (NIX_REMOTE=daemon)
 #   as an ordinary user, so the whole filesystem can be read-only to it.
+# - GC roots for queued work: every path the daemon queues (and every path the
+#   hook spools) is a symlink <stateDir>/gcroots/<name> -> /nix/store/<name>,
+#   registered with nix-daemon's AddIndirectRoot, as `nix-build -o` does. Any
+#   user nix-daemon lets in (allowed-users, below) may register one; nix-daemon,
+#   as root, creates the /nix/var/nix/gcroots/auto/ entry and the collector, as
+#   root, follows it into the state directory, whatever its mode. So the
+#   service needs only what it has already: the nix-daemon socket and a
+#   writable state directory (StateDirectory= or ReadWritePaths=), the
+#   gcroots/ subdirectory included; the hook, run as the service user, writes
+#   there too. Never make the state directory a tmpfs or PrivateTmp path: a
+#   root lasts only while its symlink exists.
 #
 # This module must never put a secret in the store, nor change who may use
 # Nix (it only adds its own user to allowed-users).
@@ -250,11 +261,13 @@ in
     # `narpush status` as root or a member of the group finds the daemon without --socket.
     environment.variables.NARPUSH_SOCKET = cfg.socketPath;
 
-    # The state directory and the spool exist from boot, before the service
-    # first runs, so that a hook can spool even then.
+    # The state directory, the spool and the GC roots exist from boot, before
+    # the service first runs, so that a hook can spool (and root what it
+    # spools) even then.
     systemd.tmpfiles.rules = [
       "d ${cfg.stateDir} 0750 ${cfg.user} ${cfg.group} - -"
       "d ${cfg.stateDir}/spool 0700 ${cfg.user} ${cfg.group} - -"
+      "d ${cfg.stateDir}/gcroots 0700 ${cfg.user} ${cfg.group} - -"
     ];
 
     systemd.sockets.narpush = {
@@ -335,6 +348,8 @@ in
         # endpoint's TCP socket when metricsListen is set), nix-daemon's socket
         # (connecting to a socket works on a read-only mount), reading
         # /nix/store, and writing its state directory (and a file:// cache).
+        # Its GC roots need nothing more: the links live in the state
+        # directory, and nix-daemon (root) writes /nix/var/nix/gcroots/auto.
         NoNewPrivileges = true;
         ProtectSystem = "strict";
         ReadOnlyPaths = [ "/nix/store" ];

@@ -18,6 +18,8 @@ import { formatLogEvent, type LogEvent } from '../daemon/log.js';
 import { createPipeline } from '../daemon/pipeline.js';
 import { StoreHandle } from '../daemon/store-handle.js';
 import { StoreClient } from '../store/client.js';
+import { parseStorePath } from '../store/store-path.js';
+import type { RootStore } from '../daemon/root-keeper.js';
 import { storeTransportFromEnv } from '../store/transport.js';
 import type { CliContext } from './main.js';
 import { type UploadFlags, uploadSettings } from './upload-settings.js';
@@ -95,6 +97,20 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
   const queries = new StoreHandle(openStore);
   await queries.get();
 
+  // GC roots for queued work, registered on the query connection. No
+  // temporary roots: while the hook waits for the acknowledgement, the build
+  // that made the path still holds one, which covers a collection already
+  // under way; later collections see the indirect root.
+  const roots: RootStore = {
+    expand: async (p) => {
+      const sp = parseStorePath(p, ctx.storeDir);
+      if (!sp.name.endsWith('.drv')) return [p];
+      const outputs = await queries.use((s) => s.derivationOutputs(sp), { retry: true });
+      return [p, ...[...outputs.values()].flatMap((o) => (o ? [o.path] : []))];
+    },
+    register: (links) => queries.use((s) => Promise.all(links.map((l) => s.addIndirectRoot(l))).then(() => {}), { retry: true }),
+  };
+
   const log = (e: LogEvent): void => void ctx.stderr.write(`${formatLogEvent(e)}\n`);
   const backend = await openCacheBackend(config);
   const pipeline = createPipeline({
@@ -123,6 +139,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
         validPaths: async (paths) =>
           new Set((await queries.use((s) => s.queryValidPaths(paths), { retry: true })).map((p) => p.path)),
         upload: pipeline.upload,
+        roots,
         onIdle: () => pipeline.idle(),
         log,
       },

@@ -22,6 +22,8 @@ import type { ListenAddress } from './listen-address.js';
 import type { DaemonLogger } from './log.js';
 import { type EnqueueAnswer, type ErrorAnswer, MAX_LINE_BYTES, type RejectedPath } from './protocol.js';
 import { WorkQueue } from './queue.js';
+import { gcRootsDir } from './gc-roots.js';
+import { RootKeeper, type RootStore } from './root-keeper.js';
 import { type ParsedRequest, parseRequest } from './request.js';
 import { startServer, type SocketServer } from './server.js';
 import { listSpool, markSpoolFileRejected, readSpoolFile, removeSpoolFile, removeStaleTempFiles } from './spool.js';
@@ -54,6 +56,12 @@ export interface DaemonDeps {
   /** The subset of `paths` that is valid in the local store; may throw when the store cannot be asked. */
   readonly validPaths: (paths: readonly StorePath[]) => Promise<ReadonlySet<string>>;
   readonly upload: UploadBatch;
+  /**
+   * GC roots for queued work (<stateDir>/gcroots, see gc-roots.ts). Without
+   * it the daemon holds none: only the unit tests that are not about roots
+   * leave it out.
+   */
+  readonly roots?: RootStore;
   /** The queue ran dry. */
   readonly onIdle?: () => Promise<void>;
   readonly log: DaemonLogger;
@@ -144,10 +152,21 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
         },
       ),
   };
+  // Paths between their roots and their journal record (see RootKeeper's inUse).
+  const enqueuing = new Map<string, number>();
+  const roots = deps.roots
+    ? new RootKeeper(gcRootsDir(config.stateDir), deps.roots, log, (p) => queue.has(p) || enqueuing.has(p))
+    : undefined;
+  const releaseRoots = (paths: readonly string[]): void => {
+    if (roots && paths.length > 0) {
+      void roots.release(paths).catch((e: unknown) => log({ event: 'warning', detail: `cannot remove GC roots: ${message(e)}` }));
+    }
+  };
   const queue = new WorkQueue(journalSink, {
     retry: config.retry ?? DEFAULT_RETRY_POLICY,
     now,
     ...(deps.random ? { random: deps.random } : {}),
+    onFinished: (p) => releaseRoots([p]),
   });
   queue.restore(replayed.pending.values());
 
@@ -175,7 +194,15 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     onBatch: (s) => stats.batchFinished(s),
   });
 
-  /** Validate against the store and queue durably. Throws only when the journal cannot be written. */
+  const done = (paths: readonly string[]): void => {
+    for (const p of paths) {
+      const n = (enqueuing.get(p) ?? 1) - 1;
+      if (n > 0) enqueuing.set(p, n);
+      else enqueuing.delete(p);
+    }
+  };
+
+  /** Validate against the store, hold GC roots, queue durably. Throws only when the roots or the journal cannot be written. */
   const enqueue = async (req: Extract<ParsedRequest, { op: 'enqueue' }>, source: string): Promise<EnqueueAnswer> => {
     const rejected: RejectedPath[] = [...req.rejected];
     let targets = req.targets;
@@ -191,7 +218,23 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     }
     for (const r of rejected) log({ event: 'rejected', subject: r.path, detail: `${r.reason} (from ${source})` });
     stats.pathsRejected(rejected.length);
-    const r = await queue.enqueue(targets.map((t) => t.path));
+    // A hook that spooled made roots for these too; a path given up keeps none.
+    const given = rejected.map((r) => r.path).filter((p) => p.startsWith(`${config.storeDir}/`) && !p.slice(config.storeDir.length + 1).includes('/'));
+    releaseRoots(given);
+    // The roots exist before the journal has the paths, and so before any acknowledgement.
+    const paths = targets.map((t) => t.path);
+    for (const p of paths) enqueuing.set(p, (enqueuing.get(p) ?? 0) + 1);
+    let r;
+    let fresh: string[] = [];
+    try {
+      fresh = roots ? await roots.hold(paths) : [];
+      r = await queue.enqueue(paths);
+    } catch (e) {
+      done(paths);
+      releaseRoots(fresh);
+      throw e;
+    }
+    done(paths);
     const via = req.drv && !r.queued.includes(req.drv.path) ? `from ${source}, ${req.drv.path}` : `from ${source}`;
     for (const p of r.queued) log({ event: 'queued', subject: p, detail: `(${via})` });
     return { ok: true, queued: r.queued.length, duplicates: r.duplicates.length, rejected };
@@ -211,7 +254,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       return answer;
     } catch (e) {
       stats.hookRequest('socket', 'error');
-      log({ event: 'warning', detail: `cannot write the queue journal: ${message(e)}` });
+      log({ event: 'warning', detail: `cannot queue the request (GC roots or journal): ${message(e)}` });
       return { ok: false, code: 'QUEUE_UNAVAILABLE', error: `the daemon cannot write its queue: ${message(e)}` } satisfies ErrorAnswer;
     }
   };
@@ -310,15 +353,44 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     return undefined;
   };
 
+  /**
+   * At start: roots for everything the journal holds (state directories from
+   * before roots existed have none), and no root for anything else. The
+   * listing is taken before the spool is ingested (see RootKeeper.reconcile).
+   */
+  const reconcileRoots = async (keeper: RootKeeper, listed: readonly string[]): Promise<void> => {
+    await keeper.hold(queue.list().map((i) => i.path));
+    const leftover: string[] = [];
+    for (const name of await listSpool(layout.spool)) {
+      const line = await readSpoolFile(layout.spool, name, MAX_LINE_BYTES + 1).catch(() => '');
+      const parsed = parseRequest(line.replace(/\n$/, ''), config.storeDir);
+      if (parsed.ok && parsed.request.op === 'enqueue') leftover.push(...parsed.request.targets.map((t) => t.path));
+    }
+    const keep: string[] = [];
+    for (const p of leftover) {
+      try {
+        keep.push(...(await deps.roots!.expand(p)));
+      } catch (e) {
+        // Not knowing what a spool file needs kept, remove nothing.
+        log({ event: 'warning', detail: `cannot check the GC roots in ${keeper.dir} (${message(e)}); left them as they are` });
+        return;
+      }
+    }
+    const removed = await keeper.reconcile(listed, keep);
+    if (removed > 0) log({ event: 'warning', detail: `removed ${removed} GC root(s) in ${keeper.dir} that no queued path needs` });
+  };
+
   let server: SocketServer | undefined;
   let metrics: MetricsServer | undefined;
   try {
+    const listed = roots ? await roots.snapshot() : [];
     await ingestSpool();
     // Before the socket: a metrics address that cannot be bound stops the start, before any hook is answered.
     if (config.metricsListen) {
       const { startMetricsServer } = await import('./metrics.js');
       metrics = await startMetricsServer({ listen: config.metricsListen, stats, queue: () => queueCounts(), health });
     }
+    if (roots) await reconcileRoots(roots, listed);
     server = await startServer({
       ...(config.listenFd !== undefined ? { listenFd: config.listenFd } : { socketPath: config.socketPath! }),
       ...(config.idleTimeoutMs !== undefined ? { idleTimeoutMs: config.idleTimeoutMs } : {}),
@@ -331,7 +403,10 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     await releaseStateDir(layout);
     throw e;
   }
-  const poll = setInterval(() => void ingestSpool(), config.spoolPollMs ?? 1000);
+  const poll = setInterval(() => {
+    void ingestSpool();
+    void roots?.retry();
+  }, config.spoolPollMs ?? 1000);
   worker.start();
   log({
     event: 'started',
@@ -350,6 +425,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       await ingesting;
       await worker.stop(config.shutdownGraceMs ?? 10_000);
       await metrics?.close();
+      await roots?.settled();
       await journal.close();
       await releaseStateDir(layout);
       log({ event: 'stopped', detail: `${queue.size} path(s) left in the queue for the next start` });

@@ -5,7 +5,10 @@
  * never fail a build nor hold it up for long: it never throws (the outcome
  * says what happened), and its imports are node builtins plus the tiny
  * protocol, client and spool modules, so that it starts in milliseconds.
+ * Only when it spools does it load the store client (hook-roots.ts), to hold
+ * GC roots for the spooled paths; when the daemon answers, the daemon does.
  */
+import type { HookRootStore } from './hook-roots.js';
 import { sendRequest } from './client.js';
 import { type EnqueueRequest, MAX_PATHS_PER_REQUEST, encodeLine } from './protocol.js';
 import { spoolDir, writeSpoolFile } from './spool.js';
@@ -17,6 +20,19 @@ export const DEFAULT_ACK_TIMEOUT_MS = 2000;
 
 export interface HookOptions {
   readonly ackTimeoutMs?: number;
+  /** The store that registers GC roots for spooled paths; default the nix-daemon NIX_REMOTE names. */
+  readonly openRootStore?: () => Promise<HookRootStore>;
+  /** How long registering those roots may take; default 2 s. */
+  readonly rootTimeoutMs?: number;
+}
+
+/** The hook's share of the environment and options, passed down. */
+interface HookContext {
+  readonly socket: string;
+  readonly stateDir: string;
+  readonly timeoutMs: number;
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly opts: HookOptions;
 }
 
 export interface HookOutcome {
@@ -41,7 +57,25 @@ function firstLine(e: unknown): string {
   return (e instanceof Error ? e.message : String(e)).split('\n')[0]!;
 }
 
-async function one(req: EnqueueRequest, socket: string, stateDir: string, timeoutMs: number): Promise<HookOutcome> {
+/**
+ * GC roots for a spooled request, so the collector keeps its paths until
+ * the daemon is back. Undefined when they are registered, else why not.
+ * The store client is loaded only here, never on the fast path.
+ */
+async function rootSpooledRequest(req: EnqueueRequest, ctx: HookContext): Promise<string | undefined> {
+  try {
+    const { openHookRootStore, rootSpooled } = await import('./hook-roots.js');
+    const storeDir = (ctx.env.NIX_STORE_DIR || '/nix/store').replace(/\/+$/, '');
+    const targets = req.paths.length > 0 ? req.paths : req.drv ? [req.drv] : [];
+    const open = ctx.opts.openRootStore ?? (() => openHookRootStore(ctx.env, storeDir));
+    return await rootSpooled(ctx.stateDir, storeDir, targets, open, ctx.opts.rootTimeoutMs ?? 2000);
+  } catch (e) {
+    return firstLine(e);
+  }
+}
+
+async function one(req: EnqueueRequest, ctx: HookContext): Promise<HookOutcome> {
+  const { socket, stateDir, timeoutMs } = ctx;
   let why: string;
   try {
     const answer = await sendRequest(socket, req, { timeoutMs });
@@ -60,10 +94,13 @@ async function one(req: EnqueueRequest, socket: string, stateDir: string, timeou
   const dir = spoolDir(stateDir);
   try {
     await writeSpoolFile(dir, encodeLine(req));
-    return { result: 'spooled', message: `${why}; spooled the request to ${dir} for the daemon to pick up` };
   } catch (e) {
     return { result: 'lost', message: `${why}; and cannot spool to ${dir}: ${firstLine(e)}; these paths will not be uploaded` };
   }
+  const rootError = await rootSpooledRequest(req, ctx);
+  const spooled = `${why}; spooled the request to ${dir} for the daemon to pick up`;
+  if (rootError === undefined) return { result: 'spooled', message: spooled };
+  return { result: 'spooled', message: `${spooled}, but the garbage collector may delete its paths first (no GC root: ${rootError})` };
 }
 
 /**
@@ -79,7 +116,8 @@ export async function runHook(env: Readonly<Record<string, string | undefined>>,
     const stateDir = env.NARPUSH_STATE_DIR || DEFAULT_STATE_DIR;
     const fromEnv = Number(env.NARPUSH_HOOK_TIMEOUT) * 1000;
     const timeoutMs = opts.ackTimeoutMs ?? (fromEnv > 0 && fromEnv <= 60_000 ? fromEnv : DEFAULT_ACK_TIMEOUT_MS);
-    const outcomes = await Promise.all(requests.map((r) => one(r, socket, stateDir, timeoutMs)));
+    const ctx: HookContext = { socket, stateDir, timeoutMs, env, opts };
+    const outcomes = await Promise.all(requests.map((r) => one(r, ctx)));
     const worst = outcomes.find((o) => o.result === 'lost') ?? outcomes.find((o) => o.message !== undefined) ?? outcomes[0]!;
     return worst;
   } catch (e) {

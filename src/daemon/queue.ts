@@ -43,6 +43,8 @@ export interface QueueOptions {
   readonly retry: RetryPolicy;
   readonly now?: () => number;
   readonly random?: () => number;
+  /** A path left the queue for good (uploaded or dropped) and that is on disk. */
+  readonly onFinished?: (path: string) => void;
 }
 
 export interface EnqueueResult {
@@ -208,6 +210,11 @@ export class WorkQueue {
       }));
   }
 
+  /** Whether `path` is in the queue (in any state). */
+  has(path: string): boolean {
+    return this.items.has(path);
+  }
+
   get size(): number {
     return this.items.size;
   }
@@ -217,6 +224,8 @@ export class WorkQueue {
     // (if it does not, the path is uploaded again after a restart, and skipped).
     if (this.items.get(path)?.state === 'running') this.items.delete(path);
     await this.journal.append([record]);
+    // Only once the record is durable: a crash before it resumes the path, which then still needs its root.
+    if (!this.items.has(path)) this.options.onFinished?.(path);
   }
 
   private notify(): void {

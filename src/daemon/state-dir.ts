@@ -1,6 +1,7 @@
 /**
- * The daemon's state directory: the queue journal, the hook's spool, and a
- * pid file that keeps two daemons from sharing one journal. A pid file left
+ * The daemon's state directory: the queue journal, the hook's spool, the GC
+ * roots of queued paths, and a pid file that keeps two daemons from sharing
+ * one journal. A pid file left
  * by a daemon that died (SIGKILL, power loss) is taken over; one naming a
  * live process other than this one is refused.
  */
@@ -10,11 +11,14 @@ import * as nodePath from 'node:path';
 import { NarpushError } from '../errors.js';
 import { ensureDir, makeDirs } from './fs-util.js';
 import { spoolDir } from './spool.js';
+import { gcRootsDir } from './gc-roots.js';
 
 export interface StateDirLayout {
   readonly dir: string;
   readonly journal: string;
   readonly spool: string;
+  /** GC roots of queued and spooled paths (gc-roots.ts). */
+  readonly gcRoots: string;
   readonly pidFile: string;
 }
 
@@ -23,6 +27,7 @@ export function stateDirLayout(dir: string): StateDirLayout {
     dir,
     journal: nodePath.join(dir, 'queue.journal'),
     spool: spoolDir(dir),
+    gcRoots: gcRootsDir(dir),
     pidFile: nodePath.join(dir, 'daemon.pid'),
   };
 }
@@ -51,8 +56,11 @@ export async function claimStateDir(dir: string): Promise<StateDirLayout> {
   try {
     await makeDirs(dir, 0o700);
     await ensureDir(layout.spool, 0o700);
+    await ensureDir(layout.gcRoots, 0o700);
     await access(dir, constants.W_OK);
     await access(layout.spool, constants.W_OK);
+    // The trailing '/.' fails with ENOTDIR when something else has the name.
+    await access(`${layout.gcRoots}/.`, constants.W_OK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code ?? 'error';
     throw new NarpushError('STATE_DIR_UNUSABLE', `cannot use the state directory ${dir} (${code}); create it writable for the daemon or choose another --state-dir`, {

@@ -154,6 +154,20 @@ export class StoreClient {
     await this.members[0]!.conn.run(ops.addTempRoot(this.check(path)));
   }
 
+  /**
+   * Make the symlink `linkPath` a permanent GC root, as `nix-build -o` does:
+   * the store path it points to (and its closure) stays until the symlink is
+   * deleted. The daemon resolves a relative path against its own working
+   * directory and never checks what the link is, so it must be an absolute
+   * path with no NUL or newline.
+   */
+  async addIndirectRoot(linkPath: string): Promise<void> {
+    if (!linkPath.startsWith('/') || /[\0\n]/.test(linkPath) || linkPath.length > 4096) {
+      throw new NarpushError('BAD_ROOT_PATH', `a GC root must be an absolute path, not '${linkPath.slice(0, 200)}'`);
+    }
+    await this.run(ops.addIndirectRoot(linkPath));
+  }
+
   /** Finish the requests in flight, close every connection and reap spawned daemons. */
   async close(): Promise<void> {
     await Promise.all(this.members.map((m) => close(m)));

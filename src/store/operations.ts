@@ -54,6 +54,19 @@ export function addTempRoot(path: string): Operation<void> {
   };
 }
 
+/**
+ * AddIndirectRoot (12): make the symlink at `linkPath` (absolute; it points
+ * into the store) a GC root for as long as it exists. The daemon links it
+ * from <state>/gcroots/auto/; any user the daemon lets in may ask.
+ */
+export function addIndirectRoot(linkPath: string): Operation<void> {
+  return {
+    name: `AddIndirectRoot(${linkPath})`,
+    encode: () => wire((w) => w.u64(Op.AddIndirectRoot).string(linkPath)),
+    result: () => (r) => void r.u64(),
+  };
+}
+
 /** Output name -> output path ('' when not known yet, e.g. floating content-addressed outputs). */
 export type WireOutputMap = ReadonlyArray<readonly [name: string, path: string]>;
 

@@ -59,6 +59,7 @@ export const V = {
 export const Op = {
   IsValidPath: 1,
   AddTempRoot: 11,
+  AddIndirectRoot: 12,
   QueryDerivationOutputs: 22,
   QueryPathInfo: 26,
   QueryDerivationOutputNames: 28,

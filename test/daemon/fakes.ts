@@ -12,6 +12,7 @@ import type { JournalRecord } from '../../src/daemon/journal.js';
 import { startDaemon, type DaemonConfig, type RunningDaemon } from '../../src/daemon/daemon.js';
 import type { LogEvent } from '../../src/daemon/log.js';
 import type { PathOutcome, UploadBatch } from '../../src/daemon/worker.js';
+import type { RootStore } from '../../src/daemon/root-keeper.js';
 import type { StorePath } from '../../src/store/store-path.js';
 
 /** A syntactically valid store path that exists nowhere. */
@@ -60,6 +61,8 @@ export interface FakeDaemonOptions {
   /** Paths that succeed as "already in the cache" (a skipped event) instead of uploaded. */
   readonly skipped?: (p: string) => boolean;
   readonly config?: Partial<DaemonConfig>;
+  /** GC roots (default: none held). */
+  readonly roots?: RootStore;
 }
 
 /** Start the real daemon (real journal, spool, socket) with a fake store and cache. */
@@ -99,6 +102,7 @@ export async function startFakeDaemon(opts: FakeDaemonOptions): Promise<FakeDaem
     {
       validPaths: async (paths: readonly StorePath[]) => new Set(paths.map((p) => p.path).filter((p) => (opts.valid ? opts.valid(p) : true))),
       upload,
+      ...(opts.roots ? { roots: opts.roots } : {}),
       log: (e) => logs.push(e),
     },
   );

@@ -481,6 +481,7 @@ describe('flake.nix and the module, evaluated against a nixpkgs stand-in', () =>
     assert.match(r.hook as string, /narpush-post-build-hook$/);
     assert.deepEqual(r.users, ['narpush']);
     assert.ok((r.tmpfiles as string[]).some((l) => l.startsWith(`d ${DEFAULT_STATE_DIR}/spool 0700 narpush narpush`)));
+    assert.ok((r.tmpfiles as string[]).some((l) => l.startsWith(`d ${DEFAULT_STATE_DIR}/gcroots 0700 narpush narpush`)), 'GC roots of queued paths');
     assert.equal(r.enabled, true);
   });
 

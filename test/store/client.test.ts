@@ -4,7 +4,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -13,6 +13,7 @@ import { type StoreTransport, storeTransportFromEnv } from '../../src/store/tran
 import { parseStorePath } from '../../src/store/store-path.js';
 import { formatHash } from '../../src/hash/hash.js';
 import { nix, nixEnv } from '../helpers/nix.js';
+import { run } from '../helpers/run.js';
 import { type NixDaemon, startNixDaemon } from '../helpers/nix-daemon.js';
 import { type StoreFixture, storeFixture } from './fixture.js';
 
@@ -144,6 +145,35 @@ test('addTempRoot registers a GC root that lives as long as the connection', asy
   const deadline = Date.now() + 5000;
   while ((await tempRootsMention(added)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   assert.equal(await tempRootsMention(added), false, 'the temp root went away with the connection');
+});
+
+test('addIndirectRoot makes a symlink a GC root the way nix-build -o does: nix-store --delete refuses the path until the link is gone', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-indirect-'));
+  try {
+    const file = path.join(dir, 'narpush-indirect');
+    await writeFile(file, randomUUID());
+    const added = (await nix('nix-store', ['--add', file])).toString().trim();
+    const link = path.join(dir, 'root');
+    await symlink(added, link);
+    const client = await StoreClient.open({ transport: { kind: 'socket', path: daemon.socketPath } });
+    try {
+      await client.addIndirectRoot(link);
+      await assert.rejects(client.addIndirectRoot('relative/root'), { code: 'BAD_ROOT_PATH' });
+    } finally {
+      await client.close();
+    }
+    // The root outlives the connection (a temporary root would not).
+    const roots = (await nix('nix-store', ['--query', '--roots', added])).toString();
+    assert.match(roots, new RegExp(`^${link} -> ${added}$`, 'm'));
+    const refused = await run('nix-store', ['--delete', added], { env: nixEnv() });
+    assert.notEqual(refused.code, 0, 'a rooted path is not deleted');
+    assert.match(refused.stderr, /is still alive|since it is still alive/);
+    await unlink(link);
+    await nix('nix-store', ['--delete', added]);
+    assert.equal((await run('test', ['-e', added])).code, 1, 'deleted once the link is gone');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('a socket nobody listens on is a clean STORE_UNAVAILABLE error', async () => {

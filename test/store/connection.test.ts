@@ -345,3 +345,43 @@ test('the store timeout is an idle one: an answer preceded by log lines for long
     await d.stop();
   }
 });
+
+test('AddIndirectRoot sends op 12 and the link path, and reads the daemon\'s 1', async () => {
+  const seen: string[] = [];
+  const d = await fakeDaemon(async (peer) => {
+    await peer.handshake(V1_34);
+    for (;;) {
+      assert.equal(await peer.read(u64), Op.AddIndirectRoot);
+      seen.push(await peer.read(string));
+      peer.write((w) => w.u64(STDERR_LAST).u64(1));
+    }
+  });
+  try {
+    const conn = await d.connect();
+    await conn.run(ops.addIndirectRoot('/var/lib/narpush/gcroots/rq33dni6rcd097bvs8v15nbcphgsmcvw-exp-b'));
+    await conn.run(ops.addIndirectRoot('/tmp/second'));
+    assert.deepEqual(seen, ['/var/lib/narpush/gcroots/rq33dni6rcd097bvs8v15nbcphgsmcvw-exp-b', '/tmp/second']);
+    conn.destroy();
+  } finally {
+    await d.stop();
+  }
+});
+
+test('AddIndirectRoot refused by the daemon is a clean error on that request; the connection carries on', async () => {
+  const d = await fakeDaemon(async (peer) => {
+    await peer.handshake(V1_34);
+    assert.equal(await peer.read(u64), Op.AddIndirectRoot);
+    await peer.read(string);
+    peer.write((w) => structuredError(w, "cannot create symlink '/nix/var/nix/gcroots/auto/x': Permission denied"));
+    await expectQueryPathInfo(peer);
+    peer.write((w) => w.u64(STDERR_LAST).u64(0));
+  });
+  try {
+    const conn = await d.connect();
+    await assert.rejects(conn.run(ops.addIndirectRoot('/tmp/link')), { message: /Permission denied/ });
+    assert.equal(await conn.run(ops.queryPathInfo(PATH)), undefined);
+    conn.destroy();
+  } finally {
+    await d.stop();
+  }
+});

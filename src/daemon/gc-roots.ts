@@ -1,0 +1,110 @@
+/**
+ * The GC roots that keep queued work alive: one symlink per store path,
+ * `<stateDir>/gcroots/<base name>` -> `<storeDir>/<base name>`, each made an
+ * indirect root through the nix-daemon (AddIndirectRoot), as `nix-build -o`
+ * does. The root lasts while the symlink exists; Nix's collector removes its
+ * own `gcroots/auto/` entry once the symlink is gone.
+ *
+ * Both the hook (for what it spools) and the daemon (for what it queues)
+ * create links in this one layout, so a link the hook made is the daemon's
+ * from then on; only the daemon removes links. A link is created atomically
+ * (a symlink under a temporary name, then a rename over the final name), so
+ * the collector never sees a half-made or missing link where one existed.
+ *
+ * This file does file system work only and never talks to a store (the
+ * caller registers the links); node builtins only, because the hook imports it.
+ */
+import { lstat, readdir, readlink, rename, symlink, unlink } from 'node:fs/promises';
+import * as nodePath from 'node:path';
+import { ensureDir, fsyncDir } from './fs-util.js';
+
+export const GCROOTS_SUBDIR = 'gcroots';
+const TEMP_PREFIX = '.tmp-';
+
+export function gcRootsDir(stateDir: string): string {
+  return nodePath.join(nodePath.resolve(stateDir), GCROOTS_SUBDIR);
+}
+
+/** The link for the store path `storePath` (its base name in `dir`). */
+export function rootLinkPath(dir: string, storePath: string): string {
+  return nodePath.join(dir, nodePath.basename(storePath));
+}
+
+/**
+ * Make sure `dir` holds a link to each of `storePaths` (full store paths);
+ * returns the links' absolute paths, in order. The directory is synced once
+ * at the end, as the journal syncs its records, so the links survive a crash.
+ */
+export async function makeRootLinks(dir: string, storePaths: readonly string[]): Promise<string[]> {
+  await ensureDir(nodePath.dirname(dir));
+  await ensureDir(dir);
+  const links: string[] = [];
+  let changed = false;
+  for (const target of storePaths) {
+    const link = rootLinkPath(dir, target);
+    links.push(link);
+    if ((await readlink(link).catch(() => undefined)) === target) continue;
+    const nonce = Math.floor(Math.random() * 2 ** 48).toString(16).padStart(12, '0');
+    const temp = nodePath.join(dir, `${TEMP_PREFIX}${process.pid}-${nonce}`);
+    await symlink(target, temp);
+    try {
+      await rename(temp, link);
+    } catch (e) {
+      await unlink(temp).catch(() => {});
+      throw e;
+    }
+    changed = true;
+  }
+  if (changed) await fsyncDir(dir);
+  return links;
+}
+
+/** Remove the links named by these base names (a missing one is fine); syncs the directory. */
+export async function removeRootLinks(dir: string, baseNames: Iterable<string>): Promise<number> {
+  let removed = 0;
+  for (const b of baseNames) {
+    if (b.includes('/') || b.startsWith('.')) continue;
+    try {
+      await unlink(nodePath.join(dir, b));
+      removed++;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+  if (removed > 0) await fsyncDir(dir);
+  return removed;
+}
+
+/** The base names of the links in `dir` (temporary names excluded); none when it does not exist. */
+export async function listRootLinks(dir: string): Promise<string[]> {
+  try {
+    return (await readdir(dir)).filter((n) => !n.startsWith('.')).sort();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
+}
+
+/** Remove temporary links a killed hook or daemon left behind, once they are `olderThanMs` old. */
+export async function removeStaleRootTemps(dir: string, olderThanMs: number, now: number = Date.now()): Promise<number> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return 0;
+  }
+  let removed = 0;
+  for (const n of names) {
+    if (!n.startsWith(TEMP_PREFIX)) continue;
+    const p = nodePath.join(dir, n);
+    try {
+      if (now - (await lstat(p)).mtimeMs > olderThanMs) {
+        await unlink(p);
+        removed++;
+      }
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return removed;
+}
