@@ -139,8 +139,9 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
   if (replayed.tornTail) log({ event: 'warning', detail: 'the queue journal ended in a partial line (a crash mid-write); ignored it' });
   if (replayed.badLines > 0) log({ event: 'warning', detail: `skipped ${replayed.badLines} unreadable line(s) of the queue journal` });
 
-  // Health: from a failed journal write until the next one succeeds, the daemon cannot take work
-  // (hooks are answered with an error and spool). Writes come with every request, so it recovers by itself.
+  // Health: from a request that could not be queued (its GC roots or its journal record not written)
+  // until the next journal write succeeds, the daemon cannot take work (hooks are answered with an
+  // error and spool). Writes come with every request, so it recovers by itself.
   let journalError: string | undefined;
   const journalSink = {
     append: (records: readonly JournalRecord[]): Promise<void> =>
@@ -254,6 +255,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       return answer;
     } catch (e) {
       stats.hookRequest('socket', 'error');
+      journalError ??= message(e);
       log({ event: 'warning', detail: `cannot queue the request (GC roots or journal): ${message(e)}` });
       return { ok: false, code: 'QUEUE_UNAVAILABLE', error: `the daemon cannot write its queue: ${message(e)}` } satisfies ErrorAnswer;
     }
@@ -349,7 +351,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
   /** Why the daemon cannot take work now, or undefined (GET /healthz). */
   const health = (): string | undefined => {
     if (stopping) return 'stopping';
-    if (journalError !== undefined) return `the queue journal cannot be written (${journalError})`;
+    if (journalError !== undefined) return `the queue cannot be written (${journalError})`;
     return undefined;
   };
 

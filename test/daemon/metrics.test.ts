@@ -454,7 +454,7 @@ test('the journal cannot be written (a full state directory): /healthz 503 with 
     assert.equal(refused.code, 'QUEUE_UNAVAILABLE');
     const sick = await http(address, '/healthz');
     assert.equal(sick.status, 503);
-    assert.match(sick.body, /^unhealthy: the queue journal cannot be written \(.*(ENOSPC|no space).*\)\n$/i);
+    assert.match(sick.body, /^unhealthy: the queue cannot be written \(.*(ENOSPC|no space).*\)\n$/i);
     const m = await scrape(d);
     assert.equal(sampleValue(m, 'narpush_hook_requests_total', { source: 'socket', outcome: 'error' }), 1);
     assert.equal(sampleValue(m, 'narpush_healthy'), 0);
