@@ -1,7 +1,7 @@
 // A frozen S3 (the s3rver process stopped with SIGSTOP: connections are
 // accepted by the kernel, nothing is ever answered) under the real daemon
 // and real Nix: attempts end in the idle timeout instead of hanging, are
-// retried with the daemon's backoff and shown by `status`; after SIGCONT
+// retried with the daemon's backoff and shown by `status` and the metrics; after SIGCONT
 // everything uploads and Nix substitutes it back with signatures required.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { runHook } from '../../src/daemon/hook.js';
 import { assertCacheHas, httpFetcher, nixClosure } from '../helpers/cache-check.js';
 import { nixEnv, requireNix } from '../helpers/nix.js';
+import { httpGet, parseExposition, sampleValue } from '../helpers/prometheus.js';
 import { FIXTURES, narpush, run } from '../helpers/run.js';
 import { S3RVER_ENV } from '../helpers/s3rver.js';
 import { startS3rverProcess, type S3rverProcess } from '../helpers/s3rver-child.js';
@@ -36,7 +37,7 @@ after(async () => {
   await work?.remove();
 });
 
-test('S3 frozen by SIGSTOP: attempts time out, status shows them, everything uploads after SIGCONT', async (t) => {
+test('S3 frozen by SIGSTOP: attempts time out, status and the metrics show them, everything uploads after SIGCONT', async (t) => {
   const s3: S3rverProcess = await startS3rverProcess();
   // Registered first: whatever fails below, the server is resumed and killed.
   t.after(() => s3.stop());
@@ -58,9 +59,16 @@ test('S3 frozen by SIGSTOP: attempts time out, status shows them, everything upl
     socket,
     stateDir,
     env: nixEnv({ ...S3RVER_ENV, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' }),
-    args: ['--secret-key-file', secretKey, '--compression', 'none', '--retry-delay', '0.2', '--retry-max-delay', '1'],
+    args: ['--secret-key-file', secretKey, '--compression', 'none', '--retry-delay', '0.2', '--retry-max-delay', '1', '--metrics-listen', '127.0.0.1:0'],
   });
   t.after(() => d.stop('SIGKILL'));
+  await eventually(() => /metrics at http:\/\/127\.0\.0\.1:\d+\/metrics/.test(d.log()), 10_000, 'the metrics address in the log');
+  const metricsUrl = /metrics at (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(d.log())![1]!;
+  const scrape = async (): Promise<ReturnType<typeof parseExposition>> => {
+    const r = await httpGet(metricsUrl);
+    assert.equal(r.status, 200);
+    return parseExposition(r.body);
+  };
 
   s3.freeze();
   const t0 = Date.now();
@@ -85,12 +93,25 @@ test('S3 frozen by SIGSTOP: attempts time out, status shows them, everything upl
   for (const f of s.failing) assert.match(f.lastError, /timed out: no data for 1 s \(idle-timeout\)/);
   assert.ok(s.failing.every((f) => f.attempts >= 1));
   assert.match(d.log(), /idle-timeout/);
+  const frozen = await scrape();
+  assert.ok(sampleValue(frozen, 'narpush_paths_failed_total') >= 3, 'failed attempts counted');
+  assert.equal(sampleValue(frozen, 'narpush_paths_uploaded_total'), 0);
+  assert.equal(
+    sampleValue(frozen, 'narpush_queue_paths') + sampleValue(frozen, 'narpush_in_flight_paths'),
+    outs.length,
+    'every hooked path still queued',
+  );
+  assert.equal(sampleValue(frozen, 'narpush_last_success_timestamp_seconds'), 0);
 
   s3.thaw();
   const done = await d.idle(120_000);
   assert.equal(done.uploaded, closure.length, d.log());
   assert.deepEqual(done.failing, []);
   await assertCacheHas(httpFetcher(s3.httpUrl), closure, publicKey);
+  const thawed = await scrape();
+  assert.equal(sampleValue(thawed, 'narpush_paths_uploaded_total'), closure.length);
+  assert.equal(sampleValue(thawed, 'narpush_queue_paths') + sampleValue(thawed, 'narpush_in_flight_paths'), 0);
+  assert.ok(sampleValue(thawed, 'narpush_last_success_timestamp_seconds') > 0);
 
   // Nix itself takes the result back from the cache.
   await d.stop();

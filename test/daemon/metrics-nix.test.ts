@@ -7,12 +7,11 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { request } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { assertCacheHas, nixClosure, nixPathInfos } from '../helpers/cache-check.js';
 import { nixEnv, requireNix } from '../helpers/nix.js';
-import { parseExposition, sampleValue } from '../helpers/prometheus.js';
+import { httpGet as get, parseExposition, sampleValue } from '../helpers/prometheus.js';
 import { FIXTURES, REPO_ROOT, narpush, run } from '../helpers/run.js';
 import { killLeftoverDaemons, startDaemonProcess } from './daemon-process.js';
 import { eventually, tempDir } from './fakes.js';
@@ -37,19 +36,6 @@ after(async () => {
   await work?.remove();
 });
 
-function get(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode!, body }));
-    });
-    req.on('error', reject);
-    req.setTimeout(10_000, () => req.destroy(new Error(`no answer from ${url}`)));
-    req.end();
-  });
-}
 
 test('one build handed over by the hook: uploaded paths equal its closure, one hook request', async () => {
   const socket = path.join(work.dir, 'm.sock');

@@ -16,6 +16,8 @@
  * per label set.
  */
 
+import { request } from 'node:http';
+
 export type MetricType = 'counter' | 'gauge' | 'histogram' | 'summary' | 'untyped';
 
 export interface Sample {
@@ -250,4 +252,19 @@ export function sampleValue(families: ReadonlyMap<string, MetricFamily>, name: s
     }
   }
   throw new Error(`no series ${name}${JSON.stringify(labels)}`);
+}
+
+/** GET `url` without keep-alive: the status and the body as text. */
+export function httpGet(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    req.on('error', reject);
+    req.setTimeout(10_000, () => req.destroy(new Error(`no answer from ${url}`)));
+    req.end();
+  });
 }
