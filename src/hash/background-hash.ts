@@ -8,7 +8,9 @@
  *
  * One worker serves the whole process (more for whole NARs, below),
  * started on first use (about 30 ms) and kept referenced only while it has
- * work, so it never holds the process alive. Bytes are copied to the worker (a chunk may share its
+ * work, so it never holds the process alive. Once it has had no work for
+ * the idle delay (setThreadIdleDelay), it is stopped and its memory given
+ * back; the next use starts it again. Bytes are copied to the worker (a chunk may share its
  * memory with others); at most MAX_IN_FLIGHT bytes wait there per hash, and
  * `update` returns a promise to wait on when that is reached. If the worker
  * dies, every open hash fails: a digest is never made up.
@@ -77,6 +79,9 @@ interface Live {
   readonly keyIds: WeakMap<SecretKey, number>;
 }
 
+/** How long a thread with no work is kept before it is stopped (restarted on the next use). */
+export const DEFAULT_THREAD_IDLE_MS = 30_000;
+
 /**
  * Invariants that make a dead thread a clean error, never a TypeError or a
  * hang: every piece of work (open hash, signing batch, NAR job) records the
@@ -98,6 +103,9 @@ class CryptoThread {
   private queued: PendingSign[] = [];
   private readonly signing = new Map<number, { worker: Worker; batch: PendingSign[] }>();
   private nextKeyId = 1;
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  constructor(private idleMs: number) {}
 
   /** The worker, started if need be (unreferenced while it has no work). */
   ensure(): Worker {
@@ -122,10 +130,43 @@ class CryptoThread {
     return this.open.size > 0 || this.signing.size > 0 || this.jobs.size > 0;
   }
 
-  /** Referenced (holding the process alive) only while a hash is open, a batch is being signed or a NAR job runs. */
+  /**
+   * Referenced (holding the process alive) only while a hash is open, a
+   * batch is being signed or a NAR job runs; once it has had no work for
+   * `idleMs`, stopped, so an idle daemon does not keep threads, their heaps
+   * and the transfer buffers.
+   */
   private updateRef(): void {
-    if (this.busy()) this.live?.worker.ref();
-    else this.live?.worker.unref();
+    const worker = this.live?.worker;
+    if (!worker) return;
+    if (this.busy()) {
+      worker.ref();
+      return;
+    }
+    worker.unref();
+    if (this.idleTimer) this.idleTimer.refresh();
+    else this.idleTimer = setTimeout(() => this.releaseIfIdle(), this.idleMs).unref();
+  }
+
+  private releaseIfIdle(): void {
+    this.idleTimer = undefined;
+    const live = this.live;
+    if (!live || this.busy()) return;
+    // Forgotten first: its 'exit' is then not a failure, and the next use starts a new one.
+    this.live = undefined;
+    this.free = [];
+    void live.worker.terminate();
+  }
+
+  setIdleDelay(ms: number): void {
+    this.idleMs = ms;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    this.updateRef();
+  }
+
+  get started(): boolean {
+    return this.live !== undefined;
   }
 
   create(algo: string): BackgroundHash {
@@ -388,7 +429,8 @@ export class BackgroundHash {
   }
 }
 
-const shared = new CryptoThread();
+let idleMs = DEFAULT_THREAD_IDLE_MS;
+const shared = new CryptoThread(idleMs);
 
 /** A new incremental hash of `algo` (a node:crypto name) computed on the process's crypto thread. */
 export function backgroundHash(algo: 'sha256' | 'sha512' | 'sha1'): BackgroundHash {
@@ -416,7 +458,7 @@ export function narJobBacklogForTests(): number {
 const pool: CryptoThread[] = [shared];
 
 function poolThread(i: number): CryptoThread {
-  while (pool.length <= i) pool.push(new CryptoThread());
+  while (pool.length <= i) pool.push(new CryptoThread(idleMs));
   return pool[i]!;
 }
 
@@ -439,6 +481,21 @@ export function runNarJobOnThread(req: NarJobRequest): AsyncGenerator<NarJobPiec
 export function prewarmCryptoThread(threads = 1): void {
   const n = Math.max(1, Math.min(threads, availableParallelism()));
   for (let i = 0; i < n; i++) poolThread(i).ensure();
+}
+
+/**
+ * How long each thread may have no work (no open hash, no signing batch, no
+ * NAR job) before it is stopped; the next use starts it again. Set at the
+ * edge (a daemon keeps the default; tests make it short).
+ */
+export function setThreadIdleDelay(ms: number): void {
+  idleMs = ms;
+  for (const t of pool) t.setIdleDelay(ms);
+}
+
+/** Tests only: how many threads are running now. */
+export function runningThreadsForTests(): number {
+  return pool.filter((t) => t.started).length;
 }
 
 /** Tests only: every thread, as if it had crashed. */
