@@ -387,7 +387,11 @@ class CryptoThread {
    * as after a real crash.
    */
   async terminateForTests(): Promise<void> {
-    await this.live?.worker.terminate();
+    const worker = this.live?.worker;
+    if (!worker) return;
+    // Referenced until its 'exit': an idle (unreferenced) worker would let the loop end first.
+    worker.ref();
+    await worker.terminate();
   }
 }
 
