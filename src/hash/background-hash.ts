@@ -155,7 +155,8 @@ class CryptoThread {
     // Forgotten first: its 'exit' is then not a failure, and the next use starts a new one.
     this.live = undefined;
     this.free = [];
-    void live.worker.terminate();
+    // Nothing waits on it; a failure to stop must not become an unhandled rejection.
+    live.worker.terminate().catch(() => undefined);
   }
 
   setIdleDelay(ms: number): void {
