@@ -1,10 +1,14 @@
 /**
  * Shared pieces of the benchmarks: timing a command, medians and
- * percentiles, and a command's peak memory. Benchmarks print figures; they
+ * percentiles, a command's peak memory, a running daemon's memory and
+ * descriptors. Benchmarks print figures; they
  * never pass or fail on them (machines are noisy: tests must not time).
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
+import { sendRequest } from '../src/daemon/client.js';
+import type { DaemonStatus } from '../src/daemon/daemon.js';
 import { NARPUSH_BIN } from '../test/helpers/run.js';
 
 export interface Timed {
@@ -88,4 +92,84 @@ export function timeRunAsync(
  */
 export function narpushCommand(args: readonly string[], env: NodeJS.ProcessEnv = process.env): { cmd: string; args: string[]; env: NodeJS.ProcessEnv } {
   return { cmd: NARPUSH_BIN, args: [...args], env: { ...env, PATH: `${path.dirname(process.execPath)}:${env.PATH ?? ''}` } };
+}
+
+/**
+ * A process's resident memory from /proc (Linux), in KiB: all of it (VmRSS)
+ * and its anonymous part (RssAnon: heaps, not the mapped node binary and
+ * libraries); and its OS threads.
+ */
+export function procMemory(pid: number): { rssKiB: number; anonKiB: number; threads: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? NaN);
+  return { rssKiB: field('VmRSS'), anonKiB: field('RssAnon'), threads: field('Threads') };
+}
+
+/** procMemory and openFds as one line of a table. */
+export function procLine(label: string, pid: number): string {
+  const m = procMemory(pid);
+  const mibs = (kib: number): string => (kib / 1024).toFixed(1).padStart(6);
+  return `${label.padEnd(44)} RSS ${mibs(m.rssKiB)} MiB (anon ${mibs(m.anonKiB)})   threads ${String(m.threads).padStart(3)}   fds ${String(openFds(pid)).padStart(4)}`;
+}
+
+/** How many file descriptors a process has open (Linux). */
+export function openFds(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+export interface BenchDaemon {
+  readonly pid: number;
+  readonly socket: string;
+  status(): Promise<DaemonStatus>;
+  /** Until nothing is queued or in flight and at least `uploaded` closure paths were uploaded or skipped. */
+  settled(uploaded: number, timeoutMs?: number): Promise<DaemonStatus>;
+  stop(): Promise<void>;
+}
+
+/**
+ * A real `narpush daemon` as users start it (the program, shebang flags
+ * included), on a file:// cache; `args` are added to its command line.
+ * Its log goes to this process's stderr.
+ */
+export async function startBenchDaemon(dir: string, args: readonly string[], env: NodeJS.ProcessEnv): Promise<BenchDaemon> {
+  const socket = path.join(dir, 'd.sock');
+  const d = narpushCommand(['daemon', '--to', `file://${dir}/cache`, '--socket', socket, '--state-dir', path.join(dir, 'state'), ...args], env);
+  // Its stdout (nothing, unless node options such as --trace-gc print there) joins its log on stderr.
+  const child = spawn(d.cmd, d.args, { env: d.env, stdio: ['ignore', 2, 'inherit'] });
+  const exited = new Promise((r) => child.once('exit', r));
+  const status = async (): Promise<DaemonStatus> => {
+    const a = await sendRequest(socket, { op: 'status' }, { timeoutMs: 15_000 });
+    if (a.ok !== true) throw new Error(`status: ${JSON.stringify(a)}`);
+    return a.status as DaemonStatus;
+  };
+  for (let i = 0; ; i++) {
+    try {
+      await status();
+      break;
+    } catch (e) {
+      if (i > 600 || child.exitCode !== null) {
+        child.kill('SIGKILL');
+        throw e;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    pid: child.pid!,
+    socket,
+    status,
+    async settled(uploaded, timeoutMs = 600_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const s = await status();
+        if (s.queued === 0 && s.inFlight.length === 0 && s.uploaded + s.skipped >= uploaded) return s;
+        if (Date.now() > deadline) throw new Error(`daemon not settled after ${timeoutMs} ms: ${JSON.stringify(s)}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    },
+    async stop() {
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
 }

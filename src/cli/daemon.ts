@@ -13,8 +13,10 @@ import { parseCacheUrl } from '../cache/cache-url.js';
 import { DEFAULT_RETRY_POLICY } from '../daemon/backoff.js';
 import { startDaemon } from '../daemon/daemon.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
+import { idleCollector } from '../daemon/idle-gc.js';
 import { type ListenAddress, parseListenAddress } from '../daemon/listen-address.js';
 import { formatLogEvent, type LogEvent } from '../daemon/log.js';
+import { DEFAULT_THREAD_IDLE_MS } from '../hash/background-hash.js';
 import { createPipeline } from '../daemon/pipeline.js';
 import { StoreHandle } from '../daemon/store-handle.js';
 import { StoreClient } from '../store/client.js';
@@ -123,6 +125,8 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     jobs: settings.jobs,
   });
 
+  // The heap garbage of a burst is given back when the crypto threads are (see idle-gc.ts).
+  const idleGc = idleCollector(DEFAULT_THREAD_IDLE_MS);
   let running;
   try {
     running = await startDaemon(
@@ -140,7 +144,10 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
           new Set((await queries.use((s) => s.queryValidPaths(paths), { retry: true })).map((p) => p.path)),
         upload: pipeline.upload,
         roots,
-        onIdle: () => pipeline.idle(),
+        onIdle: async () => {
+          await pipeline.idle();
+          idleGc.schedule();
+        },
         log,
       },
     );
@@ -158,6 +165,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
+  idleGc.cancel();
   await Promise.allSettled([queries.close(), pipeline.close()]);
   // Whatever handle a library left open must not keep a stopped daemon alive.
   setTimeout(() => process.exit(0), 2000).unref();

@@ -189,7 +189,15 @@ export class WorkQueue {
         signal?.removeEventListener('abort', done);
         resolve();
       };
-      if (next !== undefined) timer = setTimeout(done, Math.max(0, next - this.now()));
+      // A timer counts from the event loop's cached time, so it may fire before now() reaches
+      // `next`: look again, so that a wake-up for a retry always finds the retry due.
+      const arm = (): void => {
+        const at = this.nextReadyAt();
+        if (at === undefined) return;
+        if (at <= this.now()) return done();
+        timer = setTimeout(arm, at - this.now());
+      };
+      arm();
       this.listeners.add(done);
       signal?.addEventListener('abort', done, { once: true });
       if (signal?.aborted) done();

@@ -8,7 +8,9 @@
  *
  * One worker serves the whole process (more for whole NARs, below),
  * started on first use (about 30 ms) and kept referenced only while it has
- * work, so it never holds the process alive. Bytes are copied to the worker (a chunk may share its
+ * work, so it never holds the process alive. Once it has had no work for
+ * the idle delay (setThreadIdleDelay), it is stopped and its memory given
+ * back; the next use starts it again. Bytes are copied to the worker (a chunk may share its
  * memory with others); at most MAX_IN_FLIGHT bytes wait there per hash, and
  * `update` returns a promise to wait on when that is reached. If the worker
  * dies, every open hash fails: a digest is never made up.
@@ -47,6 +49,8 @@ interface PendingSign {
 }
 
 interface Job {
+  /** The thread running it: replies and flow control go to this one only. */
+  readonly worker: Worker;
   readonly pieces: { bytes: Buffer; narBytes: number }[];
   /** Bytes in `pieces`. */
   queued: number;
@@ -62,56 +66,116 @@ export interface NarJobPiece {
 }
 
 interface Open {
+  readonly worker: Worker;
   inFlight: number;
   resumeWaiting?: () => void;
   digest?: { resolve: (b: Buffer) => void; reject: (e: Error) => void };
   failed?: Error;
 }
 
+/** A started worker and the signing keys it holds, by id. */
+interface Live {
+  readonly worker: Worker;
+  readonly keyIds: WeakMap<SecretKey, number>;
+}
+
+/** How long a thread with no work is kept before it is stopped (restarted on the next use). */
+export const DEFAULT_THREAD_IDLE_MS = 30_000;
+
+/**
+ * Invariants that make a dead thread a clean error, never a TypeError or a
+ * hang: every piece of work (open hash, signing batch, NAR job) records the
+ * worker it was given to and posts only to that one; all of it is failed
+ * together when that worker stops ('error' or 'exit', whichever comes
+ * first), and only the current worker's messages are heard. A worker that
+ * was terminated but has not yet said 'exit' swallows what is posted to it;
+ * its 'exit' then fails whatever waits on it.
+ */
 class CryptoThread {
-  private worker: Worker | undefined;
+  private live: Live | undefined;
   private readonly open = new Map<number, Open>();
   private readonly jobs = new Map<number, Job>();
   private nextId = 1;
-  private readonly free: ArrayBuffer[] = [];
+  private free: ArrayBuffer[] = [];
   // Hashes the thread failed, until their owner drops them: later calls report why.
   private readonly failed = new Map<number, Error>();
   // Signatures asked for in this tick, and batches the thread is signing.
   private queued: PendingSign[] = [];
-  private readonly signing = new Map<number, PendingSign[]>();
-  // Keys the current worker holds, by id.
-  private keyIds = new WeakMap<SecretKey, number>();
+  private readonly signing = new Map<number, { worker: Worker; batch: PendingSign[] }>();
   private nextKeyId = 1;
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  constructor(private idleMs: number) {}
 
   /** The worker, started if need be (unreferenced while it has no work). */
   ensure(): Worker {
-    if (this.worker) return this.worker;
+    return this.start().worker;
+  }
+
+  private start(): Live {
+    if (this.live) return this.live;
     const worker = new Worker(new URL('./crypto-thread.js', import.meta.url));
-    worker.on('message', (m: CryptoReply) => this.onReply(m));
+    worker.on('message', (m: CryptoReply) => {
+      if (this.live?.worker === worker) this.onReply(m);
+    });
     worker.on('error', (e) => this.fail(worker, e));
     worker.on('exit', (code) => this.fail(worker, new Error(`crypto thread exited with code ${code}`)));
-    this.worker = worker;
+    this.live = { worker, keyIds: new WeakMap() };
     // After the listeners: adding a 'message' listener references the port again.
     this.updateRef();
-    return worker;
+    return this.live;
   }
 
-  /** Referenced (holding the process alive) only while a hash is open, a batch is being signed or a NAR job runs. */
+  private busy(): boolean {
+    return this.open.size > 0 || this.signing.size > 0 || this.jobs.size > 0;
+  }
+
+  /**
+   * Referenced (holding the process alive) only while a hash is open, a
+   * batch is being signed or a NAR job runs; once it has had no work for
+   * `idleMs`, stopped, so an idle daemon does not keep threads, their heaps
+   * and the transfer buffers.
+   */
   private updateRef(): void {
-    if (this.open.size > 0 || this.signing.size > 0 || this.jobs.size > 0) this.worker?.ref();
-    else this.worker?.unref();
+    const worker = this.live?.worker;
+    if (!worker) return;
+    if (this.busy()) {
+      worker.ref();
+      return;
+    }
+    worker.unref();
+    if (this.idleTimer) this.idleTimer.refresh();
+    else this.idleTimer = setTimeout(() => this.releaseIfIdle(), this.idleMs).unref();
   }
 
-  private post(m: CryptoRequest, transfer?: ArrayBuffer[]): void {
-    this.worker!.postMessage(m, transfer);
+  private releaseIfIdle(): void {
+    this.idleTimer = undefined;
+    const live = this.live;
+    if (!live || this.busy()) return;
+    // Forgotten first: its 'exit' is then not a failure, and the next use starts a new one.
+    this.live = undefined;
+    this.free = [];
+    // Nothing waits on it; a failure to stop must not become an unhandled rejection.
+    live.worker.terminate().catch(() => undefined);
+  }
+
+  setIdleDelay(ms: number): void {
+    this.idleMs = ms;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    this.updateRef();
+  }
+
+  get started(): boolean {
+    return this.live !== undefined;
   }
 
   create(algo: string): BackgroundHash {
-    this.ensure();
+    const { worker } = this.start();
     const id = this.nextId++;
-    this.open.set(id, { inFlight: 0 });
+    this.open.set(id, { worker, inFlight: 0 });
     this.updateRef();
-    this.post({ op: 'open', id, algo });
+    worker.postMessage({ op: 'open', id, algo } satisfies CryptoRequest);
     return new BackgroundHash(this, id);
   }
 
@@ -125,26 +189,31 @@ class CryptoThread {
   private flushSigns(): void {
     const batch = this.queued;
     this.queued = [];
-    let worker: Worker;
+    let live: Live;
     try {
-      worker = this.ensure();
+      live = this.start();
     } catch {
       return signHere(batch);
     }
-    const keyIds: number[] = [];
-    for (const s of batch) {
-      let keyId = this.keyIds.get(s.key);
-      if (keyId === undefined) {
-        keyId = this.nextKeyId++;
-        this.keyIds.set(s.key, keyId);
-        worker.postMessage({ op: 'key', keyId, key: { name: s.key.name, secretKey: s.key.secretKey } } satisfies CryptoRequest);
-      }
-      keyIds.push(keyId);
-    }
+    const { worker, keyIds: known } = live;
     const id = this.nextId++;
-    this.signing.set(id, batch);
+    try {
+      const keyIds: number[] = [];
+      for (const s of batch) {
+        let keyId = known.get(s.key);
+        if (keyId === undefined) {
+          keyId = this.nextKeyId++;
+          worker.postMessage({ op: 'key', keyId, key: { name: s.key.name, secretKey: s.key.secretKey } } satisfies CryptoRequest);
+          known.set(s.key, keyId);
+        }
+        keyIds.push(keyId);
+      }
+      worker.postMessage({ op: 'sign', id, keyIds, fingerprints: batch.map((s) => s.fingerprint) } satisfies CryptoRequest);
+    } catch {
+      return signHere(batch);
+    }
+    this.signing.set(id, { worker, batch });
     this.updateRef();
-    this.post({ op: 'sign', id, keyIds, fingerprints: batch.map((s) => s.fingerprint) });
   }
 
   /** NAR jobs running on this thread. */
@@ -154,26 +223,31 @@ class CryptoThread {
 
   /**
    * Run a NAR job here: the compressed pieces in order, then the digests as
-   * the generator's return value. Returning early cancels the job.
+   * the generator's return value. Returning early cancels the job. Once the
+   * job has failed, pieces still waiting here are dropped, not handed out.
    */
   async *narJob(req: NarJobRequest): AsyncGenerator<NarJobPiece, NarJobResult> {
-    this.ensure();
+    const { worker } = this.start();
     const id = this.nextId++;
-    const job: Job = { pieces: [], queued: 0 };
+    const job: Job = { worker, pieces: [], queued: 0 };
     this.jobs.set(id, job);
     this.updateRef();
-    this.post({ op: 'nar', id, job: req });
+    worker.postMessage({ op: 'nar', id, job: req } satisfies CryptoRequest);
     let ended = false;
     try {
       for (;;) {
+        if (job.failed) {
+          job.pieces.length = 0;
+          job.queued = 0;
+          throw job.failed;
+        }
         const piece = job.pieces.shift();
         if (piece) {
           job.queued -= piece.bytes.length;
-          this.post({ op: 'taken', id, bytes: piece.bytes.length });
+          worker.postMessage({ op: 'taken', id, bytes: piece.bytes.length } satisfies CryptoRequest);
           yield piece;
           continue;
         }
-        if (job.failed) throw job.failed;
         if (job.result) {
           ended = true;
           return job.result;
@@ -185,11 +259,12 @@ class CryptoThread {
         this.jobs.delete(id);
         this.updateRef();
       }
-      if (!ended && !job.failed && this.worker) this.post({ op: 'cancel', id });
+      if (!ended && !job.failed) worker.postMessage({ op: 'cancel', id } satisfies CryptoRequest);
     }
   }
 
   private onJobReply(job: Job, m: CryptoReply): void {
+    if (job.failed) return;
     if (m.op === 'piece') {
       job.pieces.push({ bytes: Buffer.from(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength), narBytes: m.narBytes });
       job.queued += m.bytes.byteLength;
@@ -199,9 +274,7 @@ class CryptoThread {
     } else if (m.op === 'nar-failed') {
       job.failed = new NarpushError(m.code ?? 'NAR_JOB_FAILED', m.message);
     }
-    const wake = job.wake;
-    delete job.wake;
-    wake?.();
+    wakeJob(job);
   }
 
   update(id: number, chunk: Uint8Array): Promise<void> | undefined {
@@ -212,7 +285,7 @@ class CryptoThread {
       const copy = new Uint8Array(buffer, 0, part.length);
       copy.set(part);
       h.inFlight += copy.length;
-      this.post({ op: 'update', id, bytes: copy }, [buffer]);
+      h.worker.postMessage({ op: 'update', id, bytes: copy } satisfies CryptoRequest, [buffer]);
     }
     if (h.inFlight < MAX_IN_FLIGHT) return undefined;
     return new Promise<void>((resolve, reject) => {
@@ -229,15 +302,16 @@ class CryptoThread {
     }
     return new Promise<Buffer>((resolve, reject) => {
       h.digest = { resolve, reject };
-      this.post({ op: 'digest', id });
+      h.worker.postMessage({ op: 'digest', id } satisfies CryptoRequest);
     });
   }
 
   drop(id: number): void {
     this.failed.delete(id);
-    if (!this.open.has(id)) return;
+    const h = this.open.get(id);
+    if (!h) return;
     this.close(id);
-    if (this.worker) this.post({ op: 'drop', id });
+    h.worker.postMessage({ op: 'drop', id } satisfies CryptoRequest);
   }
 
   private state(id: number): Open {
@@ -254,12 +328,12 @@ class CryptoThread {
   private onReply(m: CryptoReply): void {
     const job = this.jobs.get(m.id);
     if (job) return this.onJobReply(job, m);
-    const batch = this.signing.get(m.id);
-    if (batch) {
+    const signing = this.signing.get(m.id);
+    if (signing) {
       this.signing.delete(m.id);
       this.updateRef();
-      if (m.op === 'signed') batch.forEach((s, i) => s.resolve(m.sigs[i]!));
-      else signHere(batch); // the same call here gives the same signature, or the same error
+      if (m.op === 'signed') signing.batch.forEach((s, i) => s.resolve(m.sigs[i]!));
+      else signHere(signing.batch); // the same call here gives the same signature, or the same error
       return;
     }
     const h = this.open.get(m.id);
@@ -284,34 +358,48 @@ class CryptoThread {
   private failOne(id: number, h: Open, e: Error): void {
     h.failed = e;
     this.failed.set(id, e);
-    this.close(id);
+    this.open.delete(id);
     h.digest?.reject(e);
     const resume = h.resumeWaiting;
     delete h.resumeWaiting;
     resume?.();
   }
 
+  /** `worker` stopped: fail everything it held (signatures are made here instead). */
   private fail(worker: Worker, cause: Error): void {
-    if (this.worker !== worker) return;
-    this.worker = undefined;
-    this.keyIds = new WeakMap();
+    if (this.live?.worker === worker) this.live = undefined;
     const e = new NarpushError('HASH_FAILED', `the crypto thread stopped: ${cause.message}`, { cause });
-    for (const [id, h] of [...this.open]) this.failOne(id, h, e);
-    for (const job of this.jobs.values()) {
+    for (const [id, h] of [...this.open]) if (h.worker === worker) this.failOne(id, h, e);
+    for (const [id, job] of [...this.jobs]) {
+      if (job.worker !== worker) continue;
+      this.jobs.delete(id);
       job.failed = e;
-      const wake = job.wake;
-      delete job.wake;
-      wake?.();
+      wakeJob(job);
     }
-    const batches = [...this.signing.values()];
-    this.signing.clear();
-    for (const batch of batches) signHere(batch);
+    const batches = [...this.signing].filter(([, s]) => s.worker === worker);
+    for (const [id] of batches) this.signing.delete(id);
+    this.updateRef();
+    for (const [, s] of batches) signHere(s.batch);
   }
 
-  /** Tests: stop the worker as if it had crashed. */
+  /**
+   * Tests: stop the worker as if it had crashed. The returned promise settles
+   * once its 'exit' was handled; until then it is still this thread's worker,
+   * as after a real crash.
+   */
   async terminateForTests(): Promise<void> {
-    await this.worker?.terminate();
+    const worker = this.live?.worker;
+    if (!worker) return;
+    // Referenced until its 'exit': an idle (unreferenced) worker would let the loop end first.
+    worker.ref();
+    await worker.terminate();
   }
+}
+
+function wakeJob(job: Job): void {
+  const wake = job.wake;
+  delete job.wake;
+  wake?.();
 }
 
 function signHere(batch: readonly PendingSign[]): void {
@@ -346,7 +434,8 @@ export class BackgroundHash {
   }
 }
 
-const shared = new CryptoThread();
+let idleMs = DEFAULT_THREAD_IDLE_MS;
+const shared = new CryptoThread(idleMs);
 
 /** A new incremental hash of `algo` (a node:crypto name) computed on the process's crypto thread. */
 export function backgroundHash(algo: 'sha256' | 'sha512' | 'sha1'): BackgroundHash {
@@ -374,7 +463,7 @@ export function narJobBacklogForTests(): number {
 const pool: CryptoThread[] = [shared];
 
 function poolThread(i: number): CryptoThread {
-  while (pool.length <= i) pool.push(new CryptoThread());
+  while (pool.length <= i) pool.push(new CryptoThread(idleMs));
   return pool[i]!;
 }
 
@@ -397,6 +486,21 @@ export function runNarJobOnThread(req: NarJobRequest): AsyncGenerator<NarJobPiec
 export function prewarmCryptoThread(threads = 1): void {
   const n = Math.max(1, Math.min(threads, availableParallelism()));
   for (let i = 0; i < n; i++) poolThread(i).ensure();
+}
+
+/**
+ * How long each thread may have no work (no open hash, no signing batch, no
+ * NAR job) before it is stopped; the next use starts it again. Set at the
+ * edge (a daemon keeps the default; tests make it short).
+ */
+export function setThreadIdleDelay(ms: number): void {
+  idleMs = ms;
+  for (const t of pool) t.setIdleDelay(ms);
+}
+
+/** Tests only: how many threads are running now. */
+export function runningThreadsForTests(): number {
+  return pool.filter((t) => t.started).length;
 }
 
 /** Tests only: every thread, as if it had crashed. */

@@ -131,6 +131,49 @@ test('NAR job: stopping early cancels it; a dead thread fails its job; the next 
   }
 });
 
+test('NAR job: a thread that dies with pieces still queued here fails the job at once, never a TypeError', async () => {
+  // Incompressible and larger than NAR_JOB_AHEAD: the thread runs ahead by that much and waits.
+  const root = await tree({ data: randomBytes(3 * NAR_JOB_AHEAD) });
+  try {
+    const job = runNarJobOnThread({ path: root, level: 1, narSize: 3 * NAR_JOB_AHEAD });
+    assert.equal((await job.next()).done, false);
+    // Wait until at least one more piece waits here, not taken: the state the race needed.
+    narJobBacklogForTests();
+    for (let i = 0; narJobBacklogForTests() === 0; i++) {
+      assert.ok(i < 3000, 'the thread never ran ahead');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await terminateCryptoThreadForTests();
+    // The queued pieces are stale: the very next call fails, with the job's error.
+    await assert.rejects(job.next(), { code: 'HASH_FAILED' });
+    assert.equal((await job.next()).done, true, 'and the job is over');
+  } finally {
+    await rm(path.dirname(root), { recursive: true, force: true });
+  }
+});
+
+test('NAR job: started on a thread that is being terminated, it fails when the thread exits, or completes; it never hangs', async () => {
+  const root = await tree({ data: randomBytes(2 << 20) });
+  try {
+    const nar = await narOf(root);
+    const warm = await collect(runNarJobOnThread({ path: root, level: 1, narSize: nar.length }));
+    assert.equal(warm.result.narSize, nar.length);
+    // Terminated, but its 'exit' has not arrived: what is posted to it now goes nowhere.
+    const exited = terminateCryptoThreadForTests();
+    const outcome = await collect(runNarJobOnThread({ path: root, level: 1, narSize: nar.length })).then(
+      (r) => r,
+      (e: { code?: string }) => e,
+    );
+    await exited;
+    if ('result' in outcome) assert.ok(outcome.file.equals(warm.file), 'completed: the same bytes');
+    else assert.equal(outcome.code, 'HASH_FAILED');
+    const again = await collect(runNarJobOnThread({ path: root, level: 1, narSize: nar.length }));
+    assert.ok(again.file.equals(warm.file), 'a new thread afterwards');
+  } finally {
+    await rm(path.dirname(root), { recursive: true, force: true });
+  }
+});
+
 test('NAR job: a job stopped early does not keep the process alive', async () => {
   const root = await tree({ data: randomBytes(24 << 20) });
   try {

@@ -74,6 +74,65 @@ test('background hash: a dead hash thread fails open hashes; the next hash start
   assert.ok((await hashAll([data])).equals(createHash('sha256').update(data).digest()));
 });
 
+test('background hash: a digest waiting when the thread dies fails; update and digest afterwards fail the same way', async () => {
+  const h = backgroundHash('sha256');
+  // Several MiB posted: the thread is still hashing when the digest is asked for and the thread stopped.
+  const data = randomBytes(6 << 20);
+  void h.update(data);
+  const digest = h.digest();
+  const exited = terminateCryptoThreadForTests();
+  const outcome = await digest.then(
+    (d) => d,
+    (e: { code?: string }) => e,
+  );
+  await exited;
+  // The thread may have answered before it stopped; otherwise its exit fails the digest.
+  if (Buffer.isBuffer(outcome)) assert.ok(outcome.equals(createHash('sha256').update(data).digest()));
+  else assert.equal(outcome.code, 'HASH_FAILED');
+
+  const open = backgroundHash('sha256');
+  await open.update(randomBytes(1000));
+  await terminateCryptoThreadForTests();
+  assert.throws(() => open.update(randomBytes(10)), { code: 'HASH_FAILED' });
+  await assert.rejects(open.digest(), { code: 'HASH_FAILED' });
+  open.drop();
+});
+
+test('background hash: an update waiting for room when the thread dies is released with HASH_FAILED', async () => {
+  const h = backgroundHash('sha256');
+  const chunk = randomBytes(1 << 20);
+  let wait: Promise<void> | undefined;
+  for (let i = 0; !wait; i++) {
+    assert.ok(i < 64, 'update never asked to wait');
+    wait = h.update(chunk);
+  }
+  const exited = terminateCryptoThreadForTests();
+  const outcome = await wait.then(
+    () => 'resumed',
+    (e: { code?: string }) => e.code,
+  );
+  await exited;
+  if (outcome === 'resumed') {
+    // The thread caught up before it stopped; the hash still fails, never a made-up digest.
+    await assert.rejects(h.digest(), { code: 'HASH_FAILED' });
+  } else assert.equal(outcome, 'HASH_FAILED');
+  h.drop();
+});
+
+test('background hash: hashes opened on a thread being terminated fail when it exits, or finish; never hang', async () => {
+  await hashAll([Buffer.from('warm')]);
+  const exited = terminateCryptoThreadForTests();
+  const data = randomBytes(100_000);
+  const outcome = await hashAll([data]).then(
+    (d) => d,
+    (e: { code?: string }) => e,
+  );
+  await exited;
+  if (Buffer.isBuffer(outcome)) assert.ok(outcome.equals(createHash('sha256').update(data).digest()));
+  else assert.equal(outcome.code, 'HASH_FAILED');
+  assert.ok((await hashAll([data])).equals(createHash('sha256').update(data).digest()), 'a new thread afterwards');
+});
+
 test('background hash: the thread does not keep the process alive', () => {
   const mod = fileURLToPath(new URL('../../src/hash/background-hash.js', import.meta.url));
   const script = `import(${JSON.stringify(mod)}).then(async ({ backgroundHash }) => {
@@ -113,6 +172,18 @@ test('background sign: signatures asked for when the thread dies are made here, 
   await terminateCryptoThreadForTests();
   assert.deepEqual(await Promise.all(pending), fps.map((fp) => signFingerprint(fp, key)));
   // And the next signatures start a new thread, with the key sent to it again.
+  assert.equal(await backgroundSign('after', key), signFingerprint('after', key));
+});
+
+test('background sign: a batch posted to a thread being terminated is signed here when it exits', async () => {
+  const key = newSecretKey('d-1');
+  await backgroundSign('warm-up', key);
+  const exited = terminateCryptoThreadForTests();
+  const fps = Array.from({ length: 50 }, (_, i) => `1;/nix/store/${i};sha256:y;${i};`);
+  // Asked for after the terminate: the batch and its key go to a worker that is going away.
+  const sigs = await Promise.all(fps.map((fp) => backgroundSign(fp, key)));
+  await exited;
+  assert.deepEqual(sigs, fps.map((fp) => signFingerprint(fp, key)));
   assert.equal(await backgroundSign('after', key), signFingerprint('after', key));
 });
 
