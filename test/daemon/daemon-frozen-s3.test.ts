@@ -85,6 +85,7 @@ test('S3 frozen by SIGSTOP: attempts time out, status and the metrics show them,
     'three failed attempts shown by status',
   );
   const s = await d.status();
+  assert.equal(s3.ended(), undefined, 'the frozen s3rver is still there');
   console.log(`frozen S3, idle-timeout ${idleS} s: first failed attempt after ${firstFailureMs} ms; status: failures ${s.failures}, failing ${JSON.stringify(s.failing[0])}`);
   // Two attempts of one request end in the idle timeout, then the daemon's queue takes over;
   // the bound is generous for a loaded 2-core machine, an endless hang is what it rules out.

@@ -24,6 +24,8 @@ export interface S3rverProcess {
   thaw(): void;
   /** Resume and kill it, remove its directory. Safe to call twice. */
   stop(): Promise<void>;
+  /** Undefined while it runs; else how it ended and the end of what it wrote on stderr. */
+  ended(): string | undefined;
 }
 
 interface Ready {
@@ -35,7 +37,11 @@ interface Ready {
 }
 
 export async function startS3rverProcess(): Promise<S3rverProcess> {
-  const child: ChildProcess = spawn(process.execPath, [fileURLToPath(import.meta.url)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // Its own process group: no signal meant for the test's group can reach it. Its stderr is
+  // kept, so a test that finds it gone can say why.
+  const child: ChildProcess = spawn(process.execPath, [fileURLToPath(import.meta.url)], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  let stderr = '';
+  child.stderr!.on('data', (b: Buffer) => (stderr = (stderr + b.toString()).slice(-4000)));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let ready: Ready;
   try {
@@ -60,6 +66,7 @@ export async function startS3rverProcess(): Promise<S3rverProcess> {
     bucket: ready.bucket,
     url: ready.url,
     httpUrl: ready.httpUrl,
+    ended: () => (alive() ? undefined : `exited with ${child.signalCode ?? `code ${child.exitCode}`}; stderr: ${stderr.trim() || '(nothing)'}`),
     freeze: () => void (alive() && child.kill('SIGSTOP')),
     thaw: () => void (alive() && child.kill('SIGCONT')),
     async stop() {
@@ -74,6 +81,9 @@ export async function startS3rverProcess(): Promise<S3rverProcess> {
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  // s3rver's logger (silent here) exits on an uncaught exception without a word: say it first.
+  process.on('uncaughtExceptionMonitor', (e) => process.stderr.write(`s3rver child: uncaught ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`));
+  process.on('exit', (code) => process.stderr.write(`s3rver child: exit ${code}\n`));
   const s3 = await startS3rver();
   const { endpoint, bucket, url, httpUrl, dir } = s3;
   process.stdout.write(`${JSON.stringify({ endpoint, bucket, url, httpUrl, dir })}\n`);
