@@ -51,7 +51,8 @@ export async function assertCacheHas(
     const text = await fetch(`${hashPart}.narinfo`);
     assert.ok(text, `narinfo of ${p} is in the cache`);
     const ni = parseNarInfo(text.toString('utf8'));
-    const want = infos.get(p)!;
+    const want = infos.get(p);
+    assert.ok(want, `${p} is valid in the local store (was it garbage-collected under the test?)`);
     assert.equal(ni.storePath.path, p);
     assert.ok(hashEquals(ni.narHash, parseHash(want.narHash)), `NarHash of ${p}`);
     assert.equal(ni.narSize, want.narSize, `NarSize of ${p}`);
