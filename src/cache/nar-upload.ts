@@ -13,12 +13,12 @@
 import { createHash } from 'node:crypto';
 import { Readable, pipeline } from 'node:stream';
 import { NarpushError } from '../errors.js';
-import { backgroundHash, runNarJobOnThread } from '../hash/background-hash.js';
 import { type Hash, formatHash } from '../hash/hash.js';
 import { nix32Encode } from '../hash/nix32.js';
 import { dumpNar, dumpNarSync } from '../nar/dump.js';
 import type { StorePath } from '../store/store-path.js';
 import { type CacheBackend, stageBatch } from './backend.js';
+import type { ThreadPool } from './threads/thread-pool.js';
 import {
   type ChunkCompressor,
   type CompressionOptions,
@@ -57,11 +57,13 @@ export const SMALL_NAR_BYTES = 512 * 1024;
 
 export interface NarUploadOptions {
   readonly compression: CompressionOptions;
+  /** The threads that hash beside this one, or take the NAR's work whole. */
+  readonly threads: ThreadPool;
   readonly signal?: AbortSignal;
   /** Called as bytes flow, with totals so far (uncompressed, compressed). */
   readonly onProgress?: (narBytes: number, fileBytes: number) => void;
   /**
-   * Do the NAR's CPU work whole on one crypto thread (see nar-job.ts): for
+   * Do the NAR's CPU work whole on one crypto thread (see threads/nar-job.ts): for
    * an upload of several large NARs, which then take one thread each. Only
    * zstd on one encoder thread does this; otherwise it is ignored.
    */
@@ -103,10 +105,10 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
   const url = narKey(src.narHash, opts.compression.method);
   const whole = opts.wholeOnThread === true && canRunWholeOnThread(opts.compression);
   // Otherwise the work is split: the NAR hash runs on the crypto thread,
-  // beside this one (see background-hash.ts). The file hash stays on this
+  // beside this one (see threads/thread-pool.ts). The file hash stays on this
   // thread (moving it too made the crypto thread the bottleneck).
   // Uncompressed, the file is the NAR: its hash is the NAR hash.
-  const narHasher = whole ? undefined : backgroundHash('sha256');
+  const narHasher = whole ? undefined : opts.threads.hash('sha256');
   const fileHasher = whole || opts.compression.method === 'none' ? undefined : createHash('sha256');
   let narSize = 0;
   let fileSize = 0;
@@ -156,7 +158,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
 
   // Whole on a crypto thread: this thread only passes the pieces on.
   async function* threadBody(): AsyncGenerator<Buffer> {
-    const job = runNarJobOnThread({ path: src.path.path, level: compressionLevel('zstd', opts.compression.level), narSize: src.narSize });
+    const job = opts.threads.narJob({ path: src.path.path, level: compressionLevel('zstd', opts.compression.level), narSize: src.narSize });
     try {
       for (;;) {
         const next = await job.next();

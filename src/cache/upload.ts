@@ -19,7 +19,6 @@ import { NarpushError, isNarpushError } from '../errors.js';
 import type { NarInfo } from '../narinfo/narinfo.js';
 import { formatNarInfo } from '../narinfo/narinfo.js';
 import type { SecretKey } from '../signing/keys.js';
-import { backgroundSign } from '../hash/background-hash.js';
 import { signNarInfoWith } from '../signing/sign.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
@@ -27,6 +26,7 @@ import { type CacheBackend, type StagedObject, stageBatch, stageBytes } from './
 import type { CompressionOptions } from './compression.js';
 import { createLimiter } from './limit.js';
 import { SMALL_NAR_BYTES, type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
+import type { ThreadPool } from './threads/thread-pool.js';
 
 export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
 
@@ -49,6 +49,8 @@ export interface UploadOptions {
   readonly backend: CacheBackend;
   readonly compression: CompressionOptions;
   readonly signingKeys: readonly SecretKey[];
+  /** The worker threads (hashing, signing, whole NARs); owned and closed by the caller. */
+  readonly threads: ThreadPool;
   /** Large NARs uploaded at once (and batches of small ones, if more than SMALL_BATCHES). */
   readonly jobs: number;
   /** Small paths per batch (SMALL_BATCH_PATHS unless set). */
@@ -96,7 +98,7 @@ function asNarpushError(e: unknown, info: PathInfo): NarpushError {
 }
 
 /** The narinfo for an uploaded path: what the store knows, where the NAR went, signed (on the crypto thread). */
-export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly SecretKey[]): Promise<NarInfo> {
+export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly SecretKey[], threads: ThreadPool): Promise<NarInfo> {
   const unsigned: NarInfo = {
     storePath: info.path,
     url: nar.url,
@@ -110,7 +112,7 @@ export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readon
     sigs: info.sigs,
     ...(info.ca ? { ca: info.ca } : {}),
   };
-  return keys.length > 0 ? signNarInfoWith(unsigned, keys, backgroundSign) : unsigned;
+  return keys.length > 0 ? signNarInfoWith(unsigned, keys, (fp, key) => threads.sign(fp, key)) : unsigned;
 }
 
 /**
@@ -147,7 +149,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   const batches = createLimiter(Math.max(SMALL_BATCHES, opts.jobs));
   const smallLimit = opts.smallNarBytes ?? SMALL_NAR_BYTES;
   // With several large NARs, each one's CPU work goes whole to a crypto
-  // thread, one per core (nar-job.ts); one large NAR is split between this
+  // thread, one per core (threads/nar-job.ts); one large NAR is split between this
   // thread and the crypto thread instead, which finishes it sooner.
   const wholeOnThread = toUpload.filter((i) => i.narSize > smallLimit).length >= 2;
   const batchPaths = Math.max(1, opts.batchPaths ?? SMALL_BATCH_PATHS);
@@ -210,7 +212,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   };
 
   const narInfoBody = async (info: PathInfo, nar: UploadedNar): Promise<Buffer> =>
-    Buffer.from(formatNarInfo(await makeNarInfo(info, nar, opts.signingKeys)));
+    Buffer.from(formatNarInfo(await makeNarInfo(info, nar, opts.signingKeys, opts.threads)));
 
   /** A large path: its NAR streamed, then its narinfo. */
   const upload = async (u: Upload): Promise<void> => {
@@ -226,6 +228,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
         emit({ type: 'started', info });
         const done = await uploadNar(backend, info, {
           compression: opts.compression,
+          threads: opts.threads,
           wholeOnThread,
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),

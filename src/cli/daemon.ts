@@ -16,7 +16,7 @@ import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
 import { idleCollector } from '../daemon/idle-gc.js';
 import { type ListenAddress, parseListenAddress } from '../daemon/listen-address.js';
 import { formatLogEvent, type LogEvent } from '../daemon/log.js';
-import { DEFAULT_THREAD_IDLE_MS } from '../hash/background-hash.js';
+import { DEFAULT_THREAD_IDLE_MS } from '../cache/threads/thread-pool.js';
 import { createPipeline } from '../daemon/pipeline.js';
 import { StoreHandle } from '../daemon/store-handle.js';
 import { StoreClient } from '../store/client.js';

@@ -49,7 +49,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   const pipeline = Promise.all([
     import('../cache/upload.js'),
     import('../cache/nar-upload.js'),
-    import('../hash/background-hash.js'),
+    import('../cache/threads/thread-pool.js'),
     import('../store/arguments.js'),
     import('../cache/cache-info.js'),
     import('./progress.js'),
@@ -64,7 +64,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   }
   const store = (storeOpened as PromiseFulfilledResult<StoreClient>).value;
   const backend = (backendOpened as PromiseFulfilledResult<CacheBackend>).value;
-  const [{ uploadPaths }, { SMALL_NAR_BYTES, canRunWholeOnThread }, { prewarmCryptoThread }, { resolvePaths }, { ensureCacheInfo }, { createProgress }] = (
+  const [{ uploadPaths }, { SMALL_NAR_BYTES, canRunWholeOnThread }, { ThreadPool }, { resolvePaths }, { ensureCacheInfo }, { createProgress }] = (
     loaded as PromiseFulfilledResult<Awaited<typeof pipeline>>
   ).value;
 
@@ -73,14 +73,16 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   // closure of small paths, built in memory, never starts it. From the
   // second large NAR on, with zstd, one thread per core (up to --jobs)
   // boots: each takes whole NARs (see uploadPaths).
+  // This command's threads, closed when it ends.
+  const threads = new ThreadPool();
   const signing = settings.signingKeys.length > 0;
-  if (signing && !flags.dryRun) prewarmCryptoThread();
+  if (signing && !flags.dryRun) threads.prewarm();
   const whole = canRunWholeOnThread(settings.compression);
   let large = 0;
   const onInfo = (info: PathInfo): void => {
     if (info.narSize <= SMALL_NAR_BYTES || flags.dryRun) return;
     large++;
-    prewarmCryptoThread(large > 1 && whole ? settings.jobs : 1);
+    threads.prewarm(large > 1 && whole ? settings.jobs : 1);
   };
 
   const abort = new AbortController();
@@ -99,6 +101,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
         backend,
         compression: settings.compression,
         signingKeys: settings.signingKeys,
+        threads,
         jobs: settings.jobs,
         force: flags.force,
         dryRun: flags.dryRun,
@@ -111,7 +114,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    await Promise.allSettled([store.close(), backend.close()]);
+    await Promise.allSettled([store.close(), backend.close(), threads.close()]);
   }
 
   if (flags.json) ctx.stdout.write(`${JSON.stringify(jsonReport(config.description, report, flags.dryRun), null, 2)}\n`);
