@@ -8,8 +8,8 @@
  * Logs go to stderr, one line per event.
  */
 import { NarpushError } from '../errors.js';
-import { openCacheBackend } from '../cache/backend.js';
-import { parseCacheUrl } from '../cache/cache-url.js';
+import { openCacheBackend } from './open-backend.js';
+import { parseCacheUrl } from './cache-url.js';
 import { DEFAULT_RETRY_POLICY } from '../daemon/backoff.js';
 import { startDaemon } from '../daemon/daemon.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
@@ -23,7 +23,7 @@ import { StoreClient } from '../store/client.js';
 import { parseStorePath } from '../store/store-path.js';
 import type { RootStore } from '../daemon/root-keeper.js';
 import { storeTransportFromEnv } from '../store/transport.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 import { type UploadFlags, uploadSettings } from './upload-settings.js';
 import * as nodePath from 'node:path';
 

@@ -7,8 +7,9 @@
  */
 import { NarpushError } from '../errors.js';
 import { formatHash } from '../hash/hash.js';
-import { type CacheBackend, openCacheBackend } from '../cache/backend.js';
-import { parseCacheUrl } from '../cache/cache-url.js';
+import type { CacheBackend } from '../cache/backend.js';
+import { openCacheBackend } from './open-backend.js';
+import { parseCacheUrl } from './cache-url.js';
 import type { Compression } from '../cache/compression.js';
 import type { UploadReport } from '../cache/upload.js';
 import type { PathInfo } from '../store/path-info.js';
@@ -16,7 +17,7 @@ import { StoreClient } from '../store/client.js';
 import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
 import { storeTransportFromEnv } from '../store/transport.js';
 import { formatBytes, formatRate, formatSeconds } from './format.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 import { type UploadFlags, uploadSettings } from './upload-settings.js';
 
 export interface UploadPathFlags extends UploadFlags {
