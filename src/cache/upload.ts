@@ -25,13 +25,14 @@ import type { StorePath } from '../store/store-path.js';
 import { type CacheBackend, type StagedObject, stageBatch, stageBytes } from './backend.js';
 import type { CompressionOptions } from './compression.js';
 import { createLimiter } from './limit.js';
-import { SMALL_NAR_BYTES, type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
+import { type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
+import { UploadPlanner } from './plan.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 
 export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
 
 /**
- * Small paths (see SMALL_NAR_BYTES) go up in batches of at most this many
+ * Small paths (see plan.ts) go up in batches of at most this many
  * paths and NAR bytes (held in memory at once), SMALL_BATCHES at once
  * (`jobs` if more): while one is built on this thread, the others wait for
  * the disk, the network or their signatures. (Four measured faster than
@@ -59,7 +60,7 @@ export interface UploadOptions {
   readonly force?: boolean;
   /** Decide what would be uploaded, upload nothing. */
   readonly dryRun?: boolean;
-  /** NARs up to this size go up in one request (see SMALL_NAR_BYTES); tests set 0 to force streaming. */
+  /** NARs up to this size go up in one request (see plan.ts SMALL_NAR_BYTES); tests set 0 to force streaming. */
   readonly smallNarBytes?: number;
   /** Existence checks at once (they are small requests). */
   readonly checkConcurrency?: number;
@@ -147,11 +148,15 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   // once. Small ones are batched (see SMALL_BATCH_PATHS).
   const jobs = createLimiter(opts.jobs);
   const batches = createLimiter(Math.max(SMALL_BATCHES, opts.jobs));
-  const smallLimit = opts.smallNarBytes ?? SMALL_NAR_BYTES;
-  // With several large NARs, each one's CPU work goes whole to a crypto
-  // thread, one per core (threads/nar-job.ts); one large NAR is split between this
-  // thread and the crypto thread instead, which finishes it sooner.
-  const wholeOnThread = toUpload.filter((i) => i.narSize > smallLimit).length >= 2;
+  // How each NAR is produced, and on which threads: see plan.ts.
+  const planner = new UploadPlanner({
+    compression: opts.compression,
+    jobs: opts.jobs,
+    cores: opts.threads.maxThreads,
+    signing: opts.signingKeys.length > 0,
+    ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
+  });
+  for (const info of toUpload) planner.add(info.narSize);
   const batchPaths = Math.max(1, opts.batchPaths ?? SMALL_BATCH_PATHS);
   const uploaded: UploadedPath[] = [];
   const failed: { info: PathInfo; error: NarpushError }[] = [];
@@ -229,7 +234,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
         const done = await uploadNar(backend, info, {
           compression: opts.compression,
           threads: opts.threads,
-          wholeOnThread,
+          production: planner.production(info.narSize) === 'whole' ? 'whole' : 'split',
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
         });
@@ -305,7 +310,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   for (const info of toUpload) {
     let shown!: (ok: boolean) => void;
     visible.set(info.path.baseName, new Promise<boolean>((resolve) => (shown = resolve)));
-    if (info.narSize > smallLimit) {
+    if (planner.production(info.narSize) !== 'memory') {
       running.push(upload({ info, shown }));
       continue;
     }

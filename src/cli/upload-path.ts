@@ -49,7 +49,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   const backendOpening = openCacheBackend(config);
   const pipeline = Promise.all([
     import('../cache/upload.js'),
-    import('../cache/nar-upload.js'),
+    import('../cache/plan.js'),
     import('../cache/threads/thread-pool.js'),
     import('../store/arguments.js'),
     import('../cache/cache-info.js'),
@@ -65,25 +65,27 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   }
   const store = (storeOpened as PromiseFulfilledResult<StoreClient>).value;
   const backend = (backendOpened as PromiseFulfilledResult<CacheBackend>).value;
-  const [{ uploadPaths }, { SMALL_NAR_BYTES, canRunWholeOnThread }, { ThreadPool }, { resolvePaths }, { ensureCacheInfo }, { createProgress }] = (
+  const [{ uploadPaths }, { UploadPlanner }, { ThreadPool }, { resolvePaths }, { ensureCacheInfo }, { createProgress }] = (
     loaded as PromiseFulfilledResult<Awaited<typeof pipeline>>
   ).value;
 
-  // The crypto thread (it signs narinfos and hashes streamed NARs) boots
-  // (~70 ms, on another core) while the closure is read; an unsigned
-  // closure of small paths, built in memory, never starts it. From the
-  // second large NAR on, with zstd, one thread per core (up to --jobs)
-  // boots: each takes whole NARs (see uploadPaths).
-  // This command's threads, closed when it ends.
+  // This command's threads, closed when it ends. They boot (on other cores)
+  // while the closure is read, as many as the planner expects to use for
+  // the paths seen so far (see cache/plan.ts); a dry run starts none.
   const threads = new ThreadPool();
-  const signing = settings.signingKeys.length > 0;
-  if (signing && !flags.dryRun) threads.prewarm();
-  const whole = canRunWholeOnThread(settings.compression);
-  let large = 0;
+  const planner = new UploadPlanner({
+    compression: settings.compression,
+    jobs: settings.jobs,
+    cores: threads.maxThreads,
+    signing: settings.signingKeys.length > 0,
+  });
+  const prewarm = (): void => {
+    if (!flags.dryRun && planner.threads() > 0) threads.prewarm(planner.threads());
+  };
+  prewarm();
   const onInfo = (info: PathInfo): void => {
-    if (info.narSize <= SMALL_NAR_BYTES || flags.dryRun) return;
-    large++;
-    threads.prewarm(large > 1 && whole ? settings.jobs : 1);
+    planner.add(info.narSize);
+    prewarm();
   };
 
   const abort = new AbortController();

@@ -454,7 +454,8 @@ export interface ThreadPoolOptions {
  */
 export class ThreadPool {
   private readonly idleMs: number;
-  private readonly maxThreads: number;
+  /** Threads for whole NARs at most. */
+  readonly maxThreads: number;
   /** threads[0] is the crypto thread. */
   private readonly threads: CryptoThread[] = [];
   private peak = 0;

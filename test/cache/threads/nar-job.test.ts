@@ -202,9 +202,9 @@ test('uploadNar: whole on a crypto thread or split with this one, the same objec
   try {
     const a = infos.get('a')!;
     const made = [];
-    for (const wholeOnThread of [false, true]) {
+    for (const production of ['split', 'whole'] as const) {
       const backend = new MemoryBackend();
-      const nar = await uploadNar(backend, a, { compression: { method: 'zstd' }, threads: pool, wholeOnThread });
+      const nar = await uploadNar(backend, a, { compression: { method: 'zstd' }, threads: pool, production });
       made.push({ nar, body: backend.objects.get(nar.url)!.body });
     }
     assert.deepEqual(made[1]!.nar, made[0]!.nar);
