@@ -18,7 +18,6 @@ import { type CompressionOptions, narExtension } from './compression.js';
 import { type NarSource, type ProducedNar, produceInMemory, produceSplit, produceWhole } from './nar-producers.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 
-
 export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 
 export interface UploadedNar {

@@ -13,6 +13,11 @@
  *    NAR job runs), each goes whole to a worker thread, one per core: the
  *    NARs then run side by side as `nix copy` runs them, and this thread
  *    only moves bytes.
+ *  - Threads only when they pay: a thread's start-up (booting a Node
+ *    isolate) costs far more than an Ed25519 signature by OpenSSL on this
+ *    thread, so up to SIGN_HERE_MAX signatures, with no large NAR to stream
+ *    (which needs the crypto thread anyway), are made here and no thread
+ *    is started for them.
  */
 import type { CompressionOptions } from './compression.js';
 import { canProduceWhole } from './nar-producers.js';
@@ -23,6 +28,9 @@ import { canProduceWhole } from './nar-producers.js';
  */
 export const SMALL_NAR_BYTES = 512 * 1024;
 
+/** Signatures (paths x keys) made on this thread when nothing else needs a thread: a few ms of work, less than one thread's start-up. */
+export const SIGN_HERE_MAX = 64;
+
 export type NarProduction = 'memory' | 'split' | 'whole';
 
 export interface UploadWork {
@@ -31,8 +39,8 @@ export interface UploadWork {
   readonly jobs: number;
   /** Cores the threads may use. */
   readonly cores: number;
-  /** Narinfos are signed. */
-  readonly signing: boolean;
+  /** Keys each narinfo is signed with. */
+  readonly signingKeys: number;
   /** NARs up to this size are built in memory (SMALL_NAR_BYTES unless set; tests set 0 to force streaming). */
   readonly smallNarBytes?: number;
 }
@@ -40,6 +48,7 @@ export interface UploadWork {
 /** Paths are added as they become known; the plan for them follows. */
 export class UploadPlanner {
   private large = 0;
+  private paths = 0;
   private readonly small: number;
 
   constructor(private readonly work: UploadWork) {
@@ -48,6 +57,7 @@ export class UploadPlanner {
 
   /** Count a path to upload. */
   add(narSize: number): void {
+    this.paths++;
     if (narSize > this.small) this.large++;
   }
 
@@ -55,6 +65,11 @@ export class UploadPlanner {
   production(narSize: number): NarProduction {
     if (narSize <= this.small) return 'memory';
     return this.large >= 2 && canProduceWhole(this.work.compression) ? 'whole' : 'split';
+  }
+
+  /** Whether narinfo signatures are made on the crypto thread (else on this one; see SIGN_HERE_MAX). */
+  signOnThread(): boolean {
+    return this.large > 0 || this.paths * this.work.signingKeys > SIGN_HERE_MAX;
   }
 
   /**
@@ -65,6 +80,6 @@ export class UploadPlanner {
    */
   threads(): number {
     if (this.large >= 2 && canProduceWhole(this.work.compression)) return Math.max(1, Math.min(this.work.jobs, this.work.cores));
-    return this.large > 0 || this.work.signing ? 1 : 0;
+    return this.large > 0 || (this.work.signingKeys > 0 && this.signOnThread()) ? 1 : 0;
   }
 }

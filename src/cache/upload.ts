@@ -10,8 +10,9 @@
  * references, so a chain of references costs one rename per link and the
  * fsyncs run beside it (see file-backend.ts). Small paths (most of a
  * typical closure) go up in batches: their NARs built, checked and
- * compressed in one loop, written together, their narinfos signed in one
- * message to the crypto thread and written together; each path still
+ * compressed in one loop, written together, their narinfos signed together
+ * (in one message when on the crypto thread: see plan.ts) and written
+ * together; each path still
  * succeeds, fails and is published alone. Progress and results are reported
  * as events; nothing here prints.
  */
@@ -19,7 +20,7 @@ import { NarpushError, isNarpushError } from '../errors.js';
 import type { NarInfo } from '../narinfo/narinfo.js';
 import { formatNarInfo } from '../narinfo/narinfo.js';
 import type { SecretKey } from '../signing/keys.js';
-import { signNarInfoWith } from '../signing/sign.js';
+import { signFingerprint, signNarInfoWith } from '../signing/sign.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
 import { type CacheBackend, type StagedObject, stageBatch, stageBytes } from './backend.js';
@@ -98,8 +99,11 @@ function asNarpushError(e: unknown, info: PathInfo): NarpushError {
   return new NarpushError('UPLOAD_FAILED', `uploading '${info.path.path}' failed: ${message}`, { cause: e });
 }
 
-/** The narinfo for an uploaded path: what the store knows, where the NAR went, signed (on the crypto thread). */
-export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly SecretKey[], threads: ThreadPool): Promise<NarInfo> {
+/** Makes `<key name>:<signature>` of a fingerprint (on the crypto thread or this one, as the planner chose). */
+export type Signer = (fingerprint: string, key: SecretKey) => Promise<string>;
+
+/** The narinfo for an uploaded path: what the store knows, where the NAR went, signed by `sign`. */
+export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly SecretKey[], sign: Signer): Promise<NarInfo> {
   const unsigned: NarInfo = {
     storePath: info.path,
     url: nar.url,
@@ -113,7 +117,7 @@ export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readon
     sigs: info.sigs,
     ...(info.ca ? { ca: info.ca } : {}),
   };
-  return keys.length > 0 ? signNarInfoWith(unsigned, keys, (fp, key) => threads.sign(fp, key)) : unsigned;
+  return keys.length > 0 ? signNarInfoWith(unsigned, keys, sign) : unsigned;
 }
 
 /**
@@ -153,10 +157,13 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     compression: opts.compression,
     jobs: opts.jobs,
     cores: opts.threads.maxThreads,
-    signing: opts.signingKeys.length > 0,
+    signingKeys: opts.signingKeys.length,
     ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
   });
   for (const info of toUpload) planner.add(info.narSize);
+  const sign: Signer = planner.signOnThread()
+    ? (fp, key) => opts.threads.sign(fp, key)
+    : async (fp, key) => signFingerprint(fp, key);
   const batchPaths = Math.max(1, opts.batchPaths ?? SMALL_BATCH_PATHS);
   const uploaded: UploadedPath[] = [];
   const failed: { info: PathInfo; error: NarpushError }[] = [];
@@ -217,7 +224,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   };
 
   const narInfoBody = async (info: PathInfo, nar: UploadedNar): Promise<Buffer> =>
-    Buffer.from(formatNarInfo(await makeNarInfo(info, nar, opts.signingKeys, opts.threads)));
+    Buffer.from(formatNarInfo(await makeNarInfo(info, nar, opts.signingKeys, sign)));
 
   /** A large path: its NAR streamed, then its narinfo. */
   const upload = async (u: Upload): Promise<void> => {

@@ -77,7 +77,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
     compression: settings.compression,
     jobs: settings.jobs,
     cores: threads.maxThreads,
-    signing: settings.signingKeys.length > 0,
+    signingKeys: settings.signingKeys.length,
   });
   const prewarm = (): void => {
     if (!flags.dryRun && planner.threads() > 0) threads.prewarm(planner.threads());

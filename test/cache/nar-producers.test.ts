@@ -15,17 +15,18 @@ import fc from 'fast-check';
 import { type Compression, createDecompressor } from '../../src/cache/compression.js';
 import { canProduceWhole } from '../../src/cache/nar-producers.js';
 import { type UploadedNar, uploadNar, uploadSmallNars } from '../../src/cache/nar-upload.js';
-import { UploadPlanner } from '../../src/cache/plan.js';
+import { SIGN_HERE_MAX, UploadPlanner } from '../../src/cache/plan.js';
 import { ThreadPool } from '../../src/cache/threads/thread-pool.js';
-import { makeNarInfo } from '../../src/cache/upload.js';
+import { makeNarInfo, narInfoKey, uploadPaths } from '../../src/cache/upload.js';
 import { nix32Encode } from '../../src/hash/nix32.js';
-import { formatNarInfo } from '../../src/narinfo/narinfo.js';
-import { newSecretKey } from '../../src/signing/keys.js';
+import { formatNarInfo, parseNarInfo } from '../../src/narinfo/narinfo.js';
+import { newSecretKey, toPublicKey } from '../../src/signing/keys.js';
+import { verifyNarInfo } from '../../src/signing/sign.js';
 import type { PathInfo } from '../../src/store/path-info.js';
 import { StorePath } from '../../src/store/store-path.js';
 import { MemoryBackend } from '../helpers/memory-backend.js';
 import { treeArb, writeTree } from '../nar/tree.js';
-import { narOf } from './upload-fake-store.js';
+import { makeStore, narOf } from './upload-fake-store.js';
 
 async function decompress(method: Compression, file: Buffer): Promise<Buffer> {
   const d = await createDecompressor(method);
@@ -71,7 +72,7 @@ async function produceEveryWay(info: PathInfo, method: Compression): Promise<Mad
   const compression = { method };
   const made: Made[] = [];
   const record = async (how: string, backend: MemoryBackend, nar: UploadedNar): Promise<void> => {
-    const narInfo = formatNarInfo(await makeNarInfo(info, nar, [key], threads));
+    const narInfo = formatNarInfo(await makeNarInfo(info, nar, [key], (fp, k) => threads.sign(fp, k)));
     made.push({ how, nar, body: backend.objects.get(nar.url)!.body, narInfo });
   };
   {
@@ -131,12 +132,13 @@ test('producers: in memory, split and whole give the same object, record and nar
 
 test('planner: small NARs in memory, one large split, several large whole (zstd, one encoder thread only)', () => {
   const plan = (compression: { method: Compression; threads?: number }, sizes: number[], signing = false) => {
-    const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signing, smallNarBytes: 100 });
+    const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signingKeys: signing ? 1 : 0, smallNarBytes: 100 });
     for (const s of sizes) p.add(s);
     return { ways: sizes.map((s) => p.production(s)), threads: p.threads() };
   };
   assert.deepEqual(plan({ method: 'zstd' }, [10, 100]), { ways: ['memory', 'memory'], threads: 0 });
-  assert.equal(plan({ method: 'zstd' }, [10], true).threads, 1, 'signing wants the crypto thread');
+  assert.equal(plan({ method: 'zstd' }, [10], true).threads, 0, 'one signature is made here: no thread');
+  assert.equal(plan({ method: 'zstd' }, Array.from({ length: SIGN_HERE_MAX + 1 }, () => 10), true).threads, 1, 'many signatures: the crypto thread');
   assert.deepEqual(plan({ method: 'zstd' }, [10, 101]).ways, ['memory', 'split']);
   assert.equal(plan({ method: 'zstd' }, [10, 101]).threads, 1);
   assert.deepEqual(plan({ method: 'zstd' }, [101, 10, 102]).ways, ['whole', 'memory', 'whole']);
@@ -144,4 +146,22 @@ test('planner: small NARs in memory, one large split, several large whole (zstd,
   assert.deepEqual(plan({ method: 'xz' }, [101, 102]).ways, ['split', 'split']);
   assert.deepEqual(plan({ method: 'zstd', threads: 2 }, [101, 102]).ways, ['split', 'split']);
   assert.equal(plan({ method: 'xz' }, [101, 102]).threads, 1);
+});
+
+test('threads only when they pay: a small signed path is signed here and starts no thread; a large NAR starts the crypto thread', async (t) => {
+  const own = new ThreadPool();
+  t.after(() => own.close());
+  const { dir, infos } = await makeStore({ tiny: [], big: [] }, 1000);
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const backend = new MemoryBackend();
+  const opts = { backend, compression: { method: 'zstd' as const }, signingKeys: [key], threads: own, jobs: 2 };
+  const tiny = await uploadPaths([infos.get('tiny')!], opts);
+  assert.equal(tiny.uploaded.length, 1);
+  assert.equal(own.running, 0, 'no thread for one signature');
+  const ni = parseNarInfo(backend.objects.get(narInfoKey(infos.get('tiny')!.path))!.body.toString(), dir);
+  assert.equal(verifyNarInfo(ni, [toPublicKey(key)]), 1, 'signed all the same');
+  // Streamed (smallNarBytes 0): the NAR hash needs the crypto thread, which then signs too.
+  const big = await uploadPaths([infos.get('big')!], { ...opts, smallNarBytes: 0 });
+  assert.equal(big.uploaded.length, 1);
+  assert.equal(own.running, 1);
 });
