@@ -6,7 +6,7 @@
  * takes whole NARs, as `nix copy` would on one core, and the main thread
  * only moves the compressed pieces to the cache. With one large NAR the
  * work is instead split between the main thread and a crypto thread
- * (nar-upload.ts), which finishes one NAR sooner.
+ * (../nar-producers.ts; ../plan.ts decides), which finishes one NAR sooner.
  *
  * The compressed pieces are fresh buffers (never lent), so they can be
  * handed to another thread without a copy. Whether the NAR is what the store

@@ -11,22 +11,23 @@
  * The first thread (the crypto thread) is started on first use and kept
  * referenced only while it has work, so it never holds the process alive.
  * Once a thread has had no work for the idle delay (`idleMs`), it is
- * stopped and its memory given back; the next use starts it again. Bytes are copied to the worker (a chunk may share its
- * memory with others); at most MAX_IN_FLIGHT bytes wait there per hash, and
- * `update` returns a promise to wait on when that is reached. If the worker
- * dies, every open hash fails: a digest is never made up.
+ * stopped and its memory given back; the next use starts it again. Bytes
+ * are copied to the worker (a chunk may share its memory with others); at
+ * most MAX_IN_FLIGHT bytes wait there per hash, and `update` returns a
+ * promise to wait on when that is reached. If the worker dies, every open
+ * hash fails: a digest is never made up.
  *
- * Signatures: an Ed25519 signature costs 70-100 µs of OpenSSL on a slow
- * core, the largest single cost of uploading a tiny path. Fingerprints
- * asked for in the same tick go to the thread in one message and come back
- * in one. Ed25519 is deterministic, so if the thread fails, the main thread
- * signs instead: the bytes are the same.
+ * Signatures: fingerprints asked for in the same tick go to the thread in
+ * one message and come back in one. Ed25519 is deterministic, so if the
+ * thread fails, the main thread signs instead: the bytes are the same.
+ * Whether a job's signatures are worth a thread at all is the planner's
+ * choice (../plan.ts).
  *
- * Whole NARs: when an upload has several large NARs, each is read, hashed,
- * compressed and hashed again on one thread (nar-job.ts), and there is
- * one such thread per core (the first one is the crypto thread above). Its
- * compressed pieces move to the main thread without a copy, at most
- * NAR_JOB_AHEAD bytes ahead of the consumer.
+ * Whole NARs: when the planner sends whole NARs here, each is read,
+ * hashed, compressed and hashed again on one thread (nar-job.ts), and
+ * there is one such thread per core, up to maxThreads (the first one is the
+ * crypto thread above). Its compressed pieces move to the main thread
+ * without a copy, at most NAR_JOB_AHEAD bytes ahead of the consumer.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
