@@ -19,7 +19,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { DEFAULT_THREAD_IDLE_MS } from '../src/hash/background-hash.js';
+import { DEFAULT_THREAD_IDLE_MS } from '../src/cache/threads/thread-pool.js';
 import { nix, nixBuildFile, nixEnv } from '../test/helpers/nix.js';
 import { narpushCommand, procLine, startBenchDaemon, timeRun } from './lib.js';
 

@@ -3,13 +3,13 @@
 // upload (1,000 small paths: ~7% of the time, measured in paired runs).
 // tsc still compiles every module to dist/src (tests and the hook use those);
 // this bundles dist/src/cli/main.js and the crypto thread it starts into
-// dist/bundle, next to each other as background-hash.ts expects. Native
+// dist/bundle, next to each other as thread-pool.ts expects. Native
 // addons, the AWS SDK and prom-client (only `daemon --metrics-listen` needs
 // it) stay outside: they are loaded when first used.
 import { build } from 'esbuild';
 
 await build({
-  entryPoints: { narpush: 'dist/src/cli/main.js', 'crypto-thread': 'dist/src/hash/crypto-thread.js' },
+  entryPoints: { narpush: 'dist/src/cli/main.js', 'crypto-thread': 'dist/src/cache/threads/crypto-thread.js' },
   outdir: 'dist/bundle',
   bundle: true,
   format: 'esm',

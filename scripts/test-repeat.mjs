@@ -14,9 +14,8 @@ import { join } from 'node:path';
 
 /** The files that start worker threads or a daemon (path substrings, as run-tests.mjs takes them). */
 const THREADED = [
-  'test/hash/background-hash.',
-  'test/hash/thread-idle.',
-  'test/cache/nar-job.',
+  'test/cache/threads/', // thread-pool.test, thread-idle.test, nar-job.test
+  'test/cache/nar-producers.', // producers on the crypto thread and workers
   'test/cache/upload', // upload.test, upload-order.test, upload-path.test: crypto threads
   'test/daemon/', // the daemon, its worker and the hook, in process and as real processes
   'test/signing/sign-nix.', // `narpush upload` processes

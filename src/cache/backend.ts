@@ -1,7 +1,7 @@
 /**
  * Where a binary cache lives: the small interface the upload pipeline writes
- * through, and the factory that opens a file:// or s3:// backend from a parsed
- * `--to` URL. Keys are relative paths in Nix's cache layout (`nix-cache-info`,
+ * through (cli/open-backend.ts opens a file:// or s3:// one from a parsed
+ * `--to` URL). Keys are relative paths in Nix's cache layout (`nix-cache-info`,
  * `<hash>.narinfo`, `nar/<…>.nar.xz`).
  *
  * Backends never hold a whole NAR in memory, never make a partial object
@@ -17,8 +17,6 @@
  * objects costs one round of waiting for the disk instead of one each.
  */
 import { NarpushError } from '../errors.js';
-import type { CacheConfig } from './cache-url.js';
-import type { S3BackendOptions } from '../s3/s3-backend.js';
 
 /** The largest object `get` will read into memory (narinfo and nix-cache-info are a few KiB). */
 export const MAX_GET_BYTES = 16 * 1024 * 1024;
@@ -108,21 +106,6 @@ export async function stageBytes(backend: CacheBackend, key: string, body: Uint8
   const [r] = await stageBatch(backend, [{ key, body, contentType }]);
   if (r!.status === 'rejected') throw r!.reason;
   return r!.value;
-}
-
-export interface OpenBackendOptions {
-  /** Options for s3:// only (credentials, retries, timeouts, concurrency). */
-  readonly s3?: S3BackendOptions;
-}
-
-/** Open the backend a parsed `--to` URL names. Does no network or filesystem I/O itself. */
-export async function openCacheBackend(config: CacheConfig, opts: OpenBackendOptions = {}): Promise<CacheBackend> {
-  if (config.kind === 'file') {
-    const { FileBackend } = await import('./file-backend.js');
-    return new FileBackend(config.dir);
-  }
-  const { openS3Backend } = await import('../s3/s3-backend.js');
-  return openS3Backend(config, opts.s3);
 }
 
 /**

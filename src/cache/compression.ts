@@ -92,7 +92,7 @@ function encoderThreads(opts: CompressionOptions, sizeHint: number | undefined):
  * compress in parallel anyway, and on two cores zstd's worker threads cost
  * more in hand-offs (0.1-0.2 s of system time on the 103 MiB benchmark
  * closure) than they saved; the cores are better spent on hashing (see
- * background-hash.ts). xz is narpush's own encoder (xz-encoder.ts), which
+ * threads/thread-pool.ts). xz is narpush's own encoder (xz-encoder.ts), which
  * skips incompressible data and caps liblzma encoders at one per core; with
  * threads, liblzma's multi-threaded encoder instead (about 350 MiB at preset
  * 6 with two threads). `sizeHint` (the NAR size) keeps small NARs on one

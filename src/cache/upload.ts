@@ -10,8 +10,9 @@
  * references, so a chain of references costs one rename per link and the
  * fsyncs run beside it (see file-backend.ts). Small paths (most of a
  * typical closure) go up in batches: their NARs built, checked and
- * compressed in one loop, written together, their narinfos signed in one
- * message to the crypto thread and written together; each path still
+ * compressed in one loop, written together, their narinfos signed together
+ * (in one message when on the crypto thread: see plan.ts) and written
+ * together; each path still
  * succeeds, fails and is published alone. Progress and results are reported
  * as events; nothing here prints.
  */
@@ -19,19 +20,20 @@ import { NarpushError, isNarpushError } from '../errors.js';
 import type { NarInfo } from '../narinfo/narinfo.js';
 import { formatNarInfo } from '../narinfo/narinfo.js';
 import type { SecretKey } from '../signing/keys.js';
-import { backgroundSign } from '../hash/background-hash.js';
-import { signNarInfoWith } from '../signing/sign.js';
+import { signFingerprint, signNarInfoWith } from '../signing/sign.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
 import { type CacheBackend, type StagedObject, stageBatch, stageBytes } from './backend.js';
 import type { CompressionOptions } from './compression.js';
 import { createLimiter } from './limit.js';
-import { SMALL_NAR_BYTES, type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
+import { type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
+import { UploadPlanner } from './plan.js';
+import type { ThreadPool } from './threads/thread-pool.js';
 
 export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
 
 /**
- * Small paths (see SMALL_NAR_BYTES) go up in batches of at most this many
+ * Small paths (see plan.ts) go up in batches of at most this many
  * paths and NAR bytes (held in memory at once), SMALL_BATCHES at once
  * (`jobs` if more): while one is built on this thread, the others wait for
  * the disk, the network or their signatures. (Four measured faster than
@@ -49,6 +51,8 @@ export interface UploadOptions {
   readonly backend: CacheBackend;
   readonly compression: CompressionOptions;
   readonly signingKeys: readonly SecretKey[];
+  /** The worker threads (hashing, signing, whole NARs); owned and closed by the caller. */
+  readonly threads: ThreadPool;
   /** Large NARs uploaded at once (and batches of small ones, if more than SMALL_BATCHES). */
   readonly jobs: number;
   /** Small paths per batch (SMALL_BATCH_PATHS unless set). */
@@ -57,7 +61,7 @@ export interface UploadOptions {
   readonly force?: boolean;
   /** Decide what would be uploaded, upload nothing. */
   readonly dryRun?: boolean;
-  /** NARs up to this size go up in one request (see SMALL_NAR_BYTES); tests set 0 to force streaming. */
+  /** NARs up to this size go up in one request (see plan.ts SMALL_NAR_BYTES); tests set 0 to force streaming. */
   readonly smallNarBytes?: number;
   /** Existence checks at once (they are small requests). */
   readonly checkConcurrency?: number;
@@ -95,8 +99,11 @@ function asNarpushError(e: unknown, info: PathInfo): NarpushError {
   return new NarpushError('UPLOAD_FAILED', `uploading '${info.path.path}' failed: ${message}`, { cause: e });
 }
 
-/** The narinfo for an uploaded path: what the store knows, where the NAR went, signed (on the crypto thread). */
-export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly SecretKey[]): Promise<NarInfo> {
+/** Makes `<key name>:<signature>` of a fingerprint (on the crypto thread or this one, as the planner chose). */
+export type Signer = (fingerprint: string, key: SecretKey) => Promise<string>;
+
+/** The narinfo for an uploaded path: what the store knows, where the NAR went, signed by `sign`. */
+export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly SecretKey[], sign: Signer): Promise<NarInfo> {
   const unsigned: NarInfo = {
     storePath: info.path,
     url: nar.url,
@@ -110,7 +117,7 @@ export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readon
     sigs: info.sigs,
     ...(info.ca ? { ca: info.ca } : {}),
   };
-  return keys.length > 0 ? signNarInfoWith(unsigned, keys, backgroundSign) : unsigned;
+  return keys.length > 0 ? signNarInfoWith(unsigned, keys, sign) : unsigned;
 }
 
 /**
@@ -145,11 +152,18 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   // once. Small ones are batched (see SMALL_BATCH_PATHS).
   const jobs = createLimiter(opts.jobs);
   const batches = createLimiter(Math.max(SMALL_BATCHES, opts.jobs));
-  const smallLimit = opts.smallNarBytes ?? SMALL_NAR_BYTES;
-  // With several large NARs, each one's CPU work goes whole to a crypto
-  // thread, one per core (nar-job.ts); one large NAR is split between this
-  // thread and the crypto thread instead, which finishes it sooner.
-  const wholeOnThread = toUpload.filter((i) => i.narSize > smallLimit).length >= 2;
+  // How each NAR is produced, and on which threads: see plan.ts.
+  const planner = new UploadPlanner({
+    compression: opts.compression,
+    jobs: opts.jobs,
+    cores: opts.threads.maxThreads,
+    signingKeys: opts.signingKeys.length,
+    ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
+  });
+  for (const info of toUpload) planner.add(info.narSize);
+  const sign: Signer = planner.signOnThread()
+    ? (fp, key) => opts.threads.sign(fp, key)
+    : async (fp, key) => signFingerprint(fp, key);
   const batchPaths = Math.max(1, opts.batchPaths ?? SMALL_BATCH_PATHS);
   const uploaded: UploadedPath[] = [];
   const failed: { info: PathInfo; error: NarpushError }[] = [];
@@ -210,7 +224,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   };
 
   const narInfoBody = async (info: PathInfo, nar: UploadedNar): Promise<Buffer> =>
-    Buffer.from(formatNarInfo(await makeNarInfo(info, nar, opts.signingKeys)));
+    Buffer.from(formatNarInfo(await makeNarInfo(info, nar, opts.signingKeys, sign)));
 
   /** A large path: its NAR streamed, then its narinfo. */
   const upload = async (u: Upload): Promise<void> => {
@@ -226,7 +240,8 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
         emit({ type: 'started', info });
         const done = await uploadNar(backend, info, {
           compression: opts.compression,
-          wholeOnThread,
+          threads: opts.threads,
+          production: planner.production(info.narSize) === 'whole' ? 'whole' : 'split',
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
         });
@@ -302,7 +317,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   for (const info of toUpload) {
     let shown!: (ok: boolean) => void;
     visible.set(info.path.baseName, new Promise<boolean>((resolve) => (shown = resolve)));
-    if (info.narSize > smallLimit) {
+    if (planner.production(info.narSize) !== 'memory') {
       running.push(upload({ info, shown }));
       continue;
     }

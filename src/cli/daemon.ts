@@ -8,22 +8,22 @@
  * Logs go to stderr, one line per event.
  */
 import { NarpushError } from '../errors.js';
-import { openCacheBackend } from '../cache/backend.js';
-import { parseCacheUrl } from '../cache/cache-url.js';
+import { openCacheBackend } from './open-backend.js';
+import { parseCacheUrl } from './cache-url.js';
 import { DEFAULT_RETRY_POLICY } from '../daemon/backoff.js';
 import { startDaemon } from '../daemon/daemon.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
 import { idleCollector } from '../daemon/idle-gc.js';
 import { type ListenAddress, parseListenAddress } from '../daemon/listen-address.js';
 import { formatLogEvent, type LogEvent } from '../daemon/log.js';
-import { DEFAULT_THREAD_IDLE_MS } from '../hash/background-hash.js';
+import { DEFAULT_THREAD_IDLE_MS } from '../cache/threads/thread-pool.js';
 import { createPipeline } from '../daemon/pipeline.js';
 import { StoreHandle } from '../daemon/store-handle.js';
 import { StoreClient } from '../store/client.js';
 import { parseStorePath } from '../store/store-path.js';
 import type { RootStore } from '../daemon/root-keeper.js';
 import { storeTransportFromEnv } from '../store/transport.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 import { type UploadFlags, uploadSettings } from './upload-settings.js';
 import * as nodePath from 'node:path';
 

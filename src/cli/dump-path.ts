@@ -14,7 +14,7 @@ import * as nodePath from 'node:path';
 import { NarpushError, isErrnoException } from '../errors.js';
 import { dumpNar } from '../nar/dump.js';
 import { followLinksToStorePath } from '../store/store-path.js';
-import { EXIT_FAILURE, type CliContext } from './main.js';
+import { EXIT_FAILURE, type CliContext } from './context.js';
 
 /** The filesystem path to dump for `arg`: a store path, or a path inside one that stays inside it. */
 export async function resolveDumpTarget(arg: string, storeDir: string, cwd: string = process.cwd()): Promise<string> {

@@ -12,7 +12,7 @@ import { type FileHandle, lstat, open, unlink } from 'node:fs/promises';
 import * as nodePath from 'node:path';
 import { NarpushError, isErrnoException } from '../errors.js';
 import { generateKeyPair, keyNameError } from '../signing/keys.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 
 async function refuseExisting(file: string): Promise<void> {
   try {

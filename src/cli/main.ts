@@ -7,19 +7,8 @@
 import { Command, CommanderError } from 'commander';
 import { isNarpushError } from '../errors.js';
 import { DEFAULT_STORE_DIR } from '../store/store-path.js';
+import { type CliContext, EXIT_BUG, EXIT_FAILURE, EXIT_USAGE } from './context.js';
 
-export interface CliContext {
-  readonly storeDir: string;
-  readonly debug: boolean;
-  readonly stdout: NodeJS.WritableStream;
-  readonly stderr: NodeJS.WritableStream;
-  readonly env: NodeJS.ProcessEnv;
-}
-
-/** Exit codes: 0 success, 1 a failure narpush reports, 2 bad usage, 70 an internal bug. */
-export const EXIT_FAILURE = 1;
-export const EXIT_USAGE = 2;
-export const EXIT_BUG = 70;
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];

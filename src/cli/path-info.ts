@@ -13,7 +13,7 @@ import { fetchClosure, sortByReferences } from '../store/closure.js';
 import { type PathInfo, formatNixPathInfoJson } from '../store/path-info.js';
 import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
 import { storeTransportFromEnv } from '../store/transport.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 
 export async function pathInfo(
   ctx: CliContext,

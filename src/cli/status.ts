@@ -8,7 +8,7 @@ import { sendRequest } from '../daemon/client.js';
 import type { DaemonStatus } from '../daemon/daemon.js';
 import { DEFAULT_SOCKET } from '../daemon/hook.js';
 import { formatBytes } from './format.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 
 export interface StatusFlags {
   readonly socket?: string;

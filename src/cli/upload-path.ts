@@ -7,8 +7,9 @@
  */
 import { NarpushError } from '../errors.js';
 import { formatHash } from '../hash/hash.js';
-import { type CacheBackend, openCacheBackend } from '../cache/backend.js';
-import { parseCacheUrl } from '../cache/cache-url.js';
+import type { CacheBackend } from '../cache/backend.js';
+import { openCacheBackend } from './open-backend.js';
+import { parseCacheUrl } from './cache-url.js';
 import type { Compression } from '../cache/compression.js';
 import type { UploadReport } from '../cache/upload.js';
 import type { PathInfo } from '../store/path-info.js';
@@ -16,7 +17,7 @@ import { StoreClient } from '../store/client.js';
 import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
 import { storeTransportFromEnv } from '../store/transport.js';
 import { formatBytes, formatRate, formatSeconds } from './format.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 import { type UploadFlags, uploadSettings } from './upload-settings.js';
 
 export interface UploadPathFlags extends UploadFlags {
@@ -48,8 +49,8 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   const backendOpening = openCacheBackend(config);
   const pipeline = Promise.all([
     import('../cache/upload.js'),
-    import('../cache/nar-upload.js'),
-    import('../hash/background-hash.js'),
+    import('../cache/plan.js'),
+    import('../cache/threads/thread-pool.js'),
     import('../store/arguments.js'),
     import('../cache/cache-info.js'),
     import('./progress.js'),
@@ -64,23 +65,27 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   }
   const store = (storeOpened as PromiseFulfilledResult<StoreClient>).value;
   const backend = (backendOpened as PromiseFulfilledResult<CacheBackend>).value;
-  const [{ uploadPaths }, { SMALL_NAR_BYTES, canRunWholeOnThread }, { prewarmCryptoThread }, { resolvePaths }, { ensureCacheInfo }, { createProgress }] = (
+  const [{ uploadPaths }, { UploadPlanner }, { ThreadPool }, { resolvePaths }, { ensureCacheInfo }, { createProgress }] = (
     loaded as PromiseFulfilledResult<Awaited<typeof pipeline>>
   ).value;
 
-  // The crypto thread (it signs narinfos and hashes streamed NARs) boots
-  // (~70 ms, on another core) while the closure is read; an unsigned
-  // closure of small paths, built in memory, never starts it. From the
-  // second large NAR on, with zstd, one thread per core (up to --jobs)
-  // boots: each takes whole NARs (see uploadPaths).
-  const signing = settings.signingKeys.length > 0;
-  if (signing && !flags.dryRun) prewarmCryptoThread();
-  const whole = canRunWholeOnThread(settings.compression);
-  let large = 0;
+  // This command's threads, closed when it ends. They boot (on other cores)
+  // while the closure is read, as many as the planner expects to use for
+  // the paths seen so far (see cache/plan.ts); a dry run starts none.
+  const threads = new ThreadPool();
+  const planner = new UploadPlanner({
+    compression: settings.compression,
+    jobs: settings.jobs,
+    cores: threads.maxThreads,
+    signingKeys: settings.signingKeys.length,
+  });
+  const prewarm = (): void => {
+    if (!flags.dryRun && planner.threads() > 0) threads.prewarm(planner.threads());
+  };
+  prewarm();
   const onInfo = (info: PathInfo): void => {
-    if (info.narSize <= SMALL_NAR_BYTES || flags.dryRun) return;
-    large++;
-    prewarmCryptoThread(large > 1 && whole ? settings.jobs : 1);
+    planner.add(info.narSize);
+    prewarm();
   };
 
   const abort = new AbortController();
@@ -99,6 +104,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
         backend,
         compression: settings.compression,
         signingKeys: settings.signingKeys,
+        threads,
         jobs: settings.jobs,
         force: flags.force,
         dryRun: flags.dryRun,
@@ -111,7 +117,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    await Promise.allSettled([store.close(), backend.close()]);
+    await Promise.allSettled([store.close(), backend.close(), threads.close()]);
   }
 
   if (flags.json) ctx.stdout.write(`${JSON.stringify(jsonReport(config.description, report, flags.dryRun), null, 2)}\n`);

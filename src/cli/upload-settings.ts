@@ -6,7 +6,7 @@
  */
 import { NarpushError } from '../errors.js';
 import type { CacheInfo } from '../cache/cache-info.js';
-import type { CacheConfig } from '../cache/cache-url.js';
+import type { CacheConfig } from './cache-url.js';
 import { type CompressionOptions, compressionLevel, compressionThreads, parseCompression } from '../cache/compression.js';
 import { readSecretKeyFile } from '../signing/key-file.js';
 import type { SecretKey } from '../signing/keys.js';

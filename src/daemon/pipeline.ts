@@ -15,6 +15,7 @@ import type { CacheBackend } from '../cache/backend.js';
 import { type CacheInfo, ensureCacheInfo } from '../cache/cache-info.js';
 import type { CompressionOptions } from '../cache/compression.js';
 import { resolvePaths } from '../store/arguments.js';
+import { ThreadPool } from '../cache/threads/thread-pool.js';
 import { type UploadEvent, uploadPaths } from '../cache/upload.js';
 import type { SecretKey } from '../signing/keys.js';
 import type { StoreClient } from '../store/client.js';
@@ -34,6 +35,8 @@ export interface PipelineOptions {
   readonly signingKeys: readonly SecretKey[];
   /** NARs uploaded at once. */
   readonly jobs: number;
+  /** How long a worker thread may have no work before it is stopped (DEFAULT_THREAD_IDLE_MS unless set). */
+  readonly threadIdleMs?: number;
 }
 
 export interface Pipeline {
@@ -86,6 +89,8 @@ function rootCause(outputs: readonly StorePath[], infos: ReadonlyMap<string, Pat
 
 export function createPipeline(opts: PipelineOptions): Pipeline {
   const store = new StoreHandle(opts.openStore);
+  // The pipeline's worker threads: stopped while the daemon idles, ended by close.
+  const threads = new ThreadPool(opts.threadIdleMs !== undefined ? { idleMs: opts.threadIdleMs } : {});
   let cacheChecked = false;
 
   const upload: UploadBatch = async (paths: readonly string[], ctx: UploadContext) => {
@@ -147,6 +152,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         backend: opts.backend,
         compression: opts.compression,
         signingKeys: opts.signingKeys,
+        threads,
         jobs: opts.jobs,
         signal: ctx.signal,
         onEvent: forward,
@@ -167,7 +173,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
     upload,
     idle: () => store.reset(),
     close: async () => {
-      await Promise.allSettled([store.close(), opts.backend.close()]);
+      await Promise.allSettled([store.close(), opts.backend.close(), threads.close()]);
     },
   };
 }

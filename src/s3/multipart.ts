@@ -6,9 +6,11 @@
  * Pure apart from hashing; never buffers data.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { MAX_PART_SIZE, MIN_PART_SIZE } from '../cache/cache-url.js';
 
+/** S3's limits on a multipart upload: parts per object, and the size of one part. */
 export const MAX_PARTS = 10_000;
+export const MIN_PART_SIZE = 5 * 1024 * 1024;
+export const MAX_PART_SIZE = 5 * 1024 * 1024 * 1024;
 const MiB = 1024 * 1024;
 
 /** Part size when the caller gives no size hint: objects up to 10,000 x 8 MiB (78 GiB). */

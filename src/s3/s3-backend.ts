@@ -32,7 +32,7 @@ import { NarpushError } from '../errors.js';
 import {
   MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type PutStreamOptions,
 } from '../cache/backend.js';
-import type { S3CacheConfig } from '../cache/cache-url.js';
+import type { S3Config } from './s3-config.js';
 import { EtagTracker, choosePartSize } from './multipart.js';
 import { DEFAULT_RETRY_POLICY, SdkRetryStrategy, backoffDelay, classifyFailure, isTimeout, type RetryEvent, type RetryPolicy } from './retry.js';
 import { s3Error, type S3ErrorContext } from './s3-errors.js';
@@ -75,7 +75,7 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 const SMITHY_CONTEXT_KEY = '__smithy_context';
 
 /** Open an S3 backend. No request is made until the first operation. */
-export async function openS3Backend(config: S3CacheConfig, opts: S3BackendOptions = {}): Promise<CacheBackend> {
+export async function openS3Backend(config: S3Config, opts: S3BackendOptions = {}): Promise<CacheBackend> {
   const [sdk, storage] = await Promise.all([import('@aws-sdk/client-s3'), import('@aws-sdk/lib-storage')]);
   return new S3Backend(config, opts, sdk, storage.Upload);
 }
@@ -92,7 +92,7 @@ class S3Backend implements CacheBackend {
   private readonly signals = new WeakMap<object, AbortSignal>();
 
   constructor(
-    private readonly config: S3CacheConfig,
+    private readonly config: S3Config,
     private readonly opts: S3BackendOptions,
     private readonly sdk: ClientS3,
     private readonly Upload: UploadCtor,
@@ -276,7 +276,7 @@ class S3Backend implements CacheBackend {
     this.client.destroy();
   }
 
-  private storageClass(): { StorageClass?: S3CacheConfig['storageClass'] } {
+  private storageClass(): { StorageClass?: S3Config['storageClass'] } {
     return this.config.storageClass !== undefined ? { StorageClass: this.config.storageClass } : {};
   }
 

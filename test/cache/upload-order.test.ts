@@ -6,7 +6,7 @@
 //  and a failed path (or one above a failed path) is never published.
 // Run against the file:// backend (which stages narinfos: visibility and
 // durability are separate steps) and against a backend without staging.
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,12 +15,17 @@ import fc from 'fast-check';
 import type { CacheBackend, PutStreamOptions, SmallObject, StagedObject } from '../../src/cache/backend.js';
 import { FileBackend, TEMP_MARKER } from '../../src/cache/file-backend.js';
 import { narKey } from '../../src/cache/nar-upload.js';
+import { ThreadPool } from '../../src/cache/threads/thread-pool.js';
 import { narInfoKey, uploadPaths } from '../../src/cache/upload.js';
 import { parseNarInfo } from '../../src/narinfo/narinfo.js';
 import { newSecretKey } from '../../src/signing/keys.js';
 import type { PathInfo } from '../../src/store/path-info.js';
 import { MemoryBackend } from '../helpers/memory-backend.js';
 import { makeStore } from './upload-fake-store.js';
+
+// This file's worker threads, as a command's edge owns them.
+const threads = new ThreadPool();
+after(() => threads.close());
 
 /**
  * A backend that passes everything to `inner` and logs, in order, when each
@@ -181,6 +186,7 @@ for (const staging of [true, false]) {
               backend,
               compression: { method: 'zstd' },
               signingKeys: [key],
+              threads,
               jobs,
               batchPaths,
               onEvent: (e) => {
@@ -220,6 +226,7 @@ test('a deep chain on file:// publishes in order, and each narinfo is durable be
       backend,
       compression: { method: 'zstd' },
       signingKeys: [],
+      threads,
       jobs: 4,
       onEvent: (e) => {
         if (e.type === 'uploaded') backend.log.push(`uploaded ${e.info.path.baseName}`);

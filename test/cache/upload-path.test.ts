@@ -12,7 +12,7 @@ import { NARPUSH_BIN, narpush, run } from '../helpers/run.js';
 import { startS3rver, S3RVER_ENV, type S3rverHandle } from '../helpers/s3rver.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { assertCacheHas, httpFetcher, nixClosure } from '../helpers/cache-check.js';
-import { SMALL_NAR_BYTES } from '../../src/cache/nar-upload.js';
+import { SMALL_NAR_BYTES } from '../../src/cache/plan.js';
 
 let work: string;
 let secretKey: string;

@@ -1,12 +1,13 @@
 // The upload orchestrator on an in-memory backend, with trees in a temporary
 // "store" directory: ordering of narinfos, skips, failures and corruption.
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { writeFile, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import fc from 'fast-check';
 import { nix32Encode } from '../../src/hash/nix32.js';
+import { ThreadPool } from '../../src/cache/threads/thread-pool.js';
 import { narInfoKey, uploadPaths } from '../../src/cache/upload.js';
 import { parseNarInfo } from '../../src/narinfo/narinfo.js';
 import { newSecretKey, toPublicKey } from '../../src/signing/keys.js';
@@ -16,6 +17,10 @@ import { MemoryBackend } from '../helpers/memory-backend.js';
 import { makeStore, narOf } from './upload-fake-store.js';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+
+// This file's worker threads, as a command's edge owns them.
+const threads = new ThreadPool();
+after(() => threads.close());
 
 const DIAMOND = { top: ['left', 'right', 'top'], left: ['base'], right: ['base'], base: [], lone: [] };
 
@@ -29,7 +34,7 @@ test('narinfos appear only after their NAR and the narinfos of their references'
       fc.asyncProperty(fc.shuffledSubarray([...infos.values()], { minLength: 5, maxLength: 5 }), fc.integer({ min: 1, max: 4 }), async (order, jobs) => {
         backend.objects.clear();
         backend.log.length = 0;
-        const report = await uploadPaths(order, { backend, compression: { method: 'zstd' }, signingKeys: [key], jobs });
+        const report = await uploadPaths(order, { backend, compression: { method: 'zstd' }, signingKeys: [key], threads, jobs });
         assert.equal(report.failed.length, 0, report.failed.map((f) => f.error.message).join('; '));
         assert.equal(report.uploaded.length, 5);
         const at = (op: string, k: string): number => backend.log.findIndex((l) => l.op === op && l.key === k);
@@ -58,7 +63,7 @@ test(`${'every narinfo describes its NAR exactly, and is signed'} (${mode})`, as
     const backend = new MemoryBackend();
     for (const method of ['xz', 'zstd', 'none'] as const) {
       backend.objects.clear();
-      await uploadPaths([...infos.values()], { backend, compression: { method }, signingKeys: [key], jobs: 2, smallNarBytes });
+      await uploadPaths([...infos.values()], { backend, compression: { method }, signingKeys: [key], threads, jobs: 2, smallNarBytes });
       for (const info of infos.values()) {
         const ni = parseNarInfo(backend.objects.get(narInfoKey(info.path))!.body.toString(), dir);
         const file = backend.objects.get(ni.url)!;
@@ -88,7 +93,7 @@ test('paths already in the cache are skipped; --force uploads them again', async
   try {
     const backend = new MemoryBackend();
     const all = [...infos.values()];
-    const opts = { backend, compression: { method: 'none' as const }, signingKeys: [], jobs: 2 };
+    const opts = { backend, compression: { method: 'none' as const }, signingKeys: [], threads, jobs: 2 };
     assert.equal((await uploadPaths(all, opts)).uploaded.length, 5);
     const again = await uploadPaths(all, opts);
     assert.equal(again.uploaded.length, 0);
@@ -112,7 +117,7 @@ test(`${'a failed NAR keeps every path that refers to it out of the cache'} (${m
     const left = infos.get('left')!;
     const leftNar = `nar/${nix32Encode(left.narHash.digest)}.nar`;
     backend.failPut = (k) => k === leftNar;
-    const report = await uploadPaths([...infos.values()], { backend, compression: { method: 'none' }, signingKeys: [], jobs: 2, smallNarBytes });
+    const report = await uploadPaths([...infos.values()], { backend, compression: { method: 'none' }, signingKeys: [], threads, jobs: 2, smallNarBytes });
     assert.deepEqual(report.failed.map((f) => f.info.path.name).sort(), ['left', 'top']);
     assert.match(report.failed.find((f) => f.info.path.name === 'top')!.error.message, /reference '.*-left' failed to upload/);
     assert.ok(!backend.objects.has(narInfoKey(left.path)));
@@ -133,7 +138,7 @@ test(`${'a path whose contents do not match the store record is refused and noth
     const backend = new MemoryBackend();
     const a = infos.get('a')!;
     await writeFile(path.join(a.path.path, 'data'), 'tampered after registration');
-    const report = await uploadPaths([a], { backend, compression: { method: 'zstd' }, signingKeys: [], jobs: 1, smallNarBytes });
+    const report = await uploadPaths([a], { backend, compression: { method: 'zstd' }, signingKeys: [], threads, jobs: 1, smallNarBytes });
     assert.equal(report.failed.length, 1);
     assert.equal(report.failed[0]!.error.code, 'NAR_HASH_MISMATCH');
     assert.match(report.failed[0]!.error.message, /is corrupted/);
@@ -152,7 +157,7 @@ test('with several large NARs (each whole on a crypto thread), a corrupted one i
     const backend = new MemoryBackend();
     const a = infos.get('a')!;
     await writeFile(path.join(a.path.path, 'data'), 'tampered after registration');
-    const report = await uploadPaths([...infos.values()], { backend, compression: { method: 'zstd' }, signingKeys: [], jobs: 3, smallNarBytes: 0 });
+    const report = await uploadPaths([...infos.values()], { backend, compression: { method: 'zstd' }, signingKeys: [], threads, jobs: 3, smallNarBytes: 0 });
     assert.deepEqual(report.failed.map((f) => [f.info.path.name, f.error.code]), [['a', 'NAR_HASH_MISMATCH']]);
     assert.match(report.failed[0]!.error.message, /is corrupted/);
     assert.deepEqual(report.uploaded.map((u) => u.info.path.name).sort(), ['b', 'c']);
@@ -170,7 +175,7 @@ test('a small path that grew past its recorded size is refused without being rea
     const backend = new MemoryBackend();
     const a = infos.get('a')!;
     await writeFile(path.join(a.path.path, 'data'), Buffer.alloc(4 << 20, 1));
-    const report = await uploadPaths([a], { backend, compression: { method: 'zstd' }, signingKeys: [], jobs: 1 });
+    const report = await uploadPaths([a], { backend, compression: { method: 'zstd' }, signingKeys: [], threads, jobs: 1 });
     assert.equal(report.failed[0]?.error.code, 'NAR_HASH_MISMATCH');
     assert.match(report.failed[0]!.error.message, /larger than the \d+ bytes the store recorded/);
     assert.equal(backend.objects.size, 0);
@@ -183,7 +188,7 @@ test('a reference outside the set must already be in the cache', async () => {
   const { dir, infos } = await makeStore(DIAMOND);
   try {
     const backend = new MemoryBackend();
-    const opts = { backend, compression: { method: 'none' as const }, signingKeys: [], jobs: 1 };
+    const opts = { backend, compression: { method: 'none' as const }, signingKeys: [], threads, jobs: 1 };
     const r1 = await uploadPaths([infos.get('left')!], opts);
     assert.equal(r1.failed[0]?.error.code, 'REFERENCE_MISSING');
     assert.ok(!backend.objects.has(narInfoKey(infos.get('left')!.path)));

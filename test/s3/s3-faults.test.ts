@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { parseCacheUrl, type S3CacheConfig } from '../../src/cache/cache-url.js';
+import { parseCacheUrl, type S3CacheConfig } from '../../src/cli/cache-url.js';
 import { openS3Backend, type S3BackendOptions } from '../../src/s3/s3-backend.js';
 import type { RetryEvent } from '../../src/s3/retry.js';
 import { startS3rver, S3RVER_CREDENTIALS, type S3rverHandle } from '../helpers/s3rver.js';

@@ -11,22 +11,14 @@
 import * as nodePath from 'node:path';
 import { NarpushError } from '../errors.js';
 
-import { COMPRESSIONS, LEVEL_RANGES, type Compression } from './compression.js';
+import { COMPRESSIONS, LEVEL_RANGES, type Compression } from '../cache/compression.js';
+import { MAX_PART_SIZE, MIN_PART_SIZE } from '../s3/multipart.js';
+import { STORAGE_CLASSES, type S3Config, type StorageClass } from '../s3/s3-config.js';
 
 export { COMPRESSIONS, type Compression };
+export { STORAGE_CLASSES, type StorageClass };
 
 export type AddressingStyle = 'auto' | 'path' | 'virtual';
-
-/** S3 storage classes Nix documents for `storage-class`, plus the newer ones S3 accepts. */
-export const STORAGE_CLASSES = [
-  'STANDARD', 'REDUCED_REDUNDANCY', 'STANDARD_IA', 'ONEZONE_IA', 'INTELLIGENT_TIERING',
-  'GLACIER', 'DEEP_ARCHIVE', 'GLACIER_IR', 'OUTPOSTS', 'SNOW', 'EXPRESS_ONEZONE',
-] as const;
-export type StorageClass = (typeof STORAGE_CLASSES)[number];
-
-/** S3's limits on one part of a multipart upload. */
-export const MIN_PART_SIZE = 5 * 1024 * 1024;
-export const MAX_PART_SIZE = 5 * 1024 * 1024 * 1024;
 
 /**
  * Binary-cache store parameters (Nix's BinaryCacheStoreConfig and StoreConfig)
@@ -52,7 +44,8 @@ export interface FileCacheConfig {
   readonly description: string;
 }
 
-export interface S3CacheConfig {
+/** The s3:// backend's own config (S3Config), with the URL's meanings of its fields, and the cache's parameters. */
+export interface S3CacheConfig extends S3Config {
   readonly kind: 's3';
   readonly bucket: string;
   /** `region`, default `us-east-1` as in Nix. */

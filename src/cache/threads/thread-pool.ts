@@ -1,39 +1,41 @@
 /**
- * Incremental hashing and narinfo signing on a worker thread (the "crypto
- * thread", crypto-thread.ts). SHA-256 runs at about 370 MiB/s
- * on a core without SHA extensions, and a NAR upload hashes every byte
- * twice (NarHash, FileHash): on the main thread that alone was 0.7 s of a
- * 1.3 s upload of 103 MiB with zstd. Here the NAR hash runs beside the main
- * thread, which keeps reading, compressing and writing.
+ * The one owner of narpush's worker threads: incremental hashing, narinfo
+ * signing and whole-NAR jobs (crypto-thread.ts runs them). A NAR upload
+ * hashes every byte twice (NarHash, FileHash); with the NAR hash on a
+ * thread, the main thread keeps reading, compressing and writing.
  *
- * One worker serves the whole process (more for whole NARs, below),
- * started on first use (about 30 ms) and kept referenced only while it has
- * work, so it never holds the process alive. Once it has had no work for
- * the idle delay (setThreadIdleDelay), it is stopped and its memory given
- * back; the next use starts it again. Bytes are copied to the worker (a chunk may share its
- * memory with others); at most MAX_IN_FLIGHT bytes wait there per hash, and
- * `update` returns a promise to wait on when that is reached. If the worker
- * dies, every open hash fails: a digest is never made up.
+ * A ThreadPool is created at a command's edge (upload-path, the daemon's
+ * pipeline), passed down in the upload options and closed by its owner;
+ * tests build their own. Nothing here is shared between pools.
  *
- * Signatures: an Ed25519 signature costs 70-100 µs of OpenSSL on a slow
- * core, the largest single cost of uploading a tiny path. Fingerprints
- * asked for in the same tick go to the thread in one message and come back
- * in one. Ed25519 is deterministic, so if the thread fails, the main thread
- * signs instead: the bytes are the same.
+ * The first thread (the crypto thread) is started on first use and kept
+ * referenced only while it has work, so it never holds the process alive.
+ * Once a thread has had no work for the idle delay (`idleMs`), it is
+ * stopped and its memory given back; the next use starts it again. Bytes
+ * are copied to the worker (a chunk may share its memory with others); at
+ * most MAX_IN_FLIGHT bytes wait there per hash, and `update` returns a
+ * promise to wait on when that is reached. If the worker dies, every open
+ * hash fails: a digest is never made up.
  *
- * Whole NARs: when an upload has several large NARs, each is read, hashed,
- * compressed and hashed again on one thread (nar-job.ts), and there is
- * one such thread per core (the first one is the crypto thread above). Its
- * compressed pieces move to the main thread without a copy, at most
- * NAR_JOB_AHEAD bytes ahead of the consumer.
+ * Signatures: fingerprints asked for in the same tick go to the thread in
+ * one message and come back in one. Ed25519 is deterministic, so if the
+ * thread fails, the main thread signs instead: the bytes are the same.
+ * Whether a job's signatures are worth a thread at all is the planner's
+ * choice (../plan.ts).
+ *
+ * Whole NARs: when the planner sends whole NARs here, each is read,
+ * hashed, compressed and hashed again on one thread (nar-job.ts), and
+ * there is one such thread per core, up to maxThreads (the first one is the
+ * crypto thread above). Its compressed pieces move to the main thread
+ * without a copy, at most NAR_JOB_AHEAD bytes ahead of the consumer.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import type { NarJobRequest, NarJobResult } from '../cache/nar-job.js';
-import { NarpushError } from '../errors.js';
-import type { SecretKey } from '../signing/keys.js';
-import { signFingerprint } from '../signing/sign.js';
+import { NarpushError } from '../../errors.js';
+import type { SecretKey } from '../../signing/keys.js';
+import { signFingerprint } from '../../signing/sign.js';
 import type { CryptoReply, CryptoRequest } from './crypto-thread.js';
+import type { NarJobRequest, NarJobResult } from './nar-job.js';
 
 /** Bytes posted to the worker and not yet hashed, per hash, before `update` asks the caller to wait. */
 export const MAX_IN_FLIGHT = 8 << 20;
@@ -105,7 +107,11 @@ class CryptoThread {
   private nextKeyId = 1;
   private idleTimer: NodeJS.Timeout | undefined;
 
-  constructor(private idleMs: number) {}
+  constructor(
+    private readonly idleMs: number,
+    /** Told the bytes of one NAR job's pieces waiting here, each time a piece arrives. */
+    private readonly onBacklog: (bytes: number) => void,
+  ) {}
 
   /** The worker, started if need be (unreferenced while it has no work). */
   ensure(): Worker {
@@ -157,13 +163,6 @@ class CryptoThread {
     this.free = [];
     // Nothing waits on it; a failure to stop must not become an unhandled rejection.
     live.worker.terminate().catch(() => undefined);
-  }
-
-  setIdleDelay(ms: number): void {
-    this.idleMs = ms;
-    clearTimeout(this.idleTimer);
-    this.idleTimer = undefined;
-    this.updateRef();
   }
 
   get started(): boolean {
@@ -221,6 +220,13 @@ class CryptoThread {
     return this.jobs.size;
   }
 
+  /** Bytes of NAR job pieces waiting here, not yet taken. */
+  get waitingBytes(): number {
+    let n = 0;
+    for (const job of this.jobs.values()) n += job.queued;
+    return n;
+  }
+
   /**
    * Run a NAR job here: the compressed pieces in order, then the digests as
    * the generator's return value. Returning early cancels the job. Once the
@@ -268,7 +274,7 @@ class CryptoThread {
     if (m.op === 'piece') {
       job.pieces.push({ bytes: Buffer.from(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength), narBytes: m.narBytes });
       job.queued += m.bytes.byteLength;
-      maxQueued = Math.max(maxQueued, job.queued);
+      this.onBacklog(job.queued);
     } else if (m.op === 'nar-done') {
       job.result = { narDigest: m.narDigest, narSize: m.narSize, fileDigest: m.fileDigest, fileSize: m.fileSize };
     } else if (m.op === 'nar-failed') {
@@ -383,11 +389,13 @@ class CryptoThread {
   }
 
   /**
-   * Tests: stop the worker as if it had crashed. The returned promise settles
-   * once its 'exit' was handled; until then it is still this thread's worker,
-   * as after a real crash.
+   * Stop the worker now. Its 'exit' fails what it held, as a crash would
+   * (until then it is still this thread's worker); the returned promise
+   * settles once that was handled.
    */
-  async terminateForTests(): Promise<void> {
+  async terminate(): Promise<void> {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
     const worker = this.live?.worker;
     if (!worker) return;
     // Referenced until its 'exit': an idle (unreferenced) worker would let the loop end first.
@@ -434,76 +442,92 @@ export class BackgroundHash {
   }
 }
 
-let idleMs = DEFAULT_THREAD_IDLE_MS;
-const shared = new CryptoThread(idleMs);
-
-/** A new incremental hash of `algo` (a node:crypto name) computed on the process's crypto thread. */
-export function backgroundHash(algo: 'sha256' | 'sha512' | 'sha1'): BackgroundHash {
-  return shared.create(algo);
+export interface ThreadPoolOptions {
+  /** How long a thread may have no work before it is stopped (DEFAULT_THREAD_IDLE_MS unless set; tests make it short). */
+  readonly idleMs?: number;
+  /** Threads for whole NARs at most (one per core unless set). */
+  readonly maxThreads?: number;
 }
 
 /**
- * `<key name>:<signature>` of a narinfo fingerprint, as signFingerprint
- * makes it, computed on the crypto thread (see above).
+ * The worker threads of one owner: the crypto thread (hashes, signatures,
+ * NAR jobs) and, for whole NARs, one more per further core.
  */
-export function backgroundSign(fingerprint: string, key: SecretKey): Promise<string> {
-  return shared.sign(fingerprint, key);
-}
+export class ThreadPool {
+  private readonly idleMs: number;
+  /** Threads for whole NARs at most. */
+  readonly maxThreads: number;
+  /** threads[0] is the crypto thread. */
+  private readonly threads: CryptoThread[] = [];
+  private peak = 0;
 
-let maxQueued = 0;
+  constructor(opts: ThreadPoolOptions = {}) {
+    this.idleMs = opts.idleMs ?? DEFAULT_THREAD_IDLE_MS;
+    this.maxThreads = Math.max(1, opts.maxThreads ?? availableParallelism());
+  }
 
-/** Tests only: the most bytes of one NAR job's pieces waiting here since the last call. */
-export function narJobBacklogForTests(): number {
-  const m = maxQueued;
-  maxQueued = 0;
-  return m;
-}
+  private thread(i: number): CryptoThread {
+    while (this.threads.length <= i) {
+      this.threads.push(new CryptoThread(this.idleMs, (bytes) => (this.peak = Math.max(this.peak, bytes))));
+    }
+    return this.threads[i]!;
+  }
 
-/** Threads for whole NARs: the crypto thread and one more per further core. */
-const pool: CryptoThread[] = [shared];
+  /** A new incremental hash of `algo` (a node:crypto name) computed on the crypto thread. */
+  hash(algo: 'sha256' | 'sha512' | 'sha1'): BackgroundHash {
+    return this.thread(0).create(algo);
+  }
 
-function poolThread(i: number): CryptoThread {
-  while (pool.length <= i) pool.push(new CryptoThread(idleMs));
-  return pool[i]!;
-}
+  /**
+   * `<key name>:<signature>` of a narinfo fingerprint, as signFingerprint
+   * makes it, computed on the crypto thread (see above).
+   */
+  sign(fingerprint: string, key: SecretKey): Promise<string> {
+    return this.thread(0).sign(fingerprint, key);
+  }
 
-/**
- * Run a NAR job (see nar-job.ts) on the thread with the fewest, starting
- * another (up to one per core) when every one has some.
- */
-export function runNarJobOnThread(req: NarJobRequest): AsyncGenerator<NarJobPiece, NarJobResult> {
-  let best = pool[0]!;
-  for (const t of pool) if (t.activeJobs < best.activeJobs) best = t;
-  if (best.activeJobs > 0 && pool.length < availableParallelism()) best = poolThread(pool.length);
-  return best.narJob(req);
-}
+  /**
+   * Run a NAR job (see nar-job.ts) on the thread with the fewest, starting
+   * another (up to maxThreads) when every one has some.
+   */
+  narJob(req: NarJobRequest): AsyncGenerator<NarJobPiece, NarJobResult> {
+    let best = this.thread(0);
+    for (const t of this.threads) if (t.activeJobs < best.activeJobs) best = t;
+    if (best.activeJobs > 0 && this.threads.length < this.maxThreads) best = this.thread(this.threads.length);
+    return best.narJob(req);
+  }
 
-/**
- * Start the crypto thread now (and `threads - 1` more for whole NARs, at
- * most one per core), so that their start-up overlaps other work; they
- * never hold the process alive.
- */
-export function prewarmCryptoThread(threads = 1): void {
-  const n = Math.max(1, Math.min(threads, availableParallelism()));
-  for (let i = 0; i < n; i++) poolThread(i).ensure();
-}
+  /**
+   * Start the crypto thread now (and `threads - 1` more for whole NARs, at
+   * most maxThreads), so that their start-up overlaps other work; they
+   * never hold the process alive.
+   */
+  prewarm(threads = 1): void {
+    const n = Math.max(1, Math.min(threads, this.maxThreads));
+    for (let i = 0; i < n; i++) this.thread(i).ensure();
+  }
 
-/**
- * How long each thread may have no work (no open hash, no signing batch, no
- * NAR job) before it is stopped; the next use starts it again. Set at the
- * edge (a daemon keeps the default; tests make it short).
- */
-export function setThreadIdleDelay(ms: number): void {
-  idleMs = ms;
-  for (const t of pool) t.setIdleDelay(ms);
-}
+  /** How many threads are running now. */
+  get running(): number {
+    return this.threads.filter((t) => t.started).length;
+  }
 
-/** Tests only: how many threads are running now. */
-export function runningThreadsForTests(): number {
-  return pool.filter((t) => t.started).length;
-}
+  /** Bytes of NAR job pieces that arrived from the threads and were not yet taken. */
+  get backlog(): number {
+    return this.threads.reduce((n, t) => n + t.waitingBytes, 0);
+  }
 
-/** Tests only: every thread, as if it had crashed. */
-export async function terminateCryptoThreadForTests(): Promise<void> {
-  await Promise.all(pool.map((t) => t.terminateForTests()));
+  /** The most bytes of one NAR job's pieces that have waited here, unread, since the pool was made (see NAR_JOB_AHEAD). */
+  get peakBacklog(): number {
+    return this.peak;
+  }
+
+  /**
+   * Stop every thread now. What they held fails as if they had crashed
+   * (HASH_FAILED; signatures are made on this thread instead); settles once
+   * every thread's exit was handled. A later use starts a thread again.
+   */
+  async close(): Promise<void> {
+    await Promise.all(this.threads.map((t) => t.terminate()));
+  }
 }

@@ -1,19 +1,23 @@
-// Hashing on the worker thread (src/hash/background-hash.ts) must give
+// Hashing on the worker thread (src/cache/threads/thread-pool.ts) must give
 // exactly node:crypto's digest, for any chunking, several hashes at once,
 // and must fail (never make a digest up) when the thread dies. Signatures
 // made there must be signFingerprint's, thread or no thread.
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
-import { MAX_IN_FLIGHT, backgroundHash, backgroundSign, terminateCryptoThreadForTests } from '../../src/hash/background-hash.js';
-import { newSecretKey } from '../../src/signing/keys.js';
-import { signFingerprint } from '../../src/signing/sign.js';
+import { MAX_IN_FLIGHT, ThreadPool } from '../../../src/cache/threads/thread-pool.js';
+import { newSecretKey } from '../../../src/signing/keys.js';
+import { signFingerprint } from '../../../src/signing/sign.js';
+
+// This file's threads; closing the pool stops them as a crash would, and a later use starts new ones.
+const pool = new ThreadPool();
+after(() => pool.close());
 
 async function hashAll(chunks: readonly Uint8Array[], algo: 'sha256' | 'sha512' = 'sha256'): Promise<Buffer> {
-  const h = backgroundHash(algo);
+  const h = pool.hash(algo);
   for (const c of chunks) await h.update(c);
   return h.digest();
 }
@@ -38,7 +42,7 @@ test('background hash: chunks larger than a transfer buffer, and sha512', async 
 
 test('background hash: several hashes at once keep their bytes apart', async () => {
   const inputs = Array.from({ length: 6 }, (_, i) => randomBytes(100_000 + i));
-  const hashes = inputs.map(() => backgroundHash('sha256'));
+  const hashes = inputs.map(() => pool.hash('sha256'));
   for (let off = 0; off < 110_000; off += 7_000) {
     for (const [i, h] of hashes.entries()) await h.update(inputs[i]!.subarray(off, off + 7_000));
   }
@@ -47,7 +51,7 @@ test('background hash: several hashes at once keep their bytes apart', async () 
 });
 
 test('background hash: update asks the caller to wait once MAX_IN_FLIGHT bytes are queued', async () => {
-  const h = backgroundHash('sha256');
+  const h = pool.hash('sha256');
   const chunk = randomBytes(1 << 20);
   let waited = false;
   let total = 0;
@@ -65,9 +69,9 @@ test('background hash: update asks the caller to wait once MAX_IN_FLIGHT bytes a
 });
 
 test('background hash: a dead hash thread fails open hashes; the next hash starts a new thread', async () => {
-  const h = backgroundHash('sha256');
+  const h = pool.hash('sha256');
   await h.update(randomBytes(1000));
-  await terminateCryptoThreadForTests();
+  await pool.close();
   await assert.rejects(h.digest(), { code: 'HASH_FAILED' });
   h.drop();
   const data = randomBytes(10_000);
@@ -75,12 +79,12 @@ test('background hash: a dead hash thread fails open hashes; the next hash start
 });
 
 test('background hash: a digest waiting when the thread dies fails; update and digest afterwards fail the same way', async () => {
-  const h = backgroundHash('sha256');
+  const h = pool.hash('sha256');
   // Several MiB posted: the thread is still hashing when the digest is asked for and the thread stopped.
   const data = randomBytes(6 << 20);
   void h.update(data);
   const digest = h.digest();
-  const exited = terminateCryptoThreadForTests();
+  const exited = pool.close();
   const outcome = await digest.then(
     (d) => d,
     (e: { code?: string }) => e,
@@ -90,23 +94,23 @@ test('background hash: a digest waiting when the thread dies fails; update and d
   if (Buffer.isBuffer(outcome)) assert.ok(outcome.equals(createHash('sha256').update(data).digest()));
   else assert.equal(outcome.code, 'HASH_FAILED');
 
-  const open = backgroundHash('sha256');
+  const open = pool.hash('sha256');
   await open.update(randomBytes(1000));
-  await terminateCryptoThreadForTests();
+  await pool.close();
   assert.throws(() => open.update(randomBytes(10)), { code: 'HASH_FAILED' });
   await assert.rejects(open.digest(), { code: 'HASH_FAILED' });
   open.drop();
 });
 
 test('background hash: an update waiting for room when the thread dies is released with HASH_FAILED', async () => {
-  const h = backgroundHash('sha256');
+  const h = pool.hash('sha256');
   const chunk = randomBytes(1 << 20);
   let wait: Promise<void> | undefined;
   for (let i = 0; !wait; i++) {
     assert.ok(i < 64, 'update never asked to wait');
     wait = h.update(chunk);
   }
-  const exited = terminateCryptoThreadForTests();
+  const exited = pool.close();
   const outcome = await wait.then(
     () => 'resumed',
     (e: { code?: string }) => e.code,
@@ -121,7 +125,7 @@ test('background hash: an update waiting for room when the thread dies is releas
 
 test('background hash: hashes opened on a thread being terminated fail when it exits, or finish; never hang', async () => {
   await hashAll([Buffer.from('warm')]);
-  const exited = terminateCryptoThreadForTests();
+  const exited = pool.close();
   const data = randomBytes(100_000);
   const outcome = await hashAll([data]).then(
     (d) => d,
@@ -134,17 +138,17 @@ test('background hash: hashes opened on a thread being terminated fail when it e
 });
 
 test('background hash: the thread does not keep the process alive', () => {
-  const mod = fileURLToPath(new URL('../../src/hash/background-hash.js', import.meta.url));
-  const script = `import(${JSON.stringify(mod)}).then(async ({ backgroundHash }) => {
-    const h = backgroundHash('sha256'); h.update(Buffer.from('abc'));
+  const mod = fileURLToPath(new URL('../../../src/cache/threads/thread-pool.js', import.meta.url));
+  const script = `import(${JSON.stringify(mod)}).then(async ({ ThreadPool }) => {
+    const h = new ThreadPool().hash('sha256'); h.update(Buffer.from('abc'));
     console.log((await h.digest()).toString('hex'));
   })`;
   const r = spawnSync(process.execPath, ['-e', script], { timeout: 30_000 });
   assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);
   assert.equal(r.stdout.toString().trim(), createHash('sha256').update('abc').digest('hex'));
   // Started ahead of use and never used: the process still ends once its own work is done.
-  const prewarmed = `import(${JSON.stringify(mod)}).then(({ prewarmCryptoThread }) => {
-    prewarmCryptoThread(); setTimeout(() => console.log('done'), 500);
+  const prewarmed = `import(${JSON.stringify(mod)}).then(({ ThreadPool }) => {
+    new ThreadPool().prewarm(); setTimeout(() => console.log('done'), 500);
   })`;
   const p = spawnSync(process.execPath, ['-e', prewarmed], { timeout: 30_000 });
   assert.equal(p.status, 0, `prewarmed: exit ${p.status} ${p.signal ?? ''} ${p.stderr}`);
@@ -155,7 +159,7 @@ test('background sign: the same signatures as signFingerprint, for batches of an
   const keys = [newSecretKey('a-1'), newSecretKey('b-1'), newSecretKey('a-1')];
   await fc.assert(
     fc.asyncProperty(fc.array(fc.tuple(fc.string({ maxLength: 300 }), fc.nat(keys.length - 1)), { minLength: 1, maxLength: 40 }), async (items) => {
-      const sigs = await Promise.all(items.map(([fp, k]) => backgroundSign(fp, keys[k]!)));
+      const sigs = await Promise.all(items.map(([fp, k]) => pool.sign(fp, keys[k]!)));
       assert.deepEqual(sigs, items.map(([fp, k]) => signFingerprint(fp, keys[k]!)));
     }),
     { numRuns: 30 },
@@ -166,32 +170,32 @@ test('background sign: signatures asked for when the thread dies are made here, 
   const key = newSecretKey('c-1');
   // About 50 ms of signing: the thread is still at it when it is stopped.
   const fps = Array.from({ length: 500 }, (_, i) => `1;/nix/store/${i};sha256:x;${i};`);
-  await backgroundSign('warm-up', key);
-  const pending = fps.map((fp) => backgroundSign(fp, key));
+  await pool.sign('warm-up', key);
+  const pending = fps.map((fp) => pool.sign(fp, key));
   await new Promise((r) => setImmediate(r)); // the batch is posted
-  await terminateCryptoThreadForTests();
+  await pool.close();
   assert.deepEqual(await Promise.all(pending), fps.map((fp) => signFingerprint(fp, key)));
   // And the next signatures start a new thread, with the key sent to it again.
-  assert.equal(await backgroundSign('after', key), signFingerprint('after', key));
+  assert.equal(await pool.sign('after', key), signFingerprint('after', key));
 });
 
 test('background sign: a batch posted to a thread being terminated is signed here when it exits', async () => {
   const key = newSecretKey('d-1');
-  await backgroundSign('warm-up', key);
-  const exited = terminateCryptoThreadForTests();
+  await pool.sign('warm-up', key);
+  const exited = pool.close();
   const fps = Array.from({ length: 50 }, (_, i) => `1;/nix/store/${i};sha256:y;${i};`);
   // Asked for after the terminate: the batch and its key go to a worker that is going away.
-  const sigs = await Promise.all(fps.map((fp) => backgroundSign(fp, key)));
+  const sigs = await Promise.all(fps.map((fp) => pool.sign(fp, key)));
   await exited;
   assert.deepEqual(sigs, fps.map((fp) => signFingerprint(fp, key)));
-  assert.equal(await backgroundSign('after', key), signFingerprint('after', key));
+  assert.equal(await pool.sign('after', key), signFingerprint('after', key));
 });
 
 test('background sign: the thread does not keep the process alive after signing', () => {
-  const mod = fileURLToPath(new URL('../../src/hash/background-hash.js', import.meta.url));
-  const keys = fileURLToPath(new URL('../../src/signing/keys.js', import.meta.url));
-  const script = `Promise.all([import(${JSON.stringify(mod)}), import(${JSON.stringify(keys)})]).then(async ([{ backgroundSign }, { newSecretKey }]) => {
-    console.log((await backgroundSign('fp', newSecretKey('k-1'))).split(':')[0]);
+  const mod = fileURLToPath(new URL('../../../src/cache/threads/thread-pool.js', import.meta.url));
+  const keys = fileURLToPath(new URL('../../../src/signing/keys.js', import.meta.url));
+  const script = `Promise.all([import(${JSON.stringify(mod)}), import(${JSON.stringify(keys)})]).then(async ([{ ThreadPool }, { newSecretKey }]) => {
+    console.log((await new ThreadPool().sign('fp', newSecretKey('k-1'))).split(':')[0]);
   })`;
   const r = spawnSync(process.execPath, ['-e', script], { timeout: 30_000 });
   assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);

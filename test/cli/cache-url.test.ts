@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { bucketNameProblem, parseCacheUrl, type S3CacheConfig, type FileCacheConfig } from '../../src/cache/cache-url.js';
+import { bucketNameProblem, parseCacheUrl, type S3CacheConfig, type FileCacheConfig } from '../../src/cli/cache-url.js';
 
 const s3 = (url: string): S3CacheConfig => {
   const c = parseCacheUrl(url);

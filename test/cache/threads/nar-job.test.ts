@@ -1,8 +1,8 @@
-// Whole NARs on the crypto threads (src/cache/nar-job.ts, run through
-// background-hash.ts's runNarJobOnThread): the pieces must be the NAR compressed
+// Whole NARs on the crypto threads (src/cache/threads/nar-job.ts, run
+// through ThreadPool.narJob): the pieces must be the NAR compressed
 // exactly as on the main thread, the digests those of the bytes, the
 // backlog bounded, and a cancelled, failed or orphaned job must end cleanly.
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
@@ -10,12 +10,16 @@ import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createChunkCompressor } from '../../src/cache/compression.js';
-import { narJobBacklogForTests, runNarJobOnThread, terminateCryptoThreadForTests } from '../../src/hash/background-hash.js';
-import { NAR_JOB_AHEAD, type NarJobResult } from '../../src/cache/nar-job.js';
-import { uploadNar } from '../../src/cache/nar-upload.js';
-import { MemoryBackend } from '../helpers/memory-backend.js';
-import { makeStore, narOf } from './upload-fake-store.js';
+import { createChunkCompressor } from '../../../src/cache/compression.js';
+import { ThreadPool } from '../../../src/cache/threads/thread-pool.js';
+import { NAR_JOB_AHEAD, type NarJobResult } from '../../../src/cache/threads/nar-job.js';
+import { uploadNar } from '../../../src/cache/nar-upload.js';
+import { MemoryBackend } from '../../helpers/memory-backend.js';
+import { makeStore, narOf } from '../upload-fake-store.js';
+
+// This file's threads; closing the pool stops them as a crash would, and a later use starts new ones.
+const pool = new ThreadPool();
+after(() => pool.close());
 
 async function tree(files: Record<string, Buffer>): Promise<string> {
   const dir = await mkdtemp(path.join(tmpdir(), 'narpush-job-'));
@@ -46,7 +50,7 @@ test('NAR job: the pieces are the NAR compressed as on this thread, with the dig
   try {
     const nar = await narOf(root);
     for (const level of [1, 3]) {
-      const { file, result, narBytes } = await collect(runNarJobOnThread({ path: root, level, narSize: nar.length }));
+      const { file, result, narBytes } = await collect(pool.narJob({ path: root, level, narSize: nar.length }));
       assert.ok(file.equals(await zstdHere(nar, level)), `level ${level}: the same bytes as the main thread's compressor`);
       assert.equal(result.narSize, nar.length);
       assert.equal(result.fileSize, file.length);
@@ -62,7 +66,7 @@ test('NAR job: the pieces are the NAR compressed as on this thread, with the dig
 test('NAR job: several at once (on one thread per core) keep their bytes apart', async () => {
   const roots = await Promise.all(Array.from({ length: 5 }, (_, i) => tree({ data: randomBytes((1 << 20) + i * 4099) })));
   try {
-    const results = await Promise.all(roots.map((r) => collect(runNarJobOnThread({ path: r, level: 3, narSize: 1 << 20 }))));
+    const results = await Promise.all(roots.map((r) => collect(pool.narJob({ path: r, level: 3, narSize: 1 << 20 }))));
     for (const [i, r] of results.entries()) {
       const nar = await narOf(roots[i]!);
       assert.ok(Buffer.from(r.result.narDigest).equals(createHash('sha256').update(nar).digest()), `job ${i}`);
@@ -73,12 +77,14 @@ test('NAR job: several at once (on one thread per core) keep their bytes apart',
   }
 });
 
-test('NAR job: the thread stays at most NAR_JOB_AHEAD bytes ahead of a slow consumer', async () => {
+test('NAR job: the thread stays at most NAR_JOB_AHEAD bytes ahead of a slow consumer', async (t) => {
   // Incompressible: the compressed pieces are as large as the NAR.
   const root = await tree({ data: randomBytes(4 * NAR_JOB_AHEAD) });
   try {
-    narJobBacklogForTests();
-    const job = runNarJobOnThread({ path: root, level: 1, narSize: 4 * NAR_JOB_AHEAD });
+    // A pool of its own: its peak backlog is this job's.
+    const own = new ThreadPool();
+    t.after(() => own.close());
+    const job = own.narJob({ path: root, level: 1, narSize: 4 * NAR_JOB_AHEAD });
     let taken = 0;
     for (;;) {
       const n = await job.next();
@@ -87,7 +93,7 @@ test('NAR job: the thread stays at most NAR_JOB_AHEAD bytes ahead of a slow cons
       // Pause twice, long enough for the thread to run far ahead if nothing held it.
       if (taken < 3 << 20 || (taken > 2 * NAR_JOB_AHEAD && taken < 2 * NAR_JOB_AHEAD + (2 << 20))) await new Promise((r) => setTimeout(r, 300));
     }
-    const backlog = narJobBacklogForTests();
+    const backlog = own.peakBacklog;
     assert.ok(backlog > 0);
     // What the thread may post before it hears of the consumer's progress: the limit and one piece.
     assert.ok(backlog <= NAR_JOB_AHEAD + (1 << 20), `backlog ${backlog}`);
@@ -103,7 +109,7 @@ test('NAR job: a missing file fails with the error the main thread would give', 
     () => assert.fail('dumped a missing path'),
     (e: { code: string; message: string }) => e,
   );
-  await assert.rejects(collect(runNarJobOnThread({ path: root, level: 3, narSize: 100 })), (e: { code: string; message: string }) => {
+  await assert.rejects(collect(pool.narJob({ path: root, level: 3, narSize: 100 })), (e: { code: string; message: string }) => {
     assert.equal(e.code, here.code);
     assert.equal(e.message, here.message);
     return true;
@@ -114,17 +120,17 @@ test('NAR job: stopping early cancels it; a dead thread fails its job; the next 
   const root = await tree({ data: randomBytes(6 << 20) });
   try {
     const nar = await narOf(root);
-    const cancelled = runNarJobOnThread({ path: root, level: 1, narSize: nar.length });
+    const cancelled = pool.narJob({ path: root, level: 1, narSize: nar.length });
     assert.equal((await cancelled.next()).done, false);
     await cancelled.return(undefined as never);
-    const next = await collect(runNarJobOnThread({ path: root, level: 1, narSize: nar.length }));
+    const next = await collect(pool.narJob({ path: root, level: 1, narSize: nar.length }));
     assert.ok(Buffer.from(next.result.narDigest).equals(createHash('sha256').update(nar).digest()), 'after a cancel');
 
-    const dying = runNarJobOnThread({ path: root, level: 1, narSize: nar.length });
+    const dying = pool.narJob({ path: root, level: 1, narSize: nar.length });
     assert.equal((await dying.next()).done, false);
-    await terminateCryptoThreadForTests();
+    await pool.close();
     await assert.rejects(collect(dying), { code: 'HASH_FAILED' });
-    const again = await collect(runNarJobOnThread({ path: root, level: 1, narSize: nar.length }));
+    const again = await collect(pool.narJob({ path: root, level: 1, narSize: nar.length }));
     assert.ok(again.file.equals(await zstdHere(nar, 1)), 'a new thread after the crash');
   } finally {
     await rm(path.dirname(root), { recursive: true, force: true });
@@ -135,15 +141,14 @@ test('NAR job: a thread that dies with pieces still queued here fails the job at
   // Incompressible and larger than NAR_JOB_AHEAD: the thread runs ahead by that much and waits.
   const root = await tree({ data: randomBytes(3 * NAR_JOB_AHEAD) });
   try {
-    const job = runNarJobOnThread({ path: root, level: 1, narSize: 3 * NAR_JOB_AHEAD });
+    const job = pool.narJob({ path: root, level: 1, narSize: 3 * NAR_JOB_AHEAD });
     assert.equal((await job.next()).done, false);
     // Wait until at least one more piece waits here, not taken: the state the race needed.
-    narJobBacklogForTests();
-    for (let i = 0; narJobBacklogForTests() === 0; i++) {
+    for (let i = 0; pool.backlog === 0; i++) {
       assert.ok(i < 3000, 'the thread never ran ahead');
       await new Promise((r) => setTimeout(r, 10));
     }
-    await terminateCryptoThreadForTests();
+    await pool.close();
     // The queued pieces are stale: the very next call fails, with the job's error.
     await assert.rejects(job.next(), { code: 'HASH_FAILED' });
     assert.equal((await job.next()).done, true, 'and the job is over');
@@ -156,18 +161,18 @@ test('NAR job: started on a thread that is being terminated, it fails when the t
   const root = await tree({ data: randomBytes(2 << 20) });
   try {
     const nar = await narOf(root);
-    const warm = await collect(runNarJobOnThread({ path: root, level: 1, narSize: nar.length }));
+    const warm = await collect(pool.narJob({ path: root, level: 1, narSize: nar.length }));
     assert.equal(warm.result.narSize, nar.length);
     // Terminated, but its 'exit' has not arrived: what is posted to it now goes nowhere.
-    const exited = terminateCryptoThreadForTests();
-    const outcome = await collect(runNarJobOnThread({ path: root, level: 1, narSize: nar.length })).then(
+    const exited = pool.close();
+    const outcome = await collect(pool.narJob({ path: root, level: 1, narSize: nar.length })).then(
       (r) => r,
       (e: { code?: string }) => e,
     );
     await exited;
     if ('result' in outcome) assert.ok(outcome.file.equals(warm.file), 'completed: the same bytes');
     else assert.equal(outcome.code, 'HASH_FAILED');
-    const again = await collect(runNarJobOnThread({ path: root, level: 1, narSize: nar.length }));
+    const again = await collect(pool.narJob({ path: root, level: 1, narSize: nar.length }));
     assert.ok(again.file.equals(warm.file), 'a new thread afterwards');
   } finally {
     await rm(path.dirname(root), { recursive: true, force: true });
@@ -177,9 +182,9 @@ test('NAR job: started on a thread that is being terminated, it fails when the t
 test('NAR job: a job stopped early does not keep the process alive', async () => {
   const root = await tree({ data: randomBytes(24 << 20) });
   try {
-    const mod = fileURLToPath(new URL('../../src/hash/background-hash.js', import.meta.url));
-    const script = `import(${JSON.stringify(mod)}).then(async ({ runNarJobOnThread }) => {
-      const job = runNarJobOnThread({ path: ${JSON.stringify(root)}, level: 1, narSize: ${24 << 20} });
+    const mod = fileURLToPath(new URL('../../../src/cache/threads/thread-pool.js', import.meta.url));
+    const script = `import(${JSON.stringify(mod)}).then(async ({ ThreadPool }) => {
+      const job = new ThreadPool().narJob({ path: ${JSON.stringify(root)}, level: 1, narSize: ${24 << 20} });
       await job.next();
       await job.return();
       console.log('done');
@@ -197,9 +202,9 @@ test('uploadNar: whole on a crypto thread or split with this one, the same objec
   try {
     const a = infos.get('a')!;
     const made = [];
-    for (const wholeOnThread of [false, true]) {
+    for (const production of ['split', 'whole'] as const) {
       const backend = new MemoryBackend();
-      const nar = await uploadNar(backend, a, { compression: { method: 'zstd' }, wholeOnThread });
+      const nar = await uploadNar(backend, a, { compression: { method: 'zstd' }, threads: pool, production });
       made.push({ nar, body: backend.objects.get(nar.url)!.body });
     }
     assert.deepEqual(made[1]!.nar, made[0]!.nar);

@@ -2,19 +2,19 @@
  * One large NAR's CPU work done whole on one thread: read and encode the
  * NAR, hash it (NarHash), compress it with zstd, hash the compressed bytes
  * (FileHash). The crypto threads run it (crypto-thread.ts, asked through
- * background-hash.ts) when an upload has several large NARs: each thread then
+ * thread-pool.ts) when an upload has several large NARs: each thread then
  * takes whole NARs, as `nix copy` would on one core, and the main thread
  * only moves the compressed pieces to the cache. With one large NAR the
  * work is instead split between the main thread and a crypto thread
- * (nar-upload.ts), which finishes one NAR sooner.
+ * (../nar-producers.ts; ../plan.ts decides), which finishes one NAR sooner.
  *
  * The compressed pieces are fresh buffers (never lent), so they can be
  * handed to another thread without a copy. Whether the NAR is what the store
  * recorded is for the caller to check with the digests returned.
  */
 import { createHash } from 'node:crypto';
-import { dumpNar } from '../nar/dump.js';
-import { createChunkCompressor } from './compression.js';
+import { dumpNar } from '../../nar/dump.js';
+import { createChunkCompressor } from '../compression.js';
 
 /** Compressed bytes a NAR job may have handed over and the consumer not yet taken. */
 export const NAR_JOB_AHEAD = 8 << 20;

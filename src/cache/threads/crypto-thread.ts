@@ -1,5 +1,5 @@
 /**
- * The worker side of background-hash.ts: the CPU work of an upload that can
+ * The worker side of thread-pool.ts: the CPU work of an upload that can
  * run beside the main thread. Holds incremental hashes by id and feeds them
  * the bytes the main thread posts; signs batches of narinfo fingerprints
  * with keys the main thread registered; runs whole NAR jobs (nar-job.ts),
@@ -11,10 +11,10 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
-import { NAR_JOB_AHEAD, type NarJobRequest, runNarJob } from '../cache/nar-job.js';
-import { NarpushError } from '../errors.js';
-import type { SecretKey } from '../signing/keys.js';
-import { signFingerprint } from '../signing/sign.js';
+import { NAR_JOB_AHEAD, type NarJobRequest, runNarJob } from './nar-job.js';
+import { NarpushError } from '../../errors.js';
+import type { SecretKey } from '../../signing/keys.js';
+import { signFingerprint } from '../../signing/sign.js';
 
 export type CryptoRequest =
   | { readonly op: 'open'; readonly id: number; readonly algo: string }

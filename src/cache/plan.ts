@@ -1,0 +1,85 @@
+/**
+ * The one place that decides how an upload uses threads: per path, how its
+ * NAR is produced (nar-producers.ts), and how many worker threads are worth
+ * starting ahead of the work. Decided from the work alone (NAR sizes,
+ * compression, cores); nothing else in the upload chooses a thread.
+ *
+ *  - A NAR up to `smallNarBytes` is built in memory and batched: for the
+ *    many tiny paths of a typical closure, a stream, a hash thread and a
+ *    multipart upload per path cost more than the data.
+ *  - One large NAR is split between this thread and the crypto thread,
+ *    which finishes that one NAR sooner than either alone.
+ *  - From the second large NAR on (zstd on one encoder thread only, what a
+ *    NAR job runs), each goes whole to a worker thread, one per core: the
+ *    NARs then run side by side as `nix copy` runs them, and this thread
+ *    only moves bytes.
+ *  - Threads only when they pay: a thread's start-up (booting a Node
+ *    isolate) costs far more than an Ed25519 signature by OpenSSL on this
+ *    thread, so up to SIGN_HERE_MAX signatures, with no large NAR to stream
+ *    (which needs the crypto thread anyway), are made here and no thread
+ *    is started for them.
+ */
+import type { CompressionOptions } from './compression.js';
+import { canProduceWhole } from './nar-producers.js';
+
+/**
+ * NARs up to this size are built in memory, compressed in one call and put in
+ * one request (see above).
+ */
+export const SMALL_NAR_BYTES = 512 * 1024;
+
+/** Signatures (paths x keys) made on this thread when nothing else needs a thread: a few ms of work, less than one thread's start-up. */
+export const SIGN_HERE_MAX = 64;
+
+export type NarProduction = 'memory' | 'split' | 'whole';
+
+export interface UploadWork {
+  readonly compression: CompressionOptions;
+  /** Large NARs uploaded at once. */
+  readonly jobs: number;
+  /** Cores the threads may use. */
+  readonly cores: number;
+  /** Keys each narinfo is signed with. */
+  readonly signingKeys: number;
+  /** NARs up to this size are built in memory (SMALL_NAR_BYTES unless set; tests set 0 to force streaming). */
+  readonly smallNarBytes?: number;
+}
+
+/** Paths are added as they become known; the plan for them follows. */
+export class UploadPlanner {
+  private large = 0;
+  private paths = 0;
+  private readonly small: number;
+
+  constructor(private readonly work: UploadWork) {
+    this.small = work.smallNarBytes ?? SMALL_NAR_BYTES;
+  }
+
+  /** Count a path to upload. */
+  add(narSize: number): void {
+    this.paths++;
+    if (narSize > this.small) this.large++;
+  }
+
+  /** How a NAR of `narSize` bytes is produced, given the paths added so far. */
+  production(narSize: number): NarProduction {
+    if (narSize <= this.small) return 'memory';
+    return this.large >= 2 && canProduceWhole(this.work.compression) ? 'whole' : 'split';
+  }
+
+  /** Whether narinfo signatures are made on the crypto thread (else on this one; see SIGN_HERE_MAX). */
+  signOnThread(): boolean {
+    return this.large > 0 || this.paths * this.work.signingKeys > SIGN_HERE_MAX;
+  }
+
+  /**
+   * Threads worth starting now, for the paths added so far (started early,
+   * their start-up overlaps reading the closure): one per core up to `jobs`
+   * for whole NARs, else the crypto thread for a split NAR or signatures,
+   * else none.
+   */
+  threads(): number {
+    if (this.large >= 2 && canProduceWhole(this.work.compression)) return Math.max(1, Math.min(this.work.jobs, this.work.cores));
+    return this.large > 0 || (this.work.signingKeys > 0 && this.signOnThread()) ? 1 : 0;
+  }
+}

@@ -1,0 +1,18 @@
+/**
+ * What main.ts hands every command: the read-only context parsed once at the
+ * edge, and the exit codes. Its own file so that commands need not import
+ * main.ts, which imports them.
+ */
+
+export interface CliContext {
+  readonly storeDir: string;
+  readonly debug: boolean;
+  readonly stdout: NodeJS.WritableStream;
+  readonly stderr: NodeJS.WritableStream;
+  readonly env: NodeJS.ProcessEnv;
+}
+
+/** Exit codes: 0 success, 1 a failure narpush reports, 2 bad usage, 70 an internal bug. */
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_BUG = 70;

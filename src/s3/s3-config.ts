@@ -1,0 +1,36 @@
+/**
+ * What the s3:// backend needs to know about its bucket: the part of a
+ * parsed `--to` URL that is S3's (cli/cache-url.ts builds it). S3's own
+ * names and limits live in this folder (part sizes: multipart.ts), so the
+ * URL parser asks S3 what it accepts, never the other way round.
+ */
+
+/** S3 storage classes Nix documents for `storage-class`, plus the newer ones S3 accepts. */
+export const STORAGE_CLASSES = [
+  'STANDARD', 'REDUCED_REDUNDANCY', 'STANDARD_IA', 'ONEZONE_IA', 'INTELLIGENT_TIERING',
+  'GLACIER', 'DEEP_ARCHIVE', 'GLACIER_IR', 'OUTPOSTS', 'SNOW', 'EXPRESS_ONEZONE',
+] as const;
+export type StorageClass = (typeof STORAGE_CLASSES)[number];
+
+export interface S3Config {
+  readonly bucket: string;
+  /** `region`, default `us-east-1` as in Nix. */
+  readonly region: string;
+  /** `http` or `https`: from the endpoint URL when it has one, else `scheme`, else https. */
+  readonly scheme: 'http' | 'https';
+  /** `endpoint` as `scheme://host[:port]`, or undefined for AWS itself. */
+  readonly endpoint?: string;
+  /** `profile` of the shared AWS config/credentials files; undefined: the SDK's default chain. */
+  readonly profile?: string;
+  /** Path-style requests (`bucket` in the path, not the host name). */
+  readonly forcePathStyle: boolean;
+  readonly storageClass?: StorageClass;
+  /** The smallest part size to use (at least MIN_PART_SIZE). */
+  readonly minPartSize?: number;
+  /** How long a TCP/TLS connection may take to open. */
+  readonly connectTimeoutMs?: number;
+  /** How long a request may see no byte either way (first byte, body) before it counts as dead. */
+  readonly idleTimeoutMs?: number;
+  /** For logs and messages; never contains secrets. */
+  readonly description: string;
+}
