@@ -127,6 +127,14 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
 
   // The heap garbage of a burst is given back when the crypto threads are (see idle-gc.ts).
   const idleGc = idleCollector(DEFAULT_THREAD_IDLE_MS);
+  // Signals are ours from before the socket opens: a SIGTERM that came while the daemon was
+  // starting (or just after it began answering) stops it gracefully once it runs, and never
+  // kills it with hooks already answered.
+  let signalled: NodeJS.Signals | undefined;
+  let onSignal = (signal: NodeJS.Signals): void => void (signalled ??= signal);
+  const listener = (signal: NodeJS.Signals): void => onSignal(signal);
+  process.on('SIGTERM', listener);
+  process.on('SIGINT', listener);
   let running;
   try {
     running = await startDaemon(
@@ -152,18 +160,20 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
       },
     );
   } catch (e) {
+    process.off('SIGTERM', listener);
+    process.off('SIGINT', listener);
     await Promise.allSettled([queries.close(), pipeline.close()]);
     throw e;
   }
 
   // 2. Run until told to stop.
+  const daemon = running;
   await new Promise<void>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals): void => {
+    onSignal = (signal) => {
       log({ event: 'stopping', detail: `received ${signal}` });
-      void running.stop().then(resolve, resolve);
+      void daemon.stop().then(resolve, resolve);
     };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
+    if (signalled) onSignal(signalled);
   });
   idleGc.cancel();
   await Promise.allSettled([queries.close(), pipeline.close()]);

@@ -338,6 +338,21 @@ test('SIGTERM during uploads: exit 0 at once, interrupted paths stay queued and 
   }
 });
 
+test('SIGTERM while the daemon starts: it finishes starting, stops gracefully and exits 0, never killed by the signal', async () => {
+  // The pid file is taken first thing in the start; the journal, the spool, the GC roots and the
+  // socket follow. A SIGTERM in between used to find no handler and kill the process.
+  for (let round = 0; round < 3; round++) {
+    const p = places();
+    const d = await startDaemonProcess({ to: `file://${work.dir}/sigterm-cache`, ...p, env: daemonEnv(), noWait: true });
+    const pidFile = path.join(p.stateDir, 'daemon.pid');
+    await eventually(async () => (await readFile(pidFile, 'utf8').catch(() => '')).endsWith('\n'), 30_000, 'the pid file');
+    const exit = await d.stop('SIGTERM');
+    assert.deepEqual(exit, { code: 0, signal: null }, d.log());
+    assert.match(d.log(), /received SIGTERM/);
+    assert.match(d.log(), /stopped: 0 path\(s\) left in the queue/);
+  }
+});
+
 test('systemd socket activation: the daemon serves the inherited socket (LISTEN_FDS)', async () => {
   const which = await run('sh', ['-c', 'command -v systemd-socket-activate']);
   if (which.code !== 0) throw new Error('this test needs systemd-socket-activate (Debian: systemd)');
