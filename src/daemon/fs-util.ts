@@ -4,7 +4,7 @@
  * mkdir never returns for some paths (under /proc), and the hook must not
  * hang a build on a mistyped NARPUSH_STATE_DIR.
  */
-import { mkdir, open } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, unlink } from 'node:fs/promises';
 import * as nodePath from 'node:path';
 
 /** Create `dir` (one level); an existing directory is fine. */
@@ -41,4 +41,32 @@ export async function fsyncDir(dir: string): Promise<void> {
   } finally {
     await h.close();
   }
+}
+
+/**
+ * Remove the entries of `dir` named `prefix…` (temporary names a killed
+ * writer left behind) once they are `olderThanMs` old; a symlink's own age
+ * counts, not its target's. Returns how many went.
+ */
+export async function removeStaleTemps(dir: string, prefix: string, olderThanMs: number, now: number = Date.now()): Promise<number> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return 0;
+  }
+  let removed = 0;
+  for (const n of names) {
+    if (!n.startsWith(prefix)) continue;
+    const p = nodePath.join(dir, n);
+    try {
+      if (now - (await lstat(p)).mtimeMs > olderThanMs) {
+        await unlink(p);
+        removed++;
+      }
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return removed;
 }

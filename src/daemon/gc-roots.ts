@@ -14,9 +14,9 @@
  * This file does file system work only and never talks to a store (the
  * caller registers the links); node builtins only, because the hook imports it.
  */
-import { lstat, readdir, readlink, rename, symlink, unlink } from 'node:fs/promises';
+import { readdir, readlink, rename, symlink, unlink } from 'node:fs/promises';
 import * as nodePath from 'node:path';
-import { ensureDir, fsyncDir } from './fs-util.js';
+import { ensureDir, fsyncDir, removeStaleTemps } from './fs-util.js';
 
 export const GCROOTS_SUBDIR = 'gcroots';
 const TEMP_PREFIX = '.tmp-';
@@ -87,24 +87,5 @@ export async function listRootLinks(dir: string): Promise<string[]> {
 
 /** Remove temporary links a killed hook or daemon left behind, once they are `olderThanMs` old. */
 export async function removeStaleRootTemps(dir: string, olderThanMs: number, now: number = Date.now()): Promise<number> {
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch {
-    return 0;
-  }
-  let removed = 0;
-  for (const n of names) {
-    if (!n.startsWith(TEMP_PREFIX)) continue;
-    const p = nodePath.join(dir, n);
-    try {
-      if (now - (await lstat(p)).mtimeMs > olderThanMs) {
-        await unlink(p);
-        removed++;
-      }
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return removed;
+  return removeStaleTemps(dir, TEMP_PREFIX, olderThanMs, now);
 }

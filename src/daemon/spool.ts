@@ -8,7 +8,7 @@
  */
 import { open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import * as nodePath from 'node:path';
-import { ensureDir, fsyncDir } from './fs-util.js';
+import { ensureDir, fsyncDir, removeStaleTemps } from './fs-util.js';
 
 export const SPOOL_SUBDIR = 'spool';
 const SUFFIX = '.req';
@@ -83,24 +83,5 @@ export async function markSpoolFileRejected(dir: string, name: string): Promise<
 
 /** Remove temporary files a killed hook left behind, once they are `olderThanMs` old. */
 export async function removeStaleTempFiles(dir: string, olderThanMs: number, now: number = Date.now()): Promise<number> {
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch {
-    return 0;
-  }
-  let removed = 0;
-  for (const n of names) {
-    if (!n.startsWith(TEMP_PREFIX)) continue;
-    const p = nodePath.join(dir, n);
-    try {
-      if (now - (await stat(p)).mtimeMs > olderThanMs) {
-        await unlink(p);
-        removed++;
-      }
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return removed;
+  return removeStaleTemps(dir, TEMP_PREFIX, olderThanMs, now);
 }
