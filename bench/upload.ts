@@ -1,6 +1,9 @@
 /**
  * Benchmark: `narpush upload-path` against `nix copy`, side by side in one
  * run, alternating, each into a fresh file:// cache (both sign):
+ *   - jobs the size a post-build hook or a CI step usually has, where the
+ *     fixed cost before the first byte counts: one tiny path (zstd), a
+ *     24 MiB closure of 7 paths (zstd and xz), 201 small paths (zstd);
  *   - a ~104 MiB mixed closure (half random, half text) with xz and zstd;
  *   - a closure of >= 1,000 small paths with zstd (startup included);
  * then narpush alone against s3rver on loopback:
@@ -9,7 +12,7 @@
  * Figures are medians of the runs; ratios are narpush/nix. Every timed run
  * starts after a `sync`, so that no run pays for the previous one's writeback.
  *
- * Usage: node dist/bench/upload.js [runs (default 3)] [--skip-10g] [--10g-runs=N (default: runs)] [--only=mixed,small,s3,rss]
+ * Usage: node dist/bench/upload.js [runs (default 3)] [--skip-10g] [--10g-runs=N (default: runs)] [--only=tiny,closure24,small201,mixed,small,s3,rss]
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -80,7 +83,7 @@ async function compare(label: string, top: string, compression: 'xz' | 'zstd', k
   const p = median(t.narpush);
   const m = mib(size.bytes);
   console.log(
-    `${label.padEnd(26)} | ${String(size.paths).padStart(5)} | ${m.toFixed(0).padStart(5)} MiB | ${n.toFixed(0).padStart(7)} ms | ${p.toFixed(0).padStart(7)} ms | ${(p / n).toFixed(2)}x`,
+    `${label.padEnd(26)} | ${String(size.paths).padStart(5)} | ${m.toFixed(m < 10 ? 1 : 0).padStart(5)} MiB | ${n.toFixed(0).padStart(7)} ms | ${p.toFixed(0).padStart(7)} ms | ${(p / n).toFixed(2)}x`,
   );
   console.log(`  runs (ms): nix ${t.nix.map((x) => x.toFixed(0)).join(' ')}; narpush ${t.narpush.map((x) => x.toFixed(0)).join(' ')}`);
   await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
@@ -95,11 +98,20 @@ async function main(): Promise<void> {
   process.stderr.write('building the benchmark closures with Nix (once per machine)...\n');
   const [mixed] = await nixBuildFile(bench, 'mixed');
   const [small] = await nixBuildFile(path.join(FIXTURES, 'store-bench.nix'));
+  const [tiny] = await nixBuildFile(bench, 'tiny');
+  const [closure24] = await nixBuildFile(bench, 'closure24');
+  const [small201] = await nixBuildFile(bench, 'small201');
 
   console.log(`node ${process.version}; ${runs} runs per side, alternating; medians of wall time including process start`);
   console.log(`liblzma: ${liblzmaBuild()}`);
-  if (want('mixed') || want('small')) {
+  if (['tiny', 'closure24', 'small201', 'mixed', 'small'].some(want)) {
     console.log('case                       | paths |   NAR     | nix copy   | narpush    | ratio');
+    if (want('tiny')) await compare('one tiny path, zstd', tiny!, 'zstd', key);
+    if (want('closure24')) {
+      await compare('24 MiB closure, zstd', closure24!, 'zstd', key);
+      await compare('24 MiB closure, xz', closure24!, 'xz', key);
+    }
+    if (want('small201')) await compare('201 small paths, zstd', small201!, 'zstd', key);
     if (want('mixed')) {
       await compare('mixed closure, xz', mixed!, 'xz', key);
       await compare('mixed closure, zstd', mixed!, 'zstd', key);

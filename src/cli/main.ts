@@ -6,8 +6,10 @@
  */
 import { Command, CommanderError } from 'commander';
 import { isNarpushError } from '../errors.js';
+import type { EarlyStream } from '../store/early-stream.js';
 import { DEFAULT_STORE_DIR } from '../store/store-path.js';
 import { type CliContext, EXIT_BUG, EXIT_FAILURE, EXIT_USAGE } from './context.js';
+import { startStoreEarly } from './early-store.js';
 
 
 function collect(value: string, previous: string[]): string[] {
@@ -18,14 +20,33 @@ function version(): string {
   return '0.1.0';
 }
 
-export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
-  let debug = argv.includes('--debug') || env.NARPUSH_DEBUG === '1';
+/**
+ * Run the command line `argv` (node's, program name included). `early`:
+ * the store stream bin/narpush started opening before loading this (see
+ * early-store.ts); by default it is started here.
+ */
+export async function main(
+  argv: string[],
+  env: NodeJS.ProcessEnv = process.env,
+  early: EarlyStream | undefined = startStoreEarly(argv, env),
+): Promise<number> {
+  const debug = argv.includes('--debug') || env.NARPUSH_DEBUG === '1';
+  try {
+    return await run(argv, env, debug, early);
+  } finally {
+    await early?.release();
+  }
+}
+
+async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, early: EarlyStream | undefined): Promise<number> {
+  let debug = debugFlag;
   const ctx = (): CliContext => ({
     storeDir: (env.NIX_STORE_DIR ?? DEFAULT_STORE_DIR).replace(/\/+$/, ''),
     debug,
     stdout: process.stdout,
     stderr: process.stderr,
     env,
+    ...(early && { storeOpening: () => early.take() }),
   });
   let exitCode = 0;
   const program = new Command('narpush')

@@ -26,6 +26,7 @@ export async function pathInfo(
   const client = await StoreClient.open({
     transport: storeTransportFromEnv(ctx.env),
     storeDir: ctx.storeDir,
+    ...(ctx.storeOpening && { opening: ctx.storeOpening() }),
     onLog: (e) => {
       if (e.kind === 'message') ctx.stderr.write(e.text.endsWith('\n') ? e.text : `${e.text}\n`);
     },

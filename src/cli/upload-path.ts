@@ -45,7 +45,11 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   // cache. While the daemon starts (another process) and the S3 SDK loads,
   // this thread loads the upload pipeline (in bin/narpush's bundle it is
   // already parsed; unbundled, ~40 ms of module loading).
-  const opening = StoreClient.open({ transport: storeTransportFromEnv(ctx.env), storeDir: ctx.storeDir });
+  const opening = StoreClient.open({
+    transport: storeTransportFromEnv(ctx.env),
+    storeDir: ctx.storeDir,
+    ...(ctx.storeOpening && { opening: ctx.storeOpening() }),
+  });
   const backendOpening = openCacheBackend(config);
   const pipeline = Promise.all([
     import('../cache/upload.js'),

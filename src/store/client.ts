@@ -35,6 +35,12 @@ export interface StoreClientOptions {
    * a hung nix-daemon must become a failed attempt, not a stuck upload.
    */
   readonly idleTimeoutMs?: number;
+  /**
+   * The first connection's stream, already being opened with the same
+   * transport (see early-stream.ts); when it resolves to undefined, the
+   * connection is opened as usual.
+   */
+  readonly opening?: Promise<OpenedStream | undefined>;
 }
 
 interface Member {
@@ -42,8 +48,14 @@ interface Member {
   readonly opened: OpenedStream;
 }
 
-async function openMember(transport: StoreTransport, options: ConnectionOptions, connectTimeoutMs?: number): Promise<Member> {
-  const opened = await openStream(transport, { ...(connectTimeoutMs !== undefined && { connectTimeoutMs }) });
+async function openMember(
+  transport: StoreTransport,
+  options: ConnectionOptions,
+  connectTimeoutMs?: number,
+  opening?: Promise<OpenedStream | undefined>,
+): Promise<Member> {
+  const opened =
+    (await opening) ?? (await openStream(transport, { ...(connectTimeoutMs !== undefined && { connectTimeoutMs }) }));
   try {
     const conn = await DaemonConnection.open(opened.stream, { ...options, closeDetail: opened.closeDetail });
     return { conn, opened };
@@ -73,8 +85,13 @@ export class StoreClient {
   static async open(options: StoreClientOptions): Promise<StoreClient> {
     const n = Math.max(1, Math.floor(options.connections ?? 1));
     const results = await Promise.allSettled(
-      Array.from({ length: n }, () =>
-        openMember(options.transport, { onLog: options.onLog, idleTimeoutMs: options.idleTimeoutMs }, options.connectTimeoutMs),
+      Array.from({ length: n }, (_, i) =>
+        openMember(
+          options.transport,
+          { onLog: options.onLog, idleTimeoutMs: options.idleTimeoutMs },
+          options.connectTimeoutMs,
+          i === 0 ? options.opening : undefined,
+        ),
       ),
     );
     const members = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));

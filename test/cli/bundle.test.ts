@@ -4,7 +4,7 @@
 // crypto thread must be found next to it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import * as path from 'node:path';
@@ -12,21 +12,60 @@ import { REPO_ROOT, run } from '../helpers/run.js';
 
 const bundle = path.join(REPO_ROOT, 'dist', 'bundle');
 
+/** Every file of the bundle (the entries and their chunks), by name. */
+async function bundleFiles(): Promise<Map<string, string>> {
+  const names = (await readdir(bundle)).filter((n) => n.endsWith('.js'));
+  return new Map(await Promise.all(names.map(async (n) => [n, await readFile(path.join(bundle, n), 'utf8')] as const)));
+}
+
+/** A module's static imports (loaded before it runs). */
+function staticImports(text: string): string[] {
+  return [...text.matchAll(/^import\s[^;]*?from\s*["']([^"']+)["']|^import\s*["']([^"']+)["']/gm)].map((m) => (m[1] ?? m[2])!);
+}
+
 test('the bundle imports the AWS SDK and the native addons lazily, and carries the crypto thread', async () => {
-  const text = await readFile(path.join(bundle, 'narpush.js'), 'utf8');
-  const eager = [...text.matchAll(/^import\s[^;]*?from\s*["']([^"']+)["']/gm)].map((m) => m[1]!);
-  assert.ok(eager.length > 0, 'found the static imports');
-  assert.deepEqual(eager.filter((m) => !m.startsWith('node:')), [], 'static imports are Node builtins only');
-  assert.match(text, /import\(["']@aws-sdk\/client-s3["']\)/, 'the AWS SDK is imported when used');
-  assert.match(text, /import\(["']prom-client["']\)/, 'prom-client is imported when used (daemon --metrics-listen)');
+  const files = await bundleFiles();
+  const all = [...files.values()].join('\n');
+  for (const [name, text] of files) {
+    const eager = staticImports(text).filter((m) => !m.startsWith('node:') && !/^\.\/chunk-[A-Z0-9]+\.js$/.test(m));
+    assert.deepEqual(eager, [], `${name}: static imports are Node builtins and the bundle's own chunks only`);
+  }
+  assert.match(all, /import\(["']@aws-sdk\/client-s3["']\)/, 'the AWS SDK is imported when used');
+  assert.match(all, /import\(["']prom-client["']\)/, 'prom-client is imported when used (daemon --metrics-listen)');
   // The addons are CommonJS, loaded by require() when first used (src/cache/addons.ts), not bundled.
   for (const addon of ['zstd-napi', 'zstd-napi/binding.js', 'lzma-native']) {
-    assert.match(text, new RegExp(`\\(["']${addon.replace(/[/.]/g, '\\$&')}["']\\)`), `${addon} is loaded at run time`);
+    assert.match(all, new RegExp(`\\(["']${addon.replace(/[/.]/g, '\\$&')}["']\\)`), `${addon} is loaded at run time`);
   }
-  assert.match(text, /new URL\(["']\.\/crypto-thread\.js["'], import\.meta\.url\)/);
-  await readFile(path.join(bundle, 'crypto-thread.js'));
+  assert.match(all, /new URL\(["']\.\/crypto-thread\.js["'], import\.meta\.url\)/);
+  // The thread is bundled alone: it imports nothing of the CLI's chunks.
+  assert.deepEqual(staticImports(files.get('crypto-thread.js')!).filter((m) => !m.startsWith('node:')), []);
   // ...and bin/narpush runs it (the CLI tests then run the bundle).
-  assert.match(await readFile(path.join(REPO_ROOT, 'bin', 'narpush'), 'utf8'), /import\(['"]\.\.\/dist\/bundle\/narpush\.js['"]\)/);
+  const bin = await readFile(path.join(REPO_ROOT, 'bin', 'narpush'), 'utf8');
+  assert.match(bin, /import\(['"]\.\.\/dist\/bundle\/early-store\.js['"]\)/);
+  assert.match(bin, /import\(['"]\.\.\/dist\/bundle\/narpush\.js['"]\)/);
+});
+
+test('`--version` loads only the entry and its chunks, none of the commands or the Node builtins they use', async () => {
+  // Split at the lazy imports of the commands (scripts/bundle.mjs): the
+  // entry's static imports are what every start pays.
+  const files = await bundleFiles();
+  const seen = new Set<string>();
+  const builtins = new Set<string>();
+  const visit = (name: string): void => {
+    if (seen.has(name)) return;
+    seen.add(name);
+    for (const m of staticImports(files.get(name)!)) {
+      if (m.startsWith('node:')) builtins.add(m);
+      else visit(m.slice(2));
+    }
+  };
+  visit('narpush.js');
+  const text = [...seen].map((n) => files.get(n)!).join('\n');
+  const uploadCode = /function uploadPaths\(|\bThreadPool = class\b|\bFileBackend = class\b/;
+  assert.match([...files.values()].join('\n'), uploadCode, 'the bundle has the upload code');
+  assert.doesNotMatch(text, uploadCode, 'no upload code at start-up');
+  for (const heavy of ['node:worker_threads', 'node:zlib', 'node:http']) assert.ok(!builtins.has(heavy), `${heavy} is not loaded at start-up`);
+  assert.ok(seen.size < files.size, 'there are chunks a bare start does not load');
 });
 
 test('bin/narpush runs as a program, with the node flags of its #! line', async () => {
