@@ -13,7 +13,7 @@ import { NarpushError } from '../errors.js';
 
 import { COMPRESSIONS, LEVEL_RANGES, type Compression } from '../cache/compression.js';
 import { MAX_PART_SIZE, MIN_PART_SIZE } from '../s3/multipart.js';
-import { STORAGE_CLASSES, type S3Config, type StorageClass } from '../s3/s3-config.js';
+import { S3_CHECKSUM_MODES, STORAGE_CLASSES, type S3ChecksumMode, type S3Config, type StorageClass } from '../s3/s3-config.js';
 
 export { COMPRESSIONS, type Compression };
 export { STORAGE_CLASSES, type StorageClass };
@@ -117,7 +117,7 @@ const COMMON_PARAMS = new Set([
 const S3_PARAMS = new Set([
   'region', 'endpoint', 'profile', 'scheme', 'addressing-style', 'storage-class',
   'multipart-upload', 'multipart-chunk-size', 'buffer-size', 'narinfo-compression', 'ls-compression',
-  'connect-timeout', 'idle-timeout',
+  'connect-timeout', 'idle-timeout', 'checksum',
 ]);
 
 /** Parse a `--to` URL. Throws NarpushError('BAD_CACHE_URL') with a one-line reason. */
@@ -386,6 +386,11 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
   const idleRaw = q.get('idle-timeout');
   const idleTimeoutMs = idleRaw === undefined ? undefined : seconds(url, 'idle-timeout', idleRaw, 0.1, 3600);
 
+  const checksum = q.get('checksum');
+  if (checksum !== undefined && !(S3_CHECKSUM_MODES as readonly string[]).includes(checksum)) {
+    throw bad(url, `checksum '${checksum}' is not one of ${S3_CHECKSUM_MODES.join(', ')}`);
+  }
+
   const where = endpoint !== undefined ? `at ${endpoint}` : `in ${region}`;
   const description = `s3://${bucket} (${where}${profile !== undefined ? `, profile ${profile}` : ''})`;
   return Object.freeze({
@@ -402,6 +407,7 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
     ...(mpu !== undefined && { multipartUpload: bool(url, 'multipart-upload', mpu) }),
     ...(connectTimeoutMs !== undefined && { connectTimeoutMs }),
     ...(idleTimeoutMs !== undefined && { idleTimeoutMs }),
+    ...(checksum !== undefined && { checksum: checksum as S3ChecksumMode }),
     params: Object.freeze(parseCommon(url, q)),
     description,
   });

@@ -116,9 +116,9 @@ class S3Backend implements CacheBackend {
       followRegionRedirects: config.endpoint === undefined,
       maxAttempts: this.policy.maxAttempts,
       retryStrategy: new SdkRetryStrategy(this.policy, this.random, opts.onRetry),
-      // Many S3-compatible servers reject the SDK's newer default CRC32 checksums; Nix sends none either.
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
+      // Many S3-compatible servers reject the SDK's newer default CRC32 checksums; Nix sends none either (s3-config.ts).
+      requestChecksumCalculation: config.checksum === 'when-supported' ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
+      responseChecksumValidation: config.checksum === 'when-supported' ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
       logger: SILENT,
       requestHandler: {
         connectionTimeout: this.connectTimeoutMs,

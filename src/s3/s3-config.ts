@@ -31,6 +31,22 @@ export interface S3Config {
   readonly connectTimeoutMs?: number;
   /** How long a request may see no byte either way (first byte, body) before it counts as dead. */
   readonly idleTimeoutMs?: number;
+  /**
+   * `checksum`: whether requests carry the SDK's flexible checksums (CRC32 of
+   * every body) and answers are checked against them. `when-required`
+   * (default): only where S3 requires one, as Nix sends none; many
+   * S3-compatible servers reject them (see S3_CHECKSUM_MODES).
+   * `when-supported`: on every request that can carry one (AWS S3 itself).
+   */
+  readonly checksum?: S3ChecksumMode;
   /** For logs and messages; never contains secrets. */
   readonly description: string;
 }
+
+/**
+ * The values of the `checksum` URL parameter. Servers known to reject
+ * `when-supported` (the SDK's own default since v3.729): Ceph RGW for
+ * streamed bodies (HTTP 411), Garage, Cloudflare R2 and older MinIO (attic#267).
+ */
+export const S3_CHECKSUM_MODES = ['when-required', 'when-supported'] as const;
+export type S3ChecksumMode = (typeof S3_CHECKSUM_MODES)[number];

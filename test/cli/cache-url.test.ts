@@ -119,6 +119,19 @@ test('s3:// timeouts: connect-timeout and idle-timeout in seconds', () => {
   assert.throws(() => parseCacheUrl('file:///c?connect-timeout=1'), /parameter 'connect-timeout' only applies to s3:\/\/ caches/);
 });
 
+test('s3:// checksum: when-required (the default, unset) or when-supported', () => {
+  assert.equal(s3('s3://nix').checksum, undefined);
+  assert.equal(s3('s3://nix?checksum=when-required').checksum, 'when-required');
+  assert.equal(s3('s3://nix?checksum=when-supported').checksum, 'when-supported');
+  for (const v of ['WHEN_SUPPORTED', 'always', 'crc32', '']) {
+    assert.throws(() => parseCacheUrl(`s3://nix?checksum=${v}`), {
+      code: 'BAD_CACHE_URL',
+      message: /checksum '.*' is not one of when-required, when-supported|parameter 'checksum' needs a value/,
+    });
+  }
+  assert.throws(() => parseCacheUrl('file:///c?checksum=when-required'), /parameter 'checksum' only applies to s3:\/\/ caches/);
+});
+
 test('binary-cache parameters shared by file:// and s3://', () => {
   for (const base of ['file:///c?', 's3://nix?']) {
     const c = parseCacheUrl(

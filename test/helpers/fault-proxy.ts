@@ -60,6 +60,8 @@ export interface FaultProxy {
   readonly counts: FaultCounts;
   /** Each fault with the request it hit ("resetAfter PUT /bucket/key?partNumber=2&uploadId=…"). */
   readonly log: string[];
+  /** Every request's line and headers, in order. */
+  readonly requests: { readonly line: string; readonly headers: http.IncomingHttpHeaders }[];
   /** Answer every request with this S3 error until called with undefined (e.g. 403 AccessDenied). */
   answerAll(error: { status: number; code: string } | undefined): void;
   /** Change the fault rates from now on. */
@@ -139,8 +141,10 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
   };
 
   let fixed: { status: number; code: string } | undefined;
+  const requests: { line: string; headers: http.IncomingHttpHeaders }[] = [];
   const server = http.createServer((req, res) => {
     counts.requests++;
+    requests.push({ line: `${req.method} ${req.url}`, headers: req.headers });
     if (fixed) {
       const { status, code } = fixed;
       req.resume();
@@ -229,6 +233,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     endpoint: `http://127.0.0.1:${port}`,
     counts,
     log,
+    requests,
     answerAll(e) {
       fixed = e;
     },
