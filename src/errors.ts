@@ -2,14 +2,20 @@
  * The one error type narpush throws on purpose.
  *
  * Every failure that a user can cause or fix carries a stable `code` (for
- * tests, JSON reports and the daemon's answers) and a message that reads as
+ * tests, JSON reports and the daemon's answers; the codes, their meaning,
+ * retries and exit codes are in error-codes.ts) and a message that reads as
  * one line. Library code throws these and never prints, exits or decides what
  * a user sees: that happens only at the edges (src/cli, src/daemon).
  */
-export class NarpushError extends Error {
-  readonly code: string;
+import type { ErrorCode } from './error-codes.js';
 
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
+export type { ErrorCode } from './error-codes.js';
+
+export class NarpushError extends Error {
+  /** One of the closed set in error-codes.ts. */
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
     this.name = 'NarpushError';

@@ -19,7 +19,5 @@ export interface CliContext {
   readonly storeOpening?: () => Promise<OpenedStream> | undefined;
 }
 
-/** Exit codes: 0 success, 1 a failure narpush reports, 2 bad usage, 70 an internal bug. */
-export const EXIT_FAILURE = 1;
-export const EXIT_USAGE = 2;
-export const EXIT_BUG = 70;
+/** Exit codes: 0 success, 1 a failure narpush reports, 2 bad usage, 70 an internal bug (per error code: error-codes.ts). */
+export { EXIT_BUG, EXIT_FAILURE, EXIT_USAGE } from '../error-codes.js';

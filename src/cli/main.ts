@@ -8,7 +8,8 @@ import { Command, CommanderError } from 'commander';
 import { isNarpushError } from '../errors.js';
 import type { EarlyStream } from '../store/early-stream.js';
 import { DEFAULT_STORE_DIR } from '../store/store-path.js';
-import { type CliContext, EXIT_BUG, EXIT_FAILURE, EXIT_USAGE } from './context.js';
+import { ERROR_CODES } from '../error-codes.js';
+import { type CliContext, EXIT_BUG, EXIT_USAGE } from './context.js';
 import { startStoreEarly } from './early-store.js';
 
 
@@ -177,7 +178,7 @@ export function reportError(e: unknown, debug: boolean): number {
   if (isNarpushError(e)) {
     process.stderr.write(`narpush: error: ${e.message}\n`);
     if (debug) process.stderr.write(`${e.stack ?? ''}\n`);
-    return EXIT_FAILURE;
+    return ERROR_CODES[e.code].exit;
   }
   const message = e instanceof Error ? e.message : String(e);
   process.stderr.write(`narpush: internal error: ${message.split('\n')[0]} (run with --debug for details)\n`);

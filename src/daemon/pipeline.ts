@@ -10,6 +10,7 @@
  * paths already in the cache are skipped. A queued path is `done` only when
  * its whole closure is in the cache.
  */
+import { ERROR_CODES } from '../error-codes.js';
 import { isNarpushError } from '../errors.js';
 import type { CacheBackend } from '../cache/backend.js';
 import { type CacheInfo, ensureCacheInfo } from '../cache/cache-info.js';
@@ -126,7 +127,8 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
           for (const i of r.infos) infos.set(i.path.baseName, i);
         } catch (e) {
           if (isConnectionError(e)) broken = true;
-          if (isNarpushError(e) && (e.code === 'INVALID_PATH' || e.code === 'BAD_STORE_PATH')) {
+          // A path that cannot become uploadable by waiting (not valid, not a store path) is dropped.
+          if (isNarpushError(e) && !ERROR_CODES[e.code].retried) {
             outcomes.set(p, { kind: 'dropped', reason: message(e) });
           } else {
             outcomes.set(p, { kind: 'failed', error: message(e) });

@@ -12,6 +12,8 @@
  *   daemon -> {"ok":false,"code":"BAD_REQUEST","error":"…"}\n   (any failure)
  */
 
+import type { ErrorCode } from '../error-codes.js';
+
 /** The longest line either side accepts, newline excluded. */
 export const MAX_LINE_BYTES = 1024 * 1024;
 /** The most paths one enqueue request may carry (a line of that many paths still fits in MAX_LINE_BYTES). */
@@ -49,7 +51,8 @@ export interface EnqueueAnswer {
 
 export interface ErrorAnswer {
   readonly ok: false;
-  readonly code: string;
+  /** From the same registry as NarpushError's (error-codes.ts). */
+  readonly code: ErrorCode;
   readonly error: string;
 }
 

@@ -6,10 +6,10 @@
  * temporary GC roots live as long as the connection, so the worker resets
  * its handle when idle instead of pinning every uploaded path forever.
  */
-import { isNarpushError } from '../errors.js';
+import { type ErrorCode, isNarpushError } from '../errors.js';
 import type { StoreClient } from '../store/client.js';
 
-const CONNECTION_CODES = new Set(['STORE_CONNECTION_CLOSED', 'STORE_PROTOCOL_ERROR', 'STORE_UNAVAILABLE', 'STORE_TIMEOUT']);
+const CONNECTION_CODES = new Set<ErrorCode>(['STORE_CONNECTION_CLOSED', 'STORE_PROTOCOL_ERROR', 'STORE_UNAVAILABLE', 'STORE_TIMEOUT']);
 
 /** Whether `e` means the connection is unusable (as opposed to an answer such as "path not valid"). */
 export function isConnectionError(e: unknown): boolean {

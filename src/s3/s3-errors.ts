@@ -9,7 +9,7 @@
  * secret (SDK messages can quote the access key id, so they are not copied
  * for credential errors).
  */
-import { NarpushError, isNarpushError } from '../errors.js';
+import { type ErrorCode, NarpushError, isNarpushError } from '../errors.js';
 import { classifyFailure } from './retry.js';
 
 export interface S3ErrorContext {
@@ -73,7 +73,7 @@ export function s3Error(error: unknown, ctx: S3ErrorContext): NarpushError {
   const name = e.name ?? '';
   const status = e.$metadata?.httpStatusCode;
   const attempts = e.$metadata?.attempts;
-  const mk = (code: string, msg: string): NarpushError => new NarpushError(code, msg, { cause: error });
+  const mk = (code: ErrorCode, msg: string): NarpushError => new NarpushError(code, msg, { cause: error });
 
   switch (name) {
     case 'NoSuchBucket':

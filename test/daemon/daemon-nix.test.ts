@@ -381,17 +381,18 @@ test('systemd socket activation: the daemon serves the inherited socket (LISTEN_
 
 test('bad daemon options: one line each, non-zero exit', async () => {
   const p = places();
-  const cases: [string[], RegExp][] = [
-    [['--to', 'ftp://x'], /unknown scheme 'ftp'/],
-    [['--to', s3.url, '--secret-key-file', path.join(work.dir, 'nope.key')], /nope\.key/],
-    [['--to', s3.url, '--compression', 'gzip'], /unknown compression/],
-    [['--to', s3.url, '--jobs', '0'], /--jobs/],
-    [['--to', s3.url, '--state-dir', '/proc/narpush'], /state directory/],
-    [['--to', s3.url, '--shutdown-grace', 'soon'], /--shutdown-grace/],
+  // Exit 2 for bad usage (a value no run could accept), 1 for a failure of the world (error-codes.ts).
+  const cases: [string[], RegExp, number][] = [
+    [['--to', 'ftp://x'], /unknown scheme 'ftp'/, 2],
+    [['--to', s3.url, '--secret-key-file', path.join(work.dir, 'nope.key')], /nope\.key/, 1],
+    [['--to', s3.url, '--compression', 'gzip'], /unknown compression/, 2],
+    [['--to', s3.url, '--jobs', '0'], /--jobs/, 2],
+    [['--to', s3.url, '--state-dir', '/proc/narpush'], /state directory/, 1],
+    [['--to', s3.url, '--shutdown-grace', 'soon'], /--shutdown-grace/, 2],
   ];
-  for (const [args, re] of cases) {
+  for (const [args, re, code] of cases) {
     const r = await narpush(['daemon', '--socket', p.socket, '--state-dir', p.stateDir, ...args], { env: daemonEnv() });
-    assert.equal(r.code, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
     assert.match(r.stderr, re);
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
   }

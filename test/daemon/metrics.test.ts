@@ -475,13 +475,13 @@ test('the journal cannot be written (a full state directory): /healthz 503 with 
   }
 });
 
-test('narpush daemon: a bad --metrics-listen is one line on stderr and exit 1, before anything starts', async () => {
+test('narpush daemon: a bad --metrics-listen is one line on stderr and exit 2 (usage), before anything starts', async () => {
   const t = await tempDir();
   try {
     for (const value of ['127.0.0.1', '::1:9101', 'localhost:99999', '[::1]:http']) {
       const socket = path.join(t.dir, 'never.sock');
       const r = await narpush(['daemon', '--to', `file://${t.dir}/cache`, '--socket', socket, '--state-dir', path.join(t.dir, 'state'), '--metrics-listen', value]);
-      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.code, 2, r.stderr);
       assert.match(r.stderr, new RegExp(`^narpush: error: --metrics-listen takes HOST:PORT such as 127\\.0\\.0\\.1:9101 or \\[::1\\]:9101, not '${value.replace(/[[\].]/g, '\\$&')}' \\([^)]+\\)\\n$`));
       assert.equal(r.stdout.length, 0);
     }

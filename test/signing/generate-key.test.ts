@@ -86,7 +86,7 @@ test('refuses to overwrite either file, before writing anything', async () => {
   assert.equal(await exists(path.join(dir, 'elsewhere')), false);
 
   r = await narpush(['generate-key', 'k-1', path.join(dir, 'same'), path.join(dir, '.', 'same')]);
-  assert.equal(r.code, 1);
+  assert.equal(r.code, 2, 'bad usage');
   assertOneLineError(r.stderr, /must be different files/);
 });
 
@@ -102,7 +102,7 @@ test('bad names are refused in one line, and nothing is written', async () => {
     const sk = path.join(dir, `sk${i}`);
     const pk = path.join(dir, `pk${i}`);
     const r = await narpush(['generate-key', name, sk, pk]);
-    assert.equal(r.code, 1, JSON.stringify(name));
+    assert.equal(r.code, 2, `bad usage: ${JSON.stringify(name)}`);
     assertOneLineError(r.stderr, message);
     assert.equal(await exists(sk), false);
     assert.equal(await exists(pk), false);

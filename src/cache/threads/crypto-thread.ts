@@ -12,7 +12,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { NAR_JOB_AHEAD, type NarJobRequest, runNarJob } from './nar-job.js';
-import { NarpushError } from '../../errors.js';
+import { type ErrorCode, NarpushError } from '../../errors.js';
 import type { SecretKey } from '../../signing/keys.js';
 import { signFingerprint } from '../../signing/sign.js';
 
@@ -39,7 +39,7 @@ export type CryptoReply =
   | { readonly op: 'piece'; readonly id: number; readonly bytes: Uint8Array; readonly narBytes: number }
   | { readonly op: 'nar-done'; readonly id: number; readonly narDigest: Uint8Array; readonly narSize: number; readonly fileDigest: Uint8Array; readonly fileSize: number }
   /** `code` is a NarpushError's, when it was one. */
-  | { readonly op: 'nar-failed'; readonly id: number; readonly code?: string; readonly message: string };
+  | { readonly op: 'nar-failed'; readonly id: number; readonly code?: ErrorCode; readonly message: string };
 
 interface Job {
   ahead: number;

@@ -31,6 +31,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { isErrorCode } from '../../error-codes.js';
 import { NarpushError } from '../../errors.js';
 import type { SecretKey } from '../../signing/keys.js';
 import { signFingerprint } from '../../signing/sign.js';
@@ -278,7 +279,7 @@ class CryptoThread {
     } else if (m.op === 'nar-done') {
       job.result = { narDigest: m.narDigest, narSize: m.narSize, fileDigest: m.fileDigest, fileSize: m.fileSize };
     } else if (m.op === 'nar-failed') {
-      job.failed = new NarpushError(m.code ?? 'NAR_JOB_FAILED', m.message);
+      job.failed = new NarpushError(isErrorCode(m.code) ? m.code : 'NAR_JOB_FAILED', m.message);
     }
     wakeJob(job);
   }
