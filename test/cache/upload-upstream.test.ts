@@ -141,6 +141,16 @@ test('--no-upstream uploads the signed paths; --upstream-key replaces the defaul
   assert.deepEqual(names(d.report.skippedUpstream), ['base', 'big']);
 });
 
+test('an http:// upstream (s3rver over plain HTTP, as Nix reads it): what it serves is skipped, what it lacks is uploaded', async () => {
+  const { top, byName } = await buildClosure();
+  const seed = await upload(['--to', s3.url, '--no-upstream', byName.get('big')!]);
+  assert.deepEqual(names(seed.report.uploaded.map((u) => u.path)), ['base', 'big']);
+  const { report, stderr } = await upload(['--to', `file://${path.join(work, `h-${randomUUID()}`)}`, '--upstream-key', 'nobody-1', '--upstream', s3.httpUrl, top]);
+  assert.deepEqual(names(report.skippedUpstream), ['base', 'big']);
+  assert.deepEqual(names(report.uploaded.map((u) => u.path)), ['selfref', 'top']);
+  assert.doesNotMatch(stderr, /warning/, 'a missing narinfo is an answer, not a failure');
+});
+
 /** An HTTP server answering 500 to everything, counting requests. */
 async function serve500(): Promise<{ url: string; requests: () => number; close: () => Promise<void> }> {
   let n = 0;
