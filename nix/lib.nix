@@ -15,6 +15,8 @@ rec {
     compression = "xz";
     user = "narpush";
     group = "narpush";
+    # src/cache/upstream.ts DEFAULT_UPSTREAM_KEYS.
+    upstreamKeys = [ "cache.nixos.org-1" ];
   };
 
   # Compression levels the CLI accepts for each method (src/cache/compression.ts).
@@ -45,6 +47,8 @@ rec {
       compression ? defaults.compression,
       compressionLevel ? null,
       metricsListen ? null,
+      upstreamKeys ? defaults.upstreamKeys,
+      upstreamCaches ? [ ],
       extraArgs ? [ ],
     }:
     [
@@ -83,6 +87,21 @@ rec {
           "--metrics-listen"
           metricsListen
         ]
+    )
+    # No keys and no caches: no filtering at all. (Keys are always given:
+    # the CLI's default list is replaced by what the module says.)
+    ++ (
+      if upstreamKeys == [ ] && upstreamCaches == [ ] then
+        [ "--no-upstream" ]
+      else
+        builtins.concatMap (k: [
+          "--upstream-key"
+          k
+        ]) upstreamKeys
+        ++ builtins.concatMap (u: [
+          "--upstream"
+          u
+        ]) upstreamCaches
     )
     ++ extraArgs;
 

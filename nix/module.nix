@@ -178,6 +178,37 @@ in
       '';
     };
 
+    upstreamKeys = mkOption {
+      type = types.listOf types.str;
+      default = narpushLib.defaults.upstreamKeys;
+      example = [
+        "cache.nixos.org-1"
+        "nix-community.cachix.org-1"
+      ];
+      description = ''
+        Paths the local store holds signed by one of these keys (a key name,
+        the part before `:`, or a whole public key) are served by that
+        upstream and not uploaded (`narpush daemon --upstream-key`); they
+        stay in the References of what is uploaded. With `[ ]` and no
+        `upstreamCaches`, every path of each closure is uploaded, as
+        `nix copy` does. Clients need the upstream among their substituters.
+      '';
+    };
+
+    upstreamCaches = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "https://cache.nixos.org" ];
+      description = ''
+        Binary caches (`https://`, `http://`, `file://`, `s3://`) asked
+        whether they serve a path with the same NarHash; such paths are not
+        uploaded (`narpush daemon --upstream`). Answers are remembered for a
+        while (a day when served, an hour when not). An upstream that fails
+        never fails an upload: the path is then uploaded, and the log says
+        so once.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -224,6 +255,11 @@ in
             cfg.compressionLevel >= r.min && cfg.compressionLevel <= r.max
           );
         message = "services.narpush.compressionLevel is out of range for ${cfg.compression} (xz: 0-9, zstd: 1-22).";
+      }
+      {
+        # The CLI has no flag for "no key names but these caches"; it would need one.
+        assertion = cfg.upstreamKeys != [ ] || cfg.upstreamCaches == [ ];
+        message = "services.narpush.upstreamKeys = [ ] with upstreamCaches is not supported: keep the default key list, or give key names, when you give upstream caches.";
       }
       {
         assertion = cfg.metricsListen == null || narpushLib.isListenAddress cfg.metricsListen;
@@ -321,6 +357,8 @@ in
             compression
             compressionLevel
             metricsListen
+            upstreamKeys
+            upstreamCaches
             extraArgs
             ;
         };

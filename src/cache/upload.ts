@@ -3,7 +3,9 @@
  * uploading the rest in parallel, and publishing each narinfo only when it is
  * safe to. The invariants this module exists for, whatever fails midway:
  *  - the cache never shows a path's `.narinfo` before that path's NAR is
- *    complete and durable, nor before the narinfos of all its references;
+ *    complete and durable, nor before the narinfos of all its references
+ *    (a reference an upstream cache serves, see upstream.ts, is satisfied:
+ *    it is not uploaded and nothing waits for it);
  *  - a path is reported `uploaded` only once its narinfo is durable.
  * Visibility is ordered, durability is not: each narinfo is staged (written,
  * not shown) as soon as its NAR is done, and only showing it waits for its
@@ -29,6 +31,7 @@ import { createLimiter } from './limit.js';
 import { type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
 import { UploadPlanner } from './plan.js';
 import type { ThreadPool } from './threads/thread-pool.js';
+import type { Upstream } from './upstream.js';
 
 export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
 
@@ -63,6 +66,8 @@ export interface UploadOptions {
   readonly dryRun?: boolean;
   /** NARs up to this size go up in one request (see plan.ts SMALL_NAR_BYTES); tests set 0 to force streaming. */
   readonly smallNarBytes?: number;
+  /** Paths an upstream cache serves are not uploaded (see upstream.ts); their narinfos count as present. */
+  readonly upstream?: Upstream;
   /** Existence checks at once (they are small requests). */
   readonly checkConcurrency?: number;
   readonly signal?: AbortSignal;
@@ -70,11 +75,12 @@ export interface UploadOptions {
 }
 
 export type UploadEvent =
-  | { readonly type: 'planned'; readonly total: number; readonly toUpload: readonly PathInfo[]; readonly present: number }
+  | { readonly type: 'planned'; readonly total: number; readonly toUpload: readonly PathInfo[]; readonly present: number; readonly upstream: number }
   | { readonly type: 'started'; readonly info: PathInfo }
   | { readonly type: 'progress'; readonly info: PathInfo; readonly narBytes: number; readonly fileBytes: number }
   | { readonly type: 'uploaded'; readonly info: PathInfo; readonly nar: UploadedNar; readonly seconds: number }
   | { readonly type: 'skipped'; readonly info: PathInfo }
+  | { readonly type: 'upstream'; readonly info: PathInfo }
   | { readonly type: 'failed'; readonly info: PathInfo; readonly error: NarpushError };
 
 export interface UploadedPath {
@@ -87,6 +93,8 @@ export interface UploadReport {
   readonly uploaded: readonly UploadedPath[];
   /** Already in the cache (or, with dryRun, what would be skipped). */
   readonly skipped: readonly PathInfo[];
+  /** Not uploaded because an upstream cache serves them (also with dryRun). */
+  readonly upstream: readonly PathInfo[];
   /** With dryRun: what would be uploaded. */
   readonly wouldUpload: readonly PathInfo[];
   readonly failed: readonly { readonly info: PathInfo; readonly error: NarpushError }[];
@@ -122,7 +130,8 @@ export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readon
 
 /**
  * Upload `infos` (any order; references outside the set must already be in
- * the cache). Never throws for a single path's failure: it is in `failed`.
+ * the cache), except those `upstream` serves. Never throws for a single
+ * path's failure: it is in `failed`.
  */
 export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOptions): Promise<UploadReport> {
   const started = performance.now();
@@ -130,22 +139,32 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   const { backend } = opts;
   const inSet = new Map(infos.map((i) => [i.path.baseName, i]));
 
+  // Signed by an upstream key: not ours to upload, and no request needed to know it.
+  const upstreamSigned = opts.upstream ? infos.filter((i) => opts.upstream!.signed(i)) : [];
+  const served = new Set(upstreamSigned.map((i) => i.path.baseName));
+  const own = served.size > 0 ? infos.filter((i) => !served.has(i.path.baseName)) : infos;
+
   // Which narinfos exist: the paths themselves (unless forced) and any reference outside the set.
   const check = createLimiter(opts.checkConcurrency ?? 32);
   const outside = new Map<string, StorePath>();
   for (const i of infos) for (const r of i.references) if (!inSet.has(r.baseName)) outside.set(r.baseName, r);
-  const toCheck = [...(opts.force ? [] : infos.map((i) => i.path)), ...outside.values()];
+  const toCheck = [...(opts.force ? [] : own.map((i) => i.path)), ...outside.values()];
   const presence = new Map<string, boolean>();
   await Promise.all(
     toCheck.map((p) => check(async () => presence.set(p.baseName, await backend.exists(narInfoKey(p))))),
   );
 
-  const toUpload = infos.filter((i) => opts.force || !presence.get(i.path.baseName));
-  const skipped = infos.filter((i) => !opts.force && presence.get(i.path.baseName));
-  emit({ type: 'planned', total: infos.length, toUpload, present: skipped.length });
+  const skipped = own.filter((i) => !opts.force && presence.get(i.path.baseName));
+  const missing = own.filter((i) => opts.force || !presence.get(i.path.baseName));
+  // Asked of the upstream caches only for what ours lacks.
+  for (const b of (await opts.upstream?.lookup(missing)) ?? []) served.add(b);
+  const upstream = infos.filter((i) => served.has(i.path.baseName));
+  const toUpload = missing.filter((i) => !served.has(i.path.baseName));
+  emit({ type: 'planned', total: infos.length, toUpload, present: skipped.length, upstream: upstream.length });
   for (const info of skipped) emit({ type: 'skipped', info });
+  for (const info of upstream) emit({ type: 'upstream', info });
   if (opts.dryRun) {
-    return { uploaded: [], skipped, wouldUpload: toUpload, failed: [], seconds: (performance.now() - started) / 1000 };
+    return { uploaded: [], skipped, upstream, wouldUpload: toUpload, failed: [], seconds: (performance.now() - started) / 1000 };
   }
 
   // Large NARs hold compressor threads and upload buffers: `jobs` of them at
@@ -184,7 +203,8 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     for (const ref of info.references) {
       if (ref.baseName === info.path.baseName) continue;
       const pending = visible.get(ref.baseName);
-      if (pending ? await pending : presence.get(ref.baseName) === true) continue;
+      // An upstream reference is satisfied: clients get it from the upstream, not from us.
+      if (pending ? await pending : presence.get(ref.baseName) === true || served.has(ref.baseName)) continue;
       const why = pending ? 'failed to upload' : 'is not in the cache (upload it, or leave out --no-closure)';
       return new NarpushError('REFERENCE_MISSING', `not publishing '${info.path.path}': its reference '${ref.path}' ${why}`);
     }
@@ -332,5 +352,5 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   if (batch.length > 0) running.push(uploadBatch(batch));
   // `upload` and `uploadBatch` record every failure themselves: a rejection here is a bug, raised once all have settled.
   for (const r of await Promise.allSettled(running)) if (r.status === 'rejected') throw r.reason;
-  return { uploaded, skipped, wouldUpload: [], failed, seconds: (performance.now() - started) / 1000 };
+  return { uploaded, skipped, upstream, wouldUpload: [], failed, seconds: (performance.now() - started) / 1000 };
 }

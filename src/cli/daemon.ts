@@ -25,6 +25,8 @@ import type { RootStore } from '../daemon/root-keeper.js';
 import { storeTransportFromEnv } from '../store/transport.js';
 import type { CliContext } from './context.js';
 import { type UploadFlags, uploadSettings } from './upload-settings.js';
+import { DAEMON_MAX_ANSWERS, DAEMON_NEGATIVE_TTL_MS, DAEMON_POSITIVE_TTL_MS, openUpstream } from './upstream-settings.js';
+import { LookupCache } from '../cache/lookup-cache.js';
 import * as nodePath from 'node:path';
 
 export interface DaemonFlags extends UploadFlags {
@@ -115,6 +117,17 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
 
   const log = (e: LogEvent): void => void ctx.stderr.write(`${formatLogEvent(e)}\n`);
   const backend = await openCacheBackend(config);
+  // Upstream answers are remembered across batches, bounded and expiring (see upstream-settings.ts).
+  const upstream = await openUpstream(settings.upstream, {
+    storeDir: ctx.storeDir,
+    answers: new LookupCache<string>({ maxEntries: DAEMON_MAX_ANSWERS, ttlMs: DAEMON_POSITIVE_TTL_MS }),
+    negativeTtlMs: DAEMON_NEGATIVE_TTL_MS,
+    onUnavailable: (cache, reason) =>
+      log({ event: 'warning', detail: `upstream ${cache} cannot be used (${reason}); the paths it might serve are uploaded` }),
+  }).catch(async (e: unknown) => {
+    await Promise.allSettled([queries.close(), backend.close()]);
+    throw e;
+  });
   const pipeline = createPipeline({
     storeDir: ctx.storeDir,
     openStore,
@@ -123,6 +136,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     compression: settings.compression,
     signingKeys: settings.signingKeys,
     jobs: settings.jobs,
+    ...(upstream ? { upstream } : {}),
   });
 
   // The heap garbage of a burst is given back when the crypto threads are (see idle-gc.ts).

@@ -17,6 +17,27 @@ function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
+/** `--upstream URL` shares its name with `--no-upstream` (false), which wins whatever the order. */
+function collectUpstream(value: string, previous: string[] | false): string[] | false {
+  return previous === false ? false : [...previous, value];
+}
+
+/** The upstream flags of upload-path and daemon (see README, "Upstream filtering"). */
+function upstreamOptions(command: Command): Command {
+  return command
+    .option('--upstream-key <name>', 'paths signed by this key (name, or name:base64 public key) are not uploaded (repeatable; default cache.nixos.org-1)', collect, [])
+    .option('--upstream <url>', 'paths this cache (https://, http://, file://, s3://) serves with the same NarHash are not uploaded (repeatable)', collectUpstream, [])
+    .option('--no-upstream', 'upload every path of the closure, whatever an upstream serves (as nix copy does)');
+}
+
+function upstreamFlags(opts: Record<string, unknown>): { upstreamKey: string[]; upstream: string[]; noUpstream: boolean } {
+  return {
+    upstreamKey: opts.upstreamKey as string[],
+    upstream: opts.upstream === false ? [] : (opts.upstream as string[]),
+    noUpstream: opts.upstream === false,
+  };
+}
+
 function version(): string {
   return '0.1.0';
 }
@@ -89,7 +110,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
       exitCode = await pathInfo(ctx(), paths, { json: Boolean(opts.json), recursive: Boolean(opts.recursive) });
     });
 
-  program
+  upstreamOptions(program
     .command('upload-path')
     .description('upload store paths and their closure to a binary cache (S3 or file://)')
     .argument('<paths...>', 'store paths, or symlinks to them such as ./result')
@@ -101,7 +122,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--no-closure', 'upload only the paths given, not their closure')
     .option('--force', 'upload paths even when the cache has them')
     .option('--dry-run', 'show what would be uploaded, upload nothing')
-    .option('--json', 'print a machine-readable report on stdout')
+    .option('--json', 'print a machine-readable report on stdout'))
     .action(async (paths: string[], opts: Record<string, unknown>) => {
       const { uploadPath } = await import('./upload-path.js');
       exitCode = await uploadPath(ctx(), paths, {
@@ -114,10 +135,11 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
         force: Boolean(opts.force),
         dryRun: Boolean(opts.dryRun),
         json: Boolean(opts.json),
+        ...upstreamFlags(opts),
       });
     });
 
-  program
+  upstreamOptions(program
     .command('daemon')
     .description('run the upload daemon that bin/narpush-hook hands built paths to')
     .requiredOption('--to <url>', 'the cache: file:///dir or s3://bucket?region=...&endpoint=...&profile=...')
@@ -131,7 +153,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--retry-delay <seconds>', 'wait after a failed upload before the first retry, doubling each time (default 5)')
     .option('--retry-max-delay <seconds>', 'the longest wait between retries (default 600)')
     .option('--store-timeout <seconds>', 'give up on the Nix daemon when it sends nothing for this long while an answer is owed (default 120)')
-    .option('--metrics-listen <host:port>', 'serve Prometheus /metrics and /healthz over HTTP here, e.g. 127.0.0.1:9101 or [::1]:9101 (default: off)')
+    .option('--metrics-listen <host:port>', 'serve Prometheus /metrics and /healthz over HTTP here, e.g. 127.0.0.1:9101 or [::1]:9101 (default: off)'))
     .action(async (opts: Record<string, unknown>) => {
       const { daemon } = await import('./daemon.js');
       exitCode = await daemon(ctx(), {
@@ -147,6 +169,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
         retryMaxDelay: opts.retryMaxDelay as string | undefined,
         storeTimeout: opts.storeTimeout as string | undefined,
         metricsListen: opts.metricsListen as string | undefined,
+        ...upstreamFlags(opts),
       });
     });
 

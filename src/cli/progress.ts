@@ -62,6 +62,7 @@ export function createProgress(stream: NodeJS.WritableStream & { isTTY?: boolean
       case 'planned':
         total = e.toUpload.length;
         if (!quiet && e.present > 0) print(`${e.present} of ${e.total} paths are already in the cache\n`);
+        if (!quiet && e.upstream > 0) print(`${e.upstream} of ${e.total} paths are served upstream (not uploaded)\n`);
         break;
       case 'started':
         active.set(e.info.path.baseName, { name: e.info.path.name, narBytes: 0 });
@@ -88,6 +89,7 @@ export function createProgress(stream: NodeJS.WritableStream & { isTTY?: boolean
         print(`failed ${e.info.path.path}: ${e.error.message}\n`);
         break;
       case 'skipped':
+      case 'upstream':
         return;
     }
     if (tty) draw(e.type !== 'progress');

@@ -26,7 +26,7 @@ export function formatStatus(s: DaemonStatus): string {
   const lines = [
     `narpush daemon (pid ${s.pid}) up ${duration(s.uptimeSeconds)}, listening on ${s.socket}, uploading to ${s.cache}`,
     `queued: ${s.queued} (${s.waitingRetry} waiting to retry), in flight: ${s.inFlight.length}`,
-    `uploaded: ${s.uploaded} paths (${formatBytes(s.narBytes)} -> ${formatBytes(s.fileBytes)}), skipped: ${s.skipped} already in the cache, rejected: ${s.rejected}, dropped: ${s.dropped}, failed attempts: ${s.failures}`,
+    `uploaded: ${s.uploaded} paths (${formatBytes(s.narBytes)} -> ${formatBytes(s.fileBytes)}), skipped: ${s.skipped} already in the cache, ${s.skippedUpstream ?? 0} served upstream, rejected: ${s.rejected}, dropped: ${s.dropped}, failed attempts: ${s.failures}`,
     `throughput: ${s.busySeconds > 0 ? `${formatBytes(s.narBytesPerSecond)}/s` : '-'} (NAR bytes over ${s.busySeconds.toFixed(1)} s of uploading)`,
   ];
   for (const p of s.inFlight.slice(0, 20)) lines.push(`  uploading ${p}`);

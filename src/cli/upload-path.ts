@@ -19,6 +19,7 @@ import { storeTransportFromEnv } from '../store/transport.js';
 import { formatBytes, formatRate, formatSeconds } from './format.js';
 import type { CliContext } from './context.js';
 import { type UploadFlags, uploadSettings } from './upload-settings.js';
+import { openUpstream } from './upstream-settings.js';
 
 export interface UploadPathFlags extends UploadFlags {
   readonly to: string;
@@ -92,6 +93,16 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
     prewarm();
   };
 
+  // Upstream caches: read-only, opened (no I/O yet) beside the cache.
+  const upstream = await openUpstream(settings.upstream, {
+    storeDir: ctx.storeDir,
+    onUnavailable: (cache, reason) =>
+      void ctx.stderr.write(`narpush: warning: upstream ${cache} cannot be used (${reason}); the paths it might serve are uploaded\n`),
+  }).catch(async (e: unknown) => {
+    await Promise.allSettled([store.close(), backend.close(), threads.close()]);
+    throw e;
+  });
+
   const abort = new AbortController();
   const onSignal = (): void => abort.abort(new NarpushError('INTERRUPTED', 'interrupted'));
   process.once('SIGINT', onSignal);
@@ -112,6 +123,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
         jobs: settings.jobs,
         force: flags.force,
         dryRun: flags.dryRun,
+        ...(upstream ? { upstream } : {}),
         signal: abort.signal,
         onEvent: progress,
       });
@@ -121,7 +133,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    await Promise.allSettled([store.close(), backend.close(), threads.close()]);
+    await Promise.allSettled([store.close(), backend.close(), threads.close(), upstream?.close()]);
   }
 
   if (flags.json) ctx.stdout.write(`${JSON.stringify(jsonReport(config.description, report, flags.dryRun), null, 2)}\n`);
@@ -135,7 +147,7 @@ function printSummary(ctx: CliContext, r: UploadReport, dryRun: boolean, method:
     for (const i of r.wouldUpload) ctx.stderr.write(`would upload ${i.path.path}\n`);
     const bytes = r.wouldUpload.reduce((n, i) => n + i.narSize, 0);
     ctx.stderr.write(
-      `dry run: would upload ${r.wouldUpload.length} paths (${formatBytes(bytes)} before compression), ${r.skipped.length} already in the cache\n`,
+      `dry run: would upload ${r.wouldUpload.length} paths (${formatBytes(bytes)} before compression), ${r.skipped.length} already in the cache, ${r.upstream.length} skipped: upstream\n`,
     );
     return;
   }
@@ -147,6 +159,7 @@ function printSummary(ctx: CliContext, r: UploadReport, dryRun: boolean, method:
       : `uploaded ${r.uploaded.length} paths (${formatBytes(nar)} -> ${formatBytes(file)} ${method}, ${formatRate(nar, r.seconds)})`,
     `${r.skipped.length} already in the cache`,
   ];
+  if (r.upstream.length > 0) parts.push(`${r.upstream.length} skipped: upstream`);
   if (r.failed.length > 0) parts.push(`${r.failed.length} FAILED`);
   ctx.stderr.write(`${parts.join(', ')}, in ${formatSeconds(r.seconds)}\n`);
 }
@@ -166,6 +179,7 @@ function jsonReport(cache: string, r: UploadReport, dryRun: boolean): Record<str
       seconds: Number(u.seconds.toFixed(3)),
     })),
     skipped: r.skipped.map((i) => i.path.path),
+    skippedUpstream: r.upstream.map((i) => i.path.path),
     ...(dryRun ? { wouldUpload: r.wouldUpload.map((i) => i.path.path) } : {}),
     failed: r.failed.map((f) => ({ path: f.info.path.path, code: f.error.code, error: f.error.message })),
     narBytes: r.uploaded.reduce((n, u) => n + u.nar.narSize, 0),

@@ -1,7 +1,7 @@
 /**
  * The settings `upload-path` and `daemon` share, read once from their flags
  * and the cache URL (flags win): compression, parallel jobs, signing keys,
- * and what nix-cache-info should say. Every problem is a one-line error
+ * what nix-cache-info should say, and upstream filtering. Every problem is a one-line error
  * before anything is uploaded.
  */
 import { NarpushError } from '../errors.js';
@@ -10,11 +10,12 @@ import type { CacheConfig } from './cache-url.js';
 import { type CompressionOptions, compressionLevel, compressionThreads, parseCompression } from '../cache/compression.js';
 import { readSecretKeyFile } from '../signing/key-file.js';
 import type { SecretKey } from '../signing/keys.js';
+import { type UpstreamFlags, type UpstreamSettings, upstreamSettings } from './upstream-settings.js';
 
 export const DEFAULT_JOBS = 4;
 export const MAX_JOBS = 256;
 
-export interface UploadFlags {
+export interface UploadFlags extends UpstreamFlags {
   readonly secretKeyFile: readonly string[];
   readonly compression?: string;
   readonly compressionLevel?: string;
@@ -26,6 +27,7 @@ export interface UploadSettings {
   readonly jobs: number;
   readonly signingKeys: readonly SecretKey[];
   readonly cacheInfo: CacheInfo;
+  readonly upstream: UpstreamSettings;
 }
 
 /** A whole number within [min, max], or a BAD_OPTION error naming the flag. */
@@ -44,12 +46,14 @@ export async function uploadSettings(flags: UploadFlags, config: CacheConfig, st
       : config.params.compressionLevel;
   const level = levelGiven === undefined ? undefined : compressionLevel(method, levelGiven);
   const jobs = flags.jobs !== undefined ? wholeNumber('--jobs', flags.jobs, 1, MAX_JOBS) : DEFAULT_JOBS;
+  const upstream = upstreamSettings(flags, process.cwd());
   const signingKeys: SecretKey[] = [];
   for (const f of new Set([...flags.secretKeyFile, ...config.params.secretKeyFiles])) signingKeys.push(await readSecretKeyFile(f));
   return {
     compression: { method, ...(level !== undefined ? { level } : {}), ...compressionThreads(config.params.parallelCompression) },
     jobs,
     signingKeys,
+    upstream,
     cacheInfo: {
       storeDir,
       wantMassQuery: config.params.wantMassQuery ?? true,

@@ -91,6 +91,8 @@ export interface DaemonStatus {
   readonly waitingRetry: number;
   readonly uploaded: number;
   readonly skipped: number;
+  /** Not uploaded because an upstream cache serves them. */
+  readonly skippedUpstream: number;
   /** Queued paths given up on because they left the store. */
   readonly dropped: number;
   /** Paths refused at the socket or in the spool. */
@@ -178,6 +180,8 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       log({ event: 'uploaded', subject: e.path, detail: `(${e.narSize} bytes -> ${e.fileSize} bytes, ${e.seconds.toFixed(2)} s)` });
     } else if (e.type === 'skipped') {
       log({ event: 'skipped', subject: e.path, detail: '(already in the cache)' });
+    } else if (e.type === 'upstream') {
+      log({ event: 'skipped', subject: e.path, detail: '(served upstream)' });
     } else {
       log({ event: 'failed', subject: e.path, detail: e.error });
     }
@@ -336,6 +340,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       waitingRetry: counts.waitingRetry,
       uploaded: s.uploaded,
       skipped: s.skipped,
+      skippedUpstream: s.skippedUpstream,
       dropped: s.dropped,
       rejected: s.rejectedPaths + rejectedRequests,
       failures: s.failures,

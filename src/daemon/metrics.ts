@@ -79,6 +79,7 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
   const s = () => stats.snapshot();
   counter('narpush_paths_uploaded_total', 'Store paths (of queued closures) uploaded to the cache.', () => s().uploaded);
   counter('narpush_paths_skipped_total', 'Store paths (of queued closures) found already in the cache.', () => s().skipped);
+  counter('narpush_paths_skipped_upstream_total', 'Store paths (of queued closures) not uploaded because an upstream cache serves them.', () => s().skippedUpstream);
   counter('narpush_paths_failed_total', 'Failed upload attempts of queued paths; each is retried with backoff.', () => s().failures);
   counter('narpush_paths_dropped_total', 'Queued paths given up on because they left the local store.', () => s().dropped);
   counter('narpush_paths_rejected_total', 'Paths refused in hook requests (not valid in the local store, not store paths).', () => s().rejectedPaths);
@@ -98,7 +99,7 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
   gauge('narpush_queue_paths', 'Queued paths not uploading now, including those waiting for a retry.', () => o.queue().queued);
   gauge('narpush_queue_retry_paths', 'Queued paths waiting for a retry after a failed attempt.', () => o.queue().waitingRetry);
   gauge('narpush_in_flight_paths', 'Queued paths being uploaded now.', () => o.queue().inFlight);
-  gauge('narpush_last_success_timestamp_seconds', 'When a path was last uploaded or found in the cache (Unix time); 0 before the first.', () =>
+  gauge('narpush_last_success_timestamp_seconds', 'When a path was last uploaded or found in the cache or upstream (Unix time); 0 before the first.', () =>
     (s().lastSuccessAt ?? 0) / 1000,
   );
   gauge('narpush_healthy', '1 while /healthz answers 200, else 0.', () => (o.health() === undefined ? 1 : 0));

@@ -7,8 +7,9 @@
  * OUT_PATHS). Each queued path is resolved on its own, so one path that left
  * the store (`dropped`) or cannot be read fails only itself; the closures are
  * then merged and uploaded together, so shared dependencies go up once and
- * paths already in the cache are skipped. A queued path is `done` only when
- * its whole closure is in the cache.
+ * paths already in the cache, or served by an upstream (cache/upstream.ts),
+ * are skipped. A queued path is `done` only when its whole closure is in the
+ * cache or upstream.
  */
 import { ERROR_CODES } from '../error-codes.js';
 import { isNarpushError } from '../errors.js';
@@ -18,6 +19,7 @@ import type { CompressionOptions } from '../cache/compression.js';
 import { resolvePaths } from '../store/arguments.js';
 import { ThreadPool } from '../cache/threads/thread-pool.js';
 import { type UploadEvent, uploadPaths } from '../cache/upload.js';
+import type { Upstream } from '../cache/upstream.js';
 import type { SecretKey } from '../signing/keys.js';
 import type { StoreClient } from '../store/client.js';
 import type { PathInfo } from '../store/path-info.js';
@@ -36,6 +38,8 @@ export interface PipelineOptions {
   readonly signingKeys: readonly SecretKey[];
   /** NARs uploaded at once. */
   readonly jobs: number;
+  /** Paths it serves are not uploaded; kept (with its remembered answers) for the daemon's life, closed by close. */
+  readonly upstream?: Upstream;
   /** How long a worker thread may have no work before it is stopped (DEFAULT_THREAD_IDLE_MS unless set). */
   readonly threadIdleMs?: number;
 }
@@ -144,6 +148,8 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         ctx.onEvent({ type: 'uploaded', path: e.info.path.path, narSize: e.info.narSize, fileSize: e.nar.fileSize, seconds: e.seconds });
       } else if (e.type === 'skipped') {
         ctx.onEvent({ type: 'skipped', path: e.info.path.path });
+      } else if (e.type === 'upstream') {
+        ctx.onEvent({ type: 'upstream', path: e.info.path.path });
       } else if (e.type === 'failed' && !ctx.signal.aborted && e.error.code !== 'REFERENCE_MISSING') {
         ctx.onEvent({ type: 'failed', path: e.info.path.path, error: e.error.message });
       }
@@ -156,6 +162,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         signingKeys: opts.signingKeys,
         threads,
         jobs: opts.jobs,
+        ...(opts.upstream ? { upstream: opts.upstream } : {}),
         signal: ctx.signal,
         onEvent: forward,
       });
@@ -175,7 +182,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
     upload,
     idle: () => store.reset(),
     close: async () => {
-      await Promise.allSettled([store.close(), opts.backend.close(), threads.close()]);
+      await Promise.allSettled([store.close(), opts.backend.close(), threads.close(), opts.upstream?.close()]);
     },
   };
 }

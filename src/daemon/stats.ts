@@ -4,7 +4,7 @@
  * them, so the two can never disagree. Fed by daemon.ts from the worker's
  * and the pipeline's events; no I/O, no clock of its own.
  *
- * Counts of `uploaded`/`skipped` are of closure paths (one build can upload
+ * Counts of `uploaded`/`skipped`/`skippedUpstream` are of closure paths (one build can upload
  * many); `failures` and `dropped` are of queued paths.
  */
 import type { PipelineEvent } from './worker.js';
@@ -24,6 +24,8 @@ export const HOOK_OUTCOMES: readonly HookOutcome[] = ['ok', 'rejected', 'error']
 export interface StatsSnapshot {
   readonly uploaded: number;
   readonly skipped: number;
+  /** Not uploaded because an upstream cache serves them. */
+  readonly skippedUpstream: number;
   /** Failed attempts (a path retried three times counts three). */
   readonly failures: number;
   readonly dropped: number;
@@ -40,6 +42,7 @@ export interface StatsSnapshot {
 export class DaemonStats {
   private uploaded = 0;
   private skipped = 0;
+  private skippedUpstream = 0;
   private failures = 0;
   private dropped = 0;
   private rejectedPaths = 0;
@@ -61,6 +64,9 @@ export class DaemonStats {
       for (const l of this.uploadListeners) l(e.seconds);
     } else if (e.type === 'skipped') {
       this.skipped++;
+      this.lastSuccessAt = this.now();
+    } else if (e.type === 'upstream') {
+      this.skippedUpstream++;
       this.lastSuccessAt = this.now();
     }
     // 'failed' is of a closure path; the queued path's attempt is counted by attemptFailed.
@@ -101,6 +107,7 @@ export class DaemonStats {
     return {
       uploaded: this.uploaded,
       skipped: this.skipped,
+      skippedUpstream: this.skippedUpstream,
       failures: this.failures,
       dropped: this.dropped,
       rejectedPaths: this.rejectedPaths,

@@ -25,6 +25,8 @@ export type PathOutcome =
 export type PipelineEvent =
   | { readonly type: 'uploaded'; readonly path: string; readonly narSize: number; readonly fileSize: number; readonly seconds: number }
   | { readonly type: 'skipped'; readonly path: string }
+  /** Not uploaded: an upstream cache serves it. */
+  | { readonly type: 'upstream'; readonly path: string }
   | { readonly type: 'failed'; readonly path: string; readonly error: string };
 
 export interface UploadContext {

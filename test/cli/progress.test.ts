@@ -24,7 +24,7 @@ const uploaded = (i: number): UploadEvent =>
 test('progress off a terminal: lines in order, batched, all written by done()', () => {
   const stream = fakeStream();
   const sink = createProgress(stream as unknown as NodeJS.WritableStream, false);
-  sink({ type: 'planned', total: 5, toUpload: [], present: 2 });
+  sink({ type: 'planned', total: 5, toUpload: [], present: 2, upstream: 0 });
   for (let i = 0; i < 200; i++) sink(uploaded(i));
   sink({ type: 'failed', info: info(200), error: new NarpushError('UPLOAD_FAILED', 'boom') });
   sink(uploaded(201));

@@ -23,6 +23,7 @@ import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../../src/daemon/hook.js';
 import { DEFAULT_JOBS } from '../../src/cli/upload-settings.js';
 import { compressionLevel } from '../../src/cache/compression.js';
 import { parseListenAddress } from '../../src/daemon/listen-address.js';
+import { DEFAULT_UPSTREAM_KEYS } from '../../src/cache/upstream.js';
 
 const NIX_LIB = path.join(REPO_ROOT, 'nix', 'lib.nix');
 const STUB = path.join(REPO_ROOT, 'test', 'packaging', 'stub-nixpkgs.nix');
@@ -170,6 +171,24 @@ describe('nix/lib.nix agrees with the CLI', () => {
     assert.equal(d.stateDir, DEFAULT_STATE_DIR);
     assert.equal(d.jobs, DEFAULT_JOBS);
     assert.equal(d.compression, 'xz');
+    assert.deepEqual(d.upstreamKeys, DEFAULT_UPSTREAM_KEYS);
+  });
+
+  it('upstream: the default key list, keys and caches as flags, and --no-upstream when both lists are empty', async () => {
+    const argsOf = async (extra: string): Promise<string[]> =>
+      (await nixEval(`(import ${NIX_LIB}).daemonArgs { uploadTo = "s3://b"; ${extra} }`)) as string[];
+    const pairs = (args: string[], flag: string): string[] => args.flatMap((a, i) => (a === flag ? [args[i + 1]!] : []));
+    const def = await argsOf('');
+    assert.deepEqual(pairs(def, '--upstream-key'), ['cache.nixos.org-1']);
+    assert.ok(!def.includes('--no-upstream'));
+    const both = await argsOf('upstreamKeys = [ "a-1" "b-1" ]; upstreamCaches = [ "https://cache.nixos.org" "file:///srv/c" ];');
+    assert.deepEqual(pairs(both, '--upstream-key'), ['a-1', 'b-1']);
+    assert.deepEqual(pairs(both, '--upstream'), ['https://cache.nixos.org', 'file:///srv/c']);
+    const off = await argsOf('upstreamKeys = [ ];');
+    assert.ok(off.includes('--no-upstream'));
+    assert.ok(!off.includes('--upstream-key'));
+    const flags = await helpFlags('daemon');
+    for (const a of [...both, ...off].filter((x) => x.startsWith('--'))) assert.ok(flags.has(a), `${a} is not a flag of narpush daemon`);
   });
 
   it('has the compression level ranges the CLI accepts', async () => {
@@ -513,6 +532,7 @@ describe('flake.nix and the module, evaluated against a nixpkgs stand-in', () =>
       ['{ enable = true; uploadTo = "file:///nix/var/cache"; }', /outside \/nix/],
       ['{ enable = true; uploadTo = "s3://c"; metricsListen = "::1:9101"; }', /metricsListen must be HOST:PORT/],
       ['{ enable = true; uploadTo = "s3://c"; metricsListen = "9101"; }', /metricsListen must be HOST:PORT/],
+      ['{ enable = true; uploadTo = "s3://c"; upstreamKeys = [ ]; upstreamCaches = [ "https://cache.nixos.org" ]; }', /upstreamKeys = \[ \] with upstreamCaches is not supported/],
     ];
     for (const [settings, why] of cases) {
       const messages = await failed(settings);
