@@ -122,6 +122,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     cacheInfo: settings.cacheInfo,
     compression: settings.compression,
     signingKeys: settings.signingKeys,
+    ...(settings.listing ? { listing: settings.listing } : {}),
     jobs: settings.jobs,
   });
 

@@ -104,6 +104,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
         backend,
         compression: settings.compression,
         signingKeys: settings.signingKeys,
+        ...(settings.listing ? { listing: settings.listing } : {}),
         threads,
         jobs: settings.jobs,
         force: flags.force,
@@ -120,6 +121,11 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
     await Promise.allSettled([store.close(), backend.close(), threads.close()]);
   }
 
+  for (const u of report.uploaded) {
+    if (u.nar.listing === 'too-large') {
+      ctx.stderr.write(`warning: wrote no listing (.ls) for '${u.info.path.path}': it has too many entries (the cap is ${formatBytes(settings.listing!.maxBytes)} of JSON)\n`);
+    }
+  }
   if (flags.json) ctx.stdout.write(`${JSON.stringify(jsonReport(config.description, report, flags.dryRun), null, 2)}\n`);
   else printSummary(ctx, report, flags.dryRun, settings.compression.method);
   if (abort.signal.aborted) return 130;
@@ -160,10 +166,15 @@ function jsonReport(cache: string, r: UploadReport, dryRun: boolean): Record<str
       fileHash: formatHash(u.nar.fileHash),
       fileSize: u.nar.fileSize,
       seconds: Number(u.seconds.toFixed(3)),
+      ...(u.nar.listing !== undefined ? { listing: u.nar.listing } : {}),
     })),
     skipped: r.skipped.map((i) => i.path.path),
     ...(dryRun ? { wouldUpload: r.wouldUpload.map((i) => i.path.path) } : {}),
     failed: r.failed.map((f) => ({ path: f.info.path.path, code: f.error.code, error: f.error.message })),
+    listings: {
+      written: r.uploaded.filter((u) => u.nar.listing === 'written').length,
+      tooLarge: r.uploaded.filter((u) => u.nar.listing === 'too-large').length,
+    },
     narBytes: r.uploaded.reduce((n, u) => n + u.nar.narSize, 0),
     fileBytes: r.uploaded.reduce((n, u) => n + u.nar.fileSize, 0),
     seconds: Number(r.seconds.toFixed(3)),

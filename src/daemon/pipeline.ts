@@ -14,6 +14,7 @@ import { isNarpushError } from '../errors.js';
 import type { CacheBackend } from '../cache/backend.js';
 import { type CacheInfo, ensureCacheInfo } from '../cache/cache-info.js';
 import type { CompressionOptions } from '../cache/compression.js';
+import type { ListingOptions } from '../cache/nar-producers.js';
 import { resolvePaths } from '../store/arguments.js';
 import { ThreadPool } from '../cache/threads/thread-pool.js';
 import { type UploadEvent, uploadPaths } from '../cache/upload.js';
@@ -33,6 +34,8 @@ export interface PipelineOptions {
   readonly cacheInfo: CacheInfo;
   readonly compression: CompressionOptions;
   readonly signingKeys: readonly SecretKey[];
+  /** Write each path's `.ls` listing (`write-nar-listing=true`). */
+  readonly listing?: ListingOptions;
   /** NARs uploaded at once. */
   readonly jobs: number;
   /** How long a worker thread may have no work before it is stopped (DEFAULT_THREAD_IDLE_MS unless set). */
@@ -152,6 +155,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         backend: opts.backend,
         compression: opts.compression,
         signingKeys: opts.signingKeys,
+        ...(opts.listing ? { listing: opts.listing } : {}),
         threads,
         jobs: opts.jobs,
         signal: ctx.signal,
