@@ -80,6 +80,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option('--force', 'upload paths even when the cache has them')
     .option('--dry-run', 'show what would be uploaded, upload nothing')
     .option('--json', 'print a machine-readable report on stdout')
+    .option('--build-logs', "also upload the build logs of uploaded paths built here, for 'nix log' (log/<drv>)")
     .action(async (paths: string[], opts: Record<string, unknown>) => {
       const { uploadPath } = await import('./upload-path.js');
       exitCode = await uploadPath(ctx(), paths, {
@@ -92,6 +93,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         force: Boolean(opts.force),
         dryRun: Boolean(opts.dryRun),
         json: Boolean(opts.json),
+        buildLogs: Boolean(opts.buildLogs),
       });
     });
 
