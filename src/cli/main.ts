@@ -112,6 +112,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option('--retry-max-delay <seconds>', 'the longest wait between retries (default 600)')
     .option('--store-timeout <seconds>', 'give up on the Nix daemon when it sends nothing for this long while an answer is owed (default 120)')
     .option('--metrics-listen <host:port>', 'serve Prometheus /metrics and /healthz over HTTP here, e.g. 127.0.0.1:9101 or [::1]:9101 (default: off)')
+    .option('--build-logs', "also upload the build logs of the derivations it uploads outputs of, for 'nix log' (log/<drv>)")
     .action(async (opts: Record<string, unknown>) => {
       const { daemon } = await import('./daemon.js');
       exitCode = await daemon(ctx(), {
@@ -127,6 +128,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         retryMaxDelay: opts.retryMaxDelay as string | undefined,
         storeTimeout: opts.storeTimeout as string | undefined,
         metricsListen: opts.metricsListen as string | undefined,
+        buildLogs: Boolean(opts.buildLogs),
       });
     });
 

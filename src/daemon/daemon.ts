@@ -178,6 +178,10 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       log({ event: 'uploaded', subject: e.path, detail: `(${e.narSize} bytes -> ${e.fileSize} bytes, ${e.seconds.toFixed(2)} s)` });
     } else if (e.type === 'skipped') {
       log({ event: 'skipped', subject: e.path, detail: '(already in the cache)' });
+    } else if (e.type === 'build-log') {
+      // A missing log is normal (keep-build-log off, or removed): counted, not logged.
+      if (e.outcome === 'written') log({ event: 'uploaded', subject: `log/${e.drv.slice(e.drv.lastIndexOf('/') + 1)}`, detail: '(build log)' });
+      if (e.outcome === 'failed') log({ event: 'warning', subject: e.drv, detail: `build log not uploaded: ${e.error ?? ''}` });
     } else {
       log({ event: 'failed', subject: e.path, detail: e.error });
     }

@@ -15,6 +15,7 @@ import type { CacheBackend } from '../cache/backend.js';
 import { type CacheInfo, ensureCacheInfo } from '../cache/cache-info.js';
 import type { CompressionOptions } from '../cache/compression.js';
 import type { ListingOptions } from '../cache/nar-producers.js';
+import { derivationsOf, uploadBuildLogs } from '../cache/build-logs.js';
 import { resolvePaths } from '../store/arguments.js';
 import { ThreadPool } from '../cache/threads/thread-pool.js';
 import { type UploadEvent, uploadPaths } from '../cache/upload.js';
@@ -34,6 +35,8 @@ export interface PipelineOptions {
   readonly cacheInfo: CacheInfo;
   readonly compression: CompressionOptions;
   readonly signingKeys: readonly SecretKey[];
+  /** With --build-logs: upload the logs of the derivations of uploaded paths, from Nix's log directory. */
+  readonly buildLogs?: { readonly logDir: string };
   /** Write each path's `.ls` listing (`write-nar-listing=true`). */
   readonly listing?: ListingOptions;
   /** NARs uploaded at once. */
@@ -88,6 +91,31 @@ function rootCause(outputs: readonly StorePath[], infos: ReadonlyMap<string, Pat
     for (const r of infos.get(b)?.references ?? []) stack.push(r.baseName);
   }
   return first;
+}
+
+/**
+ * The build logs of what was uploaded: each uploaded path's deriver, and the
+ * hook's DRV_PATH (a queued .drv) when one of its outputs was uploaded. A
+ * log never fails the paths: it is reported as an event only.
+ */
+async function uploadLogs(
+  backend: CacheBackend,
+  uploaded: readonly PathInfo[],
+  roots: ReadonlyMap<string, readonly StorePath[]>,
+  ctx: UploadContext,
+  logDir: string,
+): Promise<void> {
+  const drvs = new Map(derivationsOf(uploaded).map((d) => [d.path, d]));
+  const done = new Set(uploaded.map((i) => i.path.path));
+  for (const [queued, outputs] of roots) {
+    if (!queued.endsWith('.drv') || drvs.has(queued)) continue;
+    if (outputs.some((o) => done.has(o.path))) drvs.set(queued, parseStorePath(queued, outputs[0]!.storeDir));
+  }
+  if (drvs.size === 0) return;
+  const r = await uploadBuildLogs(backend, [...drvs.values()], { logDir });
+  for (const d of r.written) ctx.onEvent({ type: 'build-log', drv: d.path, outcome: 'written' });
+  for (const d of r.missing) ctx.onEvent({ type: 'build-log', drv: d.path, outcome: 'missing' });
+  for (const f of r.failed) ctx.onEvent({ type: 'build-log', drv: f.drv.path, outcome: 'failed', error: f.error.message });
 }
 
 export function createPipeline(opts: PipelineOptions): Pipeline {
@@ -164,6 +192,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
     } catch (e) {
       return failAll(message(e));
     }
+    if (opts.buildLogs && !ctx.signal.aborted) await uploadLogs(opts.backend, report.uploaded.map((u) => u.info), roots, ctx, opts.buildLogs.logDir);
     const failed = new Map(report.failed.map((f) => [f.info.path.baseName, f.error.message]));
     const codes = new Map(report.failed.map((f) => [f.info.path.baseName, f.error.code]));
     for (const [p, outputs] of roots) {

@@ -25,7 +25,9 @@ export type PathOutcome =
 export type PipelineEvent =
   | { readonly type: 'uploaded'; readonly path: string; readonly narSize: number; readonly fileSize: number; readonly seconds: number }
   | { readonly type: 'skipped'; readonly path: string }
-  | { readonly type: 'failed'; readonly path: string; readonly error: string };
+  | { readonly type: 'failed'; readonly path: string; readonly error: string }
+  /** With --build-logs, per derivation (`drv`) of an uploaded path: its log written, not kept locally, or not uploaded. */
+  | { readonly type: 'build-log'; readonly drv: string; readonly outcome: 'written' | 'missing' | 'failed'; readonly error?: string };
 
 export interface UploadContext {
   readonly signal: AbortSignal;
