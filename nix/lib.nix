@@ -45,6 +45,7 @@ rec {
       compression ? defaults.compression,
       compressionLevel ? null,
       metricsListen ? null,
+      buildLogs ? false,
       extraArgs ? [ ],
     }:
     [
@@ -84,6 +85,7 @@ rec {
           metricsListen
         ]
     )
+    ++ (if buildLogs then [ "--build-logs" ] else [ ])
     ++ extraArgs;
 
   # One word for a systemd Exec*= line: double-quoted, with `\`, `"`, `%` and
