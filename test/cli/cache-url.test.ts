@@ -150,7 +150,9 @@ test('bad parameters', () => {
   bad('s3://nix?a%0Ab=1', /unknown parameter 'a\\x0ab'/); // still one line
   bad('file:///c?colour=blue', /unknown parameter 'colour' for a file:\/\/ cache/);
   bad('s3://nix?index-debug-info=true', /'index-debug-info' is not supported by narpush/);
-  bad('s3://nix?log-compression=br', /not supported by narpush: narpush does not upload build logs/);
+  bad('s3://nix?log-compression=br', /log-compression=br is not supported by narpush: narpush uploads build logs uncompressed/);
+  assert.equal(s3('s3://nix?log-compression=none').kind, 's3');
+  bad('file:///c?log-compression=none', /'log-compression' only applies to s3:\/\/ caches/);
   bad('s3://nix?multipart-threshold=100', /not supported/);
   bad('s3://nix?compression=bzip2', /compression 'bzip2' is not supported by narpush \(use xz, zstd, none\)/);
   bad('s3://nix?narinfo-compression=br', /narinfo-compression=br is not supported/);
