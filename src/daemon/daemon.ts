@@ -28,7 +28,7 @@ import { type ParsedRequest, parseRequest } from './request.js';
 import { startServer, type SocketServer } from './server.js';
 import { listSpool, markSpoolFileRejected, readSpoolFile, removeSpoolFile, removeStaleTempFiles } from './spool.js';
 import { type StateDirLayout, claimStateDir, releaseStateDir, unusable } from './state-dir.js';
-import { DaemonStats, HOOK_SOURCES } from './stats.js';
+import { type BuildLogCounts, DaemonStats, HOOK_SOURCES } from './stats.js';
 import type { MetricsServer } from './metrics.js';
 import { type PipelineEvent, type UploadBatch, Worker } from './worker.js';
 
@@ -97,6 +97,8 @@ export interface DaemonStatus {
   readonly rejected: number;
   /** Failed attempts since start. */
   readonly failures: number;
+  /** With --build-logs: derivations whose log was written, not kept locally, or not uploaded. */
+  readonly buildLogs: BuildLogCounts;
   readonly failing: readonly FailingPath[];
   readonly narBytes: number;
   readonly fileBytes: number;
@@ -343,6 +345,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       dropped: s.dropped,
       rejected: s.rejectedPaths + rejectedRequests,
       failures: s.failures,
+      buildLogs: s.buildLogs,
       failing,
       narBytes: s.narBytes,
       fileBytes: s.fileBytes,

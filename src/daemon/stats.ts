@@ -35,7 +35,13 @@ export interface StatsSnapshot {
   readonly busySeconds: number;
   /** When a path was last uploaded or found in the cache (ms since the epoch). */
   readonly lastSuccessAt: number | undefined;
+  /** With --build-logs: derivations whose log was written, not kept locally, or not uploaded. */
+  readonly buildLogs: BuildLogCounts;
 }
+
+export type BuildLogOutcome = 'written' | 'missing' | 'failed';
+export const BUILD_LOG_OUTCOMES: readonly BuildLogOutcome[] = ['written', 'missing', 'failed'];
+export type BuildLogCounts = Readonly<Record<BuildLogOutcome, number>>;
 
 export class DaemonStats {
   private uploaded = 0;
@@ -47,6 +53,7 @@ export class DaemonStats {
   private fileBytes = 0;
   private busySeconds = 0;
   private lastSuccessAt: number | undefined;
+  private readonly buildLogs: Record<BuildLogOutcome, number> = { written: 0, missing: 0, failed: 0 };
   private readonly hooks = new Map<`${HookSource}/${HookOutcome}`, number>();
   private readonly uploadListeners = new Set<(seconds: number) => void>();
 
@@ -62,6 +69,8 @@ export class DaemonStats {
     } else if (e.type === 'skipped') {
       this.skipped++;
       this.lastSuccessAt = this.now();
+    } else if (e.type === 'build-log') {
+      this.buildLogs[e.outcome]++;
     }
     // 'failed' is of a closure path; the queued path's attempt is counted by attemptFailed.
   }
@@ -108,6 +117,7 @@ export class DaemonStats {
       fileBytes: this.fileBytes,
       busySeconds: this.busySeconds,
       lastSuccessAt: this.lastSuccessAt,
+      buildLogs: { ...this.buildLogs },
     };
   }
 }

@@ -55,6 +55,7 @@ for (const buildLogs of [true, false]) {
       const { out, drv } = await buildThroughHook(words, socket, stateDir);
       const s = await d.idle();
       assert.equal(s.uploaded, 1, d.log());
+      assert.deepEqual(s.buildLogs, { written: buildLogs ? 1 : 0, missing: 0, failed: 0 }, 'narpush status counts it');
       const logs = await readdir(path.join(cache, 'log')).catch(() => []);
       assert.deepEqual(logs, buildLogs ? [path.basename(drv)] : []);
       if (!buildLogs) return;
