@@ -1,14 +1,16 @@
 // The daemon with --build-logs, fed by bin/narpush-hook from a real
 // nix-build: the build's log reaches `log/<drv>` in the cache, and Nix 2.8's
 // `nix log` prints it from there after the local log is removed. Without
-// the flag the daemon writes no logs.
+// the flag the daemon writes no logs. (The daemon with write-nar-listing=true
+// writes Nix's listing too.)
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { readdir, rm } from 'node:fs/promises';
+import { readFile, readdir, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import { DEFAULT_NIX_LOG_DIR } from '../../src/cache/build-logs.js';
 import { nix, nixEnv, requireNix } from '../helpers/nix.js';
+import { hashPartOf, nixListings, parseListing } from '../helpers/nix-listing.js';
 import { FIXTURES, REPO_ROOT, run } from '../helpers/run.js';
 import { killLeftoverDaemons, startDaemonProcess } from './daemon-process.js';
 import { tempDir } from './fakes.js';
@@ -44,7 +46,8 @@ for (const buildLogs of [true, false]) {
     const stateDir = path.join(work.dir, `state-${tag}`);
     const cache = path.join(work.dir, `cache-${tag}`);
     const d = await startDaemonProcess({
-      to: `file://${cache}`,
+      // With listings too: the daemon writes them as upload-path does.
+      to: `file://${cache}${buildLogs ? '?write-nar-listing=true' : ''}`,
       socket,
       stateDir,
       env: nixEnv(),
@@ -58,7 +61,9 @@ for (const buildLogs of [true, false]) {
       assert.deepEqual(s.buildLogs, { written: buildLogs ? 1 : 0, missing: 0, failed: 0 }, 'narpush status counts it');
       const logs = await readdir(path.join(cache, 'log')).catch(() => []);
       assert.deepEqual(logs, buildLogs ? [path.basename(drv)] : []);
+      const ls = path.join(cache, `${hashPartOf(out)}.ls`);
       if (!buildLogs) return;
+      assert.deepEqual(parseListing(await readFile(ls)), parseListing((await nixListings([out])).get(out)!));
       const base = path.basename(drv);
       await rm(path.join(DEFAULT_NIX_LOG_DIR, 'drvs', base.slice(0, 2), `${base.slice(2)}.bz2`));
       const r = await run('nix', ['log', out, '--option', 'substituters', `file://${cache}`], { env: nixEnv() });
