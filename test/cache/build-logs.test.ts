@@ -14,13 +14,18 @@ import type { PathInfo } from '../../src/store/path-info.js';
 import { parseStorePath } from '../../src/store/store-path.js';
 import { nix, nixBuildExpr, nixEnv } from '../helpers/nix.js';
 import { narpush, run } from '../helpers/run.js';
+import { S3RVER_ENV, type S3rverHandle, startS3rver } from '../helpers/s3rver.js';
 
 let work: string;
+let s3: S3rverHandle | undefined;
 
 before(async () => {
   work = await mkdtemp(path.join(tmpdir(), 'narpush-logs-'));
 });
-after(() => rm(work, { recursive: true, force: true }));
+after(async () => {
+  await s3?.stop();
+  await rm(work, { recursive: true, force: true });
+});
 
 /** A fresh derivation whose log says `words` (stdout and stderr), built by Nix; its output and .drv. */
 async function buildLogging(words: string): Promise<{ out: string; drv: string }> {
@@ -80,4 +85,23 @@ test('derivationsOf: paths built here with a known deriver, each derivation once
   });
   const drvs = derivationsOf([info('1', 'd', true), info('2', 'd', true), info('3', 'g', false), info('4', undefined, true), info('5', 'f', true)]);
   assert.deepEqual(drvs.map((d) => d.path), [sp('d').path, sp('f').path]);
+});
+
+test('upload-path --build-logs to S3: text/plain; charset=utf-8, and nix log reads it over HTTP', async () => {
+  s3 = await startS3rver();
+  const words = `narpush-s3-log-${randomUUID()}`;
+  const { out, drv } = await buildLogging(words);
+  const r = await narpush(['upload-path', '--to', s3.url, '--build-logs', out], {
+    env: nixEnv({ ...S3RVER_ENV, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' }),
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr.toString(), /1 build logs \(0 not kept locally\)/);
+  const res = await fetch(`${s3.httpUrl}/log/${path.basename(drv)}`);
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('content-type'), 'text/plain; charset=utf-8');
+  assert.match(await res.text(), new RegExp(`^${words}$`, 'm'));
+  await rm(localLog(drv));
+  const byHttp = await run('nix', ['log', out, '--option', 'substituters', s3.httpUrl], { env: nixEnv() });
+  assert.equal(byHttp.code, 0, byHttp.stderr.toString());
+  assert.match(byHttp.stdout.toString(), new RegExp(`^${words}$`, 'm'));
 });
