@@ -178,6 +178,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     stats.pipelineEvent(e);
     if (e.type === 'uploaded') {
       log({ event: 'uploaded', subject: e.path, detail: `(${e.narSize} bytes -> ${e.fileSize} bytes, ${e.seconds.toFixed(2)} s)` });
+      if (e.listingTooLarge) log({ event: 'warning', subject: e.path, detail: 'no listing (.ls) written: it has too many entries' });
     } else if (e.type === 'skipped') {
       log({ event: 'skipped', subject: e.path, detail: '(already in the cache)' });
     } else if (e.type === 'build-log') {

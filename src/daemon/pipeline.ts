@@ -170,7 +170,14 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
 
     const forward = (e: UploadEvent): void => {
       if (e.type === 'uploaded') {
-        ctx.onEvent({ type: 'uploaded', path: e.info.path.path, narSize: e.info.narSize, fileSize: e.nar.fileSize, seconds: e.seconds });
+        ctx.onEvent({
+          type: 'uploaded',
+          path: e.info.path.path,
+          narSize: e.info.narSize,
+          fileSize: e.nar.fileSize,
+          seconds: e.seconds,
+          ...(e.nar.listing === 'too-large' ? { listingTooLarge: true } : {}),
+        });
       } else if (e.type === 'skipped') {
         ctx.onEvent({ type: 'skipped', path: e.info.path.path });
       } else if (e.type === 'failed' && !ctx.signal.aborted && e.error.code !== 'REFERENCE_MISSING') {

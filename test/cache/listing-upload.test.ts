@@ -140,3 +140,13 @@ test('upload-path to S3 writes Nix\'s listings as application/json', async () =>
     assertNixListing(i, Buffer.from(await res.arrayBuffer()), 's3');
   }
 });
+
+test('uploadPaths: a listing that cannot be written fails its path, and its narinfo never appears', async () => {
+  const backend = new MemoryBackend();
+  const victim = infos[0]!;
+  backend.failPut = (key) => key === listingKey(victim.path);
+  const report = await uploadPaths(infos, { backend, compression: { method: 'none' }, signingKeys: [], threads, jobs: 2, listing });
+  assert.deepEqual(report.failed.map((f) => f.info.path.path), [victim.path.path]);
+  assert.equal(backend.objects.has(narInfoKey(victim.path)), false);
+  assert.equal(report.uploaded.length, infos.length - 1);
+});
