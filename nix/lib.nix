@@ -49,6 +49,7 @@ rec {
       metricsListen ? null,
       upstreamKeys ? defaults.upstreamKeys,
       upstreamCaches ? [ ],
+      buildLogs ? false,
       extraArgs ? [ ],
     }:
     [
@@ -103,6 +104,7 @@ rec {
           u
         ]) upstreamCaches
     )
+    ++ (if buildLogs then [ "--build-logs" ] else [ ])
     ++ extraArgs;
 
   # One word for a systemd Exec*= line: double-quoted, with `\`, `"`, `%` and

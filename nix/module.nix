@@ -209,6 +209,17 @@ in
       '';
     };
 
+    buildLogs = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Also upload the build log of each derivation whose outputs are
+        uploaded (`narpush daemon --build-logs`), to `log/<drv>` in the cache,
+        where `nix log` finds it. Logs are read from /nix/var/log/nix
+        (decompressed with bzip2); a build without a kept log is skipped.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -338,6 +349,8 @@ in
       # NIX_REMOTE: always nix-daemon's socket (the service may not open the
       # store database itself). The NARPUSH_* variables only matter to
       # commands run by hand in the service's environment.
+      # bzip2 reads Nix's compressed build logs (buildLogs).
+      path = lib.optional cfg.buildLogs pkgs.bzip2;
       environment = {
         NIX_REMOTE = "daemon";
         NARPUSH_SOCKET = cfg.socketPath;
@@ -359,6 +372,7 @@ in
             metricsListen
             upstreamKeys
             upstreamCaches
+            buildLogs
             extraArgs
             ;
         };

@@ -83,6 +83,7 @@ export const ERROR_CODES = {
   S3_WRONG_REGION: failure('the bucket is in another region', true),
   S3_UNAVAILABLE: failure('the S3 server cannot be reached, or keeps failing, after retries', true),
   S3_ERROR: failure('the S3 server refused a request', true),
+  BUILD_LOG_UNREADABLE: failure("a derivation's build log cannot be read or decompressed (the path itself is uploaded)", false),
   UPSTREAM_FAILED: failure('an upstream cache could not be asked; the path is uploaded instead', false),
   UPLOAD_FAILED: failure('uploading the path failed (the message says why)', true),
   UPLOAD_ABORTED: failure('the upload was stopped (signal, shutdown)', true),

@@ -12,7 +12,8 @@
  *    on. For several large NARs, one per core.
  * Every producer gives the same bytes and digests for the same NAR and
  * compression (test/cache/nar-producers.test.ts), and none holds more than a
- * small NAR in memory.
+ * small NAR in memory. Asked for one (`listing`), each also lists the NAR
+ * (nar/listing.ts) from the same bytes as they pass: the path is read once.
  *
  * The NAR must be what the store recorded: a producer throws
  * NAR_HASH_MISMATCH from `pieces` before its last piece is consumed, so the
@@ -23,6 +24,7 @@ import { Readable, pipeline } from 'node:stream';
 import { NarpushError } from '../errors.js';
 import { type Hash, formatHash } from '../hash/hash.js';
 import { dumpNar, dumpNarSync } from '../nar/dump.js';
+import { NarLister, listNar } from '../nar/listing.js';
 import type { StorePath } from '../store/store-path.js';
 import {
   type ChunkCompressor,
@@ -48,6 +50,11 @@ export interface NarDigests {
   /** SHA-256 of the compressed file. */
   readonly fileDigest: Buffer;
   readonly fileSize: number;
+  /**
+   * When a listing was asked for: the `.ls` JSON, or 'too-large' when it was
+   * longer than the cap (ListingOptions.maxBytes) and was given up.
+   */
+  readonly listing?: Buffer | 'too-large';
 }
 
 /** One NAR being produced. */
@@ -64,8 +71,15 @@ export interface ProducedNar {
   release(): void;
 }
 
+/** A NAR listing to build beside the NAR (`write-nar-listing`). */
+export interface ListingOptions {
+  /** Listings longer than this are given up (nar/listing.ts MAX_LISTING_BYTES). */
+  readonly maxBytes: number;
+}
+
 export interface ProduceOptions {
   readonly compression: CompressionOptions;
+  readonly listing?: ListingOptions;
   /** Called as bytes flow, with totals so far (uncompressed, compressed). */
   readonly onProgress?: (narBytes: number, fileBytes: number) => void;
 }
@@ -93,9 +107,21 @@ function grown(src: NarSource): NarpushError {
 }
 
 /** The digests of a NAR once its hash is known: checked against the store's record. */
-function checked(src: NarSource, narDigest: Buffer, narSize: number, fileDigest: Buffer, fileSize: number): NarDigests {
+function checked(
+  src: NarSource,
+  narDigest: Buffer,
+  narSize: number,
+  fileDigest: Buffer,
+  fileSize: number,
+  listing: Buffer | 'too-large' | undefined,
+): NarDigests {
   if (narSize !== src.narSize || !narDigest.equals(src.narHash.digest)) throw narMismatch(src, narDigest, narSize);
-  return { narDigest, narSize, fileDigest, fileSize };
+  return { narDigest, narSize, fileDigest, fileSize, ...(listing !== undefined ? { listing } : {}) };
+}
+
+/** The lister's result as NarDigests carries it. */
+function listed(lister: NarLister | undefined): Buffer | 'too-large' | undefined {
+  return lister === undefined ? undefined : (lister.finish() ?? 'too-large');
 }
 
 function ended(digests: NarDigests | undefined): NarDigests {
@@ -114,8 +140,15 @@ export function produceInMemory(src: NarSource, opts: ProduceOptions): ProducedN
     if (nar === undefined) throw grown(src);
     const narDigest = createHash('sha256').update(nar).digest();
     if (nar.length !== src.narSize || !narDigest.equals(src.narHash.digest)) throw narMismatch(src, narDigest, nar.length);
+    const listing = opts.listing ? (listNar(nar, opts.listing.maxBytes) ?? 'too-large') : undefined;
     const file = await compressBuffer(opts.compression, nar);
-    digests = { narDigest, narSize: nar.length, fileDigest: createHash('sha256').update(file).digest(), fileSize: file.length };
+    digests = {
+      narDigest,
+      narSize: nar.length,
+      fileDigest: createHash('sha256').update(file).digest(),
+      fileSize: file.length,
+      ...(listing !== undefined ? { listing } : {}),
+    };
     opts.onProgress?.(nar.length, file.length);
     yield file;
   }
@@ -131,6 +164,7 @@ export function produceInMemory(src: NarSource, opts: ProduceOptions): ProducedN
 export function produceSplit(src: NarSource, opts: ProduceOptions & { readonly threads: ThreadPool }): ProducedNar {
   const narHasher = opts.threads.hash('sha256');
   const fileHasher = opts.compression.method === 'none' ? undefined : createHash('sha256');
+  const lister = opts.listing ? new NarLister(opts.listing.maxBytes) : undefined;
   let narSize = 0;
   let fileSize = 0;
   let digests: NarDigests | undefined;
@@ -138,12 +172,13 @@ export function produceSplit(src: NarSource, opts: ProduceOptions & { readonly t
   async function finish(): Promise<void> {
     const narDigest = await narHasher.digest();
     const fileDigest = fileHasher ? fileHasher.digest() : narDigest;
-    digests = checked(src, narDigest, narSize, fileDigest, fileSize);
+    digests = checked(src, narDigest, narSize, fileDigest, fileSize, listed(lister));
   }
 
   async function* tappedNar(): AsyncGenerator<Buffer> {
     for await (const chunk of dumpNar(src.path.path)) {
       const wait = narHasher.update(chunk);
+      lister?.update(chunk);
       if (wait) await wait;
       narSize += chunk.length;
       yield chunk;
@@ -161,8 +196,9 @@ export function produceSplit(src: NarSource, opts: ProduceOptions & { readonly t
       }
     };
     for await (const chunk of dumpNar(src.path.path, { reuseBuffers: true })) {
-      // Both calls are done with the lent chunk when they return: the hash copies it, zstd consumes it.
+      // These calls are done with the lent chunk when they return: the hash copies it, zstd consumes it, the lister copies what it keeps.
       const wait = narHasher.update(chunk);
+      lister?.update(chunk);
       narSize += chunk.length;
       yield* out(compressor.update(chunk));
       if (wait) await wait;
@@ -198,13 +234,19 @@ export function produceWhole(src: NarSource, opts: ProduceOptions & { readonly t
   let fileSize = 0;
   let digests: NarDigests | undefined;
   async function* pieces(): AsyncGenerator<Buffer> {
-    const job = opts.threads.narJob({ path: src.path.path, level: compressionLevel('zstd', opts.compression.level), narSize: src.narSize });
+    const job = opts.threads.narJob({
+      path: src.path.path,
+      level: compressionLevel('zstd', opts.compression.level),
+      narSize: src.narSize,
+      ...(opts.listing ? { listingMaxBytes: opts.listing.maxBytes } : {}),
+    });
     try {
       for (;;) {
         const next = await job.next();
         if (next.done === true) {
           const r = next.value;
-          digests = checked(src, Buffer.from(r.narDigest), r.narSize, Buffer.from(r.fileDigest), r.fileSize);
+          const listing = r.listing === undefined ? undefined : r.listing === null ? 'too-large' : Buffer.from(r.listing);
+          digests = checked(src, Buffer.from(r.narDigest), r.narSize, Buffer.from(r.fileDigest), r.fileSize, listing);
           return;
         }
         fileSize += next.value.bytes.length;

@@ -15,7 +15,7 @@ import type { Hash } from '../hash/hash.js';
 import { nix32Encode } from '../hash/nix32.js';
 import { type CacheBackend, stageBatch } from './backend.js';
 import { type CompressionOptions, narExtension } from './compression.js';
-import { type NarSource, type ProducedNar, produceInMemory, produceSplit, produceWhole } from './nar-producers.js';
+import { type ListingOptions, type NarSource, type ProducedNar, produceInMemory, produceSplit, produceWhole } from './nar-producers.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 
 export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
@@ -28,10 +28,17 @@ export interface UploadedNar {
   readonly fileSize: number;
   readonly narHash: Hash;
   readonly narSize: number;
+  /**
+   * When a listing was asked for: its JSON, not yet written, or 'too-large'
+   * (see ListingOptions); 'written' once upload.ts has put it in the cache.
+   */
+  readonly listing?: Buffer | 'too-large' | 'written';
 }
 
 export interface NarUploadOptions {
   readonly compression: CompressionOptions;
+  /** List the NAR as it passes (`write-nar-listing`); the caller writes the listing. */
+  readonly listing?: ListingOptions;
   /** The threads that hash beside this one, or take the NAR's work whole. */
   readonly threads: ThreadPool;
   /** How the NAR is produced (plan.ts decides; 'whole' needs canProduceWhole). */
@@ -58,6 +65,7 @@ function uploaded(src: NarSource, url: string, compression: CompressionOptions['
     fileSize: d.fileSize,
     narHash: src.narHash,
     narSize: d.narSize,
+    ...(d.listing !== undefined ? { listing: d.listing } : {}),
   };
 }
 
@@ -68,6 +76,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
   const produced = produce(src, {
     compression: opts.compression,
     threads: opts.threads,
+    ...(opts.listing ? { listing: opts.listing } : {}),
     ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
   });
   try {
@@ -99,14 +108,14 @@ async function whole(produced: ProducedNar): Promise<Buffer> {
 export async function uploadSmallNars(
   backend: CacheBackend,
   srcs: readonly NarSource[],
-  opts: Pick<NarUploadOptions, 'compression' | 'signal'>,
+  opts: Pick<NarUploadOptions, 'compression' | 'signal' | 'listing'>,
 ): Promise<PromiseSettledResult<UploadedNar>[]> {
   const results: PromiseSettledResult<UploadedNar>[] = new Array(srcs.length);
   // Each is built here before its compression starts; the compressions overlap.
   const made = await Promise.allSettled(
     srcs.map(async (src) => {
       const url = narKey(src.narHash, opts.compression.method);
-      const produced = produceInMemory(src, { compression: opts.compression });
+      const produced = produceInMemory(src, { compression: opts.compression, ...(opts.listing ? { listing: opts.listing } : {}) });
       const file = await whole(produced);
       return { file, nar: uploaded(src, url, opts.compression.method, produced) };
     }),

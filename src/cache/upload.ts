@@ -6,7 +6,9 @@
  *    complete and durable, nor before the narinfos of all its references
  *    (a reference an upstream cache serves, see upstream.ts, is satisfied:
  *    it is not uploaded and nothing waits for it);
- *  - a path is reported `uploaded` only once its narinfo is durable.
+ *  - a path is reported `uploaded` only once its narinfo is durable;
+ *  - a path's listing (`<hashpart>.ls`, with `listing`) is written before
+ *    its narinfo is staged, so a visible path has its listing.
  * Visibility is ordered, durability is not: each narinfo is staged (written,
  * not shown) as soon as its NAR is done, and only showing it waits for its
  * references, so a chain of references costs one rename per link and the
@@ -28,12 +30,15 @@ import type { StorePath } from '../store/store-path.js';
 import { type CacheBackend, type StagedObject, stageBatch, stageBytes } from './backend.js';
 import type { CompressionOptions } from './compression.js';
 import { createLimiter } from './limit.js';
+import type { ListingOptions } from './nar-producers.js';
 import { type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
 import { UploadPlanner } from './plan.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 import type { Upstream } from './upstream.js';
 
 export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
+/** What Nix 2.8 gives `.ls` listings (uncompressed, as on a file:// cache). */
+export const LISTING_CONTENT_TYPE = 'application/json';
 
 /**
  * Small paths (see plan.ts) go up in batches of at most this many
@@ -50,10 +55,16 @@ export function narInfoKey(path: StorePath): string {
   return `${path.hashPart}.narinfo`;
 }
 
+export function listingKey(path: StorePath): string {
+  return `${path.hashPart}.ls`;
+}
+
 export interface UploadOptions {
   readonly backend: CacheBackend;
   readonly compression: CompressionOptions;
   readonly signingKeys: readonly SecretKey[];
+  /** Write each path's NAR listing (`write-nar-listing`), built as its NAR streams past. */
+  readonly listing?: ListingOptions;
   /** The worker threads (hashing, signing, whole NARs); owned and closed by the caller. */
   readonly threads: ThreadPool;
   /** Large NARs uploaded at once (and batches of small ones, if more than SMALL_BATCHES). */
@@ -85,6 +96,7 @@ export type UploadEvent =
 
 export interface UploadedPath {
   readonly info: PathInfo;
+  /** `nar.listing`, when a listing was asked for, is 'written' or 'too-large' (none written). */
   readonly nar: UploadedNar;
   readonly seconds: number;
 }
@@ -243,6 +255,13 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     emit({ type: 'uploaded', info, nar, seconds });
   };
 
+  /** Step 1b: the listing, before the narinfo is staged; the NAR record keeps only whether it was written. */
+  const writeListing = async (info: PathInfo, nar: UploadedNar): Promise<UploadedNar> => {
+    if (!Buffer.isBuffer(nar.listing)) return nar;
+    await backend.putBytes(listingKey(info.path), nar.listing, LISTING_CONTENT_TYPE);
+    return { ...nar, listing: 'written' };
+  };
+
   const narInfoBody = async (info: PathInfo, nar: UploadedNar): Promise<Buffer> =>
     Buffer.from(formatNarInfo(await makeNarInfo(info, nar, opts.signingKeys, sign)));
 
@@ -258,13 +277,15 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
       ({ nar, staged } = await jobs(async () => {
         opts.signal?.throwIfAborted();
         emit({ type: 'started', info });
-        const done = await uploadNar(backend, info, {
+        const streamed = await uploadNar(backend, info, {
           compression: opts.compression,
           threads: opts.threads,
+          ...(opts.listing ? { listing: opts.listing } : {}),
           production: planner.production(info.narSize) === 'whole' ? 'whole' : 'split',
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
         });
+        const done = await writeListing(info, streamed);
         return { nar: done, staged: await stageBytes(backend, narInfoKey(info.path), await narInfoBody(info, done), NARINFO_CONTENT_TYPE) };
       }));
     } catch (e) {
@@ -285,14 +306,19 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
         const nars = await uploadSmallNars(
           backend,
           batch.map((u) => u.info),
-          { compression: opts.compression, ...(opts.signal ? { signal: opts.signal } : {}) },
+          { compression: opts.compression, ...(opts.listing ? { listing: opts.listing } : {}), ...(opts.signal ? { signal: opts.signal } : {}) },
         );
         // Asked for in one tick: the crypto thread gets the batch's signatures in one message.
+        // Each listing is written beside its signature, and both before the narinfo is staged.
+        const listed: UploadedNar[] = [];
         const bodies = await Promise.allSettled(
-          nars.map((n, k) => {
-            if (n.status === 'rejected') return Promise.reject(n.reason);
-            emit({ type: 'progress', info: batch[k]!.info, narBytes: n.value.narSize, fileBytes: n.value.fileSize });
-            return narInfoBody(batch[k]!.info, n.value);
+          nars.map(async (n, k) => {
+            if (n.status === 'rejected') throw n.reason;
+            const info = batch[k]!.info;
+            emit({ type: 'progress', info, narBytes: n.value.narSize, fileBytes: n.value.fileSize });
+            const [nar, body] = await Promise.all([writeListing(info, n.value), narInfoBody(info, n.value)]);
+            listed[k] = nar;
+            return body;
           }),
         );
         const ok = batch.flatMap((u, k) => (bodies[k]!.status === 'fulfilled' ? [k] : []));
@@ -310,7 +336,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
           if (b.status === 'rejected') return b;
           const s = staged[j++]!;
           if (s.status === 'rejected') return s;
-          return { status: 'fulfilled', value: { nar: (nars[k] as PromiseFulfilledResult<UploadedNar>).value, staged: s.value } };
+          return { status: 'fulfilled', value: { nar: listed[k]!, staged: s.value } };
         });
       });
     } catch (e) {

@@ -34,6 +34,8 @@ export interface CacheParams {
   readonly secretKeyFiles: readonly string[];
   readonly wantMassQuery?: boolean;
   readonly priority?: number;
+  /** `write-nar-listing`: write `<hashpart>.ls` beside each narinfo (default off, as in Nix). */
+  readonly writeNarListing?: boolean;
 }
 
 export interface FileCacheConfig {
@@ -98,7 +100,6 @@ const NIX_ONLY: Record<string, string> = {
   'index-debug-info': 'narpush does not index debug info',
   'local-nar-cache': 'it only matters when reading a cache',
   'path-info-cache-size': 'it only matters when reading a cache',
-  'log-compression': 'narpush does not upload build logs',
   'multipart-threshold': 'narpush uses one PUT for objects that fit in one part and multipart for the rest',
   'tls-certificate': 'narpush does not use TLS client certificates',
   'tls-private-key': 'narpush does not use TLS client certificates',
@@ -116,7 +117,7 @@ const COMMON_PARAMS = new Set([
 ]);
 const S3_PARAMS = new Set([
   'region', 'endpoint', 'profile', 'scheme', 'addressing-style', 'storage-class',
-  'multipart-upload', 'multipart-chunk-size', 'buffer-size', 'narinfo-compression', 'ls-compression',
+  'multipart-upload', 'multipart-chunk-size', 'buffer-size', 'narinfo-compression', 'ls-compression', 'log-compression',
   'connect-timeout', 'idle-timeout', 'checksum',
 ]);
 
@@ -249,10 +250,7 @@ function parseCommon(url: string, q: Query): CacheParams {
     secretKeyFiles,
     ...opt('want-mass-query', (v) => ({ wantMassQuery: bool(url, 'want-mass-query', v) })),
     ...opt('priority', (v) => ({ priority: int(url, 'priority', v, 0, 2 ** 31 - 1) })),
-    ...opt('write-nar-listing', (v) => {
-      if (bool(url, 'write-nar-listing', v)) throw bad(url, 'write-nar-listing is not supported by narpush yet (it writes no .ls listings)');
-      return {};
-    }),
+    ...opt('write-nar-listing', (v) => ({ writeNarListing: bool(url, 'write-nar-listing', v) })),
   };
 }
 
@@ -379,7 +377,9 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
   const narinfoC = q.get('narinfo-compression');
   if (narinfoC !== undefined) onlyNone(url, 'narinfo-compression', narinfoC, 'narinfo files are stored uncompressed');
   const lsC = q.get('ls-compression');
-  if (lsC !== undefined) onlyNone(url, 'ls-compression', lsC, 'narpush writes no .ls listings');
+  if (lsC !== undefined) onlyNone(url, 'ls-compression', lsC, 'narpush writes .ls listings uncompressed');
+  const logC = q.get('log-compression');
+  if (logC !== undefined) onlyNone(url, 'log-compression', logC, 'narpush uploads build logs uncompressed');
 
   const connectRaw = q.get('connect-timeout');
   const connectTimeoutMs = connectRaw === undefined ? undefined : seconds(url, 'connect-timeout', connectRaw, 0.1, 3600);

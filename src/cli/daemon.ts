@@ -17,6 +17,7 @@ import { idleCollector } from '../daemon/idle-gc.js';
 import { type ListenAddress, parseListenAddress } from '../daemon/listen-address.js';
 import { formatLogEvent, type LogEvent } from '../daemon/log.js';
 import { DEFAULT_THREAD_IDLE_MS } from '../cache/threads/thread-pool.js';
+import { DEFAULT_NIX_LOG_DIR } from '../cache/build-logs.js';
 import { createPipeline } from '../daemon/pipeline.js';
 import { StoreHandle } from '../daemon/store-handle.js';
 import { StoreClient } from '../store/client.js';
@@ -38,6 +39,8 @@ export interface DaemonFlags extends UploadFlags {
   readonly retryMaxDelay?: string;
   readonly storeTimeout?: string;
   readonly metricsListen?: string;
+  /** Upload the build logs of the derivations whose outputs are uploaded. */
+  readonly buildLogs?: boolean;
 }
 
 /**
@@ -135,6 +138,8 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     cacheInfo: settings.cacheInfo,
     compression: settings.compression,
     signingKeys: settings.signingKeys,
+    ...(settings.listing ? { listing: settings.listing } : {}),
+    ...(flags.buildLogs === true ? { buildLogs: { logDir: env.NIX_LOG_DIR || DEFAULT_NIX_LOG_DIR } } : {}),
     jobs: settings.jobs,
     ...(upstream ? { upstream } : {}),
   });

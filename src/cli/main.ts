@@ -122,7 +122,8 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--no-closure', 'upload only the paths given, not their closure')
     .option('--force', 'upload paths even when the cache has them')
     .option('--dry-run', 'show what would be uploaded, upload nothing')
-    .option('--json', 'print a machine-readable report on stdout'))
+    .option('--json', 'print a machine-readable report on stdout')
+    .option('--build-logs', "also upload the build logs of uploaded paths built here, for 'nix log' (log/<drv>)"))
     .action(async (paths: string[], opts: Record<string, unknown>) => {
       const { uploadPath } = await import('./upload-path.js');
       exitCode = await uploadPath(ctx(), paths, {
@@ -136,6 +137,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
         dryRun: Boolean(opts.dryRun),
         json: Boolean(opts.json),
         ...upstreamFlags(opts),
+        buildLogs: Boolean(opts.buildLogs),
       });
     });
 
@@ -153,7 +155,8 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--retry-delay <seconds>', 'wait after a failed upload before the first retry, doubling each time (default 5)')
     .option('--retry-max-delay <seconds>', 'the longest wait between retries (default 600)')
     .option('--store-timeout <seconds>', 'give up on the Nix daemon when it sends nothing for this long while an answer is owed (default 120)')
-    .option('--metrics-listen <host:port>', 'serve Prometheus /metrics and /healthz over HTTP here, e.g. 127.0.0.1:9101 or [::1]:9101 (default: off)'))
+    .option('--metrics-listen <host:port>', 'serve Prometheus /metrics and /healthz over HTTP here, e.g. 127.0.0.1:9101 or [::1]:9101 (default: off)')
+    .option('--build-logs', "also upload the build logs of the derivations it uploads outputs of, for 'nix log' (log/<drv>)"))
     .action(async (opts: Record<string, unknown>) => {
       const { daemon } = await import('./daemon.js');
       exitCode = await daemon(ctx(), {
@@ -170,6 +173,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
         storeTimeout: opts.storeTimeout as string | undefined,
         metricsListen: opts.metricsListen as string | undefined,
         ...upstreamFlags(opts),
+        buildLogs: Boolean(opts.buildLogs),
       });
     });
 

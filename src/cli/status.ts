@@ -29,6 +29,10 @@ export function formatStatus(s: DaemonStatus): string {
     `uploaded: ${s.uploaded} paths (${formatBytes(s.narBytes)} -> ${formatBytes(s.fileBytes)}), skipped: ${s.skipped} already in the cache, ${s.skippedUpstream ?? 0} served upstream, rejected: ${s.rejected}, dropped: ${s.dropped}, failed attempts: ${s.failures}`,
     `throughput: ${s.busySeconds > 0 ? `${formatBytes(s.narBytesPerSecond)}/s` : '-'} (NAR bytes over ${s.busySeconds.toFixed(1)} s of uploading)`,
   ];
+  const logs = s.buildLogs;
+  if (logs.written + logs.missing + logs.failed > 0) {
+    lines.push(`build logs: ${logs.written} uploaded, ${logs.missing} not kept locally, ${logs.failed} failed`);
+  }
   for (const p of s.inFlight.slice(0, 20)) lines.push(`  uploading ${p}`);
   if (s.failing.length > 0) lines.push('failing:');
   for (const f of s.failing) {

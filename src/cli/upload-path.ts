@@ -12,6 +12,7 @@ import { openCacheBackend } from './open-backend.js';
 import { parseCacheUrl } from './cache-url.js';
 import type { Compression } from '../cache/compression.js';
 import type { UploadReport } from '../cache/upload.js';
+import type { BuildLogReport } from '../cache/build-logs.js';
 import type { PathInfo } from '../store/path-info.js';
 import { StoreClient } from '../store/client.js';
 import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
@@ -27,6 +28,8 @@ export interface UploadPathFlags extends UploadFlags {
   readonly force: boolean;
   readonly dryRun: boolean;
   readonly json: boolean;
+  /** Also upload the build logs of the uploaded paths built here (`log/<drv>`). */
+  readonly buildLogs: boolean;
 }
 
 export async function uploadPath(ctx: CliContext, paths: readonly string[], flags: UploadPathFlags): Promise<number> {
@@ -59,6 +62,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
     import('../store/arguments.js'),
     import('../cache/cache-info.js'),
     import('./progress.js'),
+    import('../cache/build-logs.js'),
   ]);
   const [storeOpened, backendOpened, loaded] = await Promise.allSettled([opening, backendOpening, pipeline]);
   if (storeOpened.status === 'rejected' || backendOpened.status === 'rejected' || loaded.status === 'rejected') {
@@ -70,7 +74,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   }
   const store = (storeOpened as PromiseFulfilledResult<StoreClient>).value;
   const backend = (backendOpened as PromiseFulfilledResult<CacheBackend>).value;
-  const [{ uploadPaths }, { UploadPlanner }, { ThreadPool }, { resolvePaths }, { ensureCacheInfo }, { createProgress }] = (
+  const [{ uploadPaths }, { UploadPlanner }, { ThreadPool }, { resolvePaths }, { ensureCacheInfo }, { createProgress }, buildLogs] = (
     loaded as PromiseFulfilledResult<Awaited<typeof pipeline>>
   ).value;
 
@@ -108,6 +112,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   let report: UploadReport;
+  let logs: BuildLogReport | undefined;
   try {
     const infos = await resolvePaths(store, storePaths, flags.closure, onInfo);
     if (!flags.dryRun) {
@@ -119,6 +124,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
         backend,
         compression: settings.compression,
         signingKeys: settings.signingKeys,
+        ...(settings.listing ? { listing: settings.listing } : {}),
         threads,
         jobs: settings.jobs,
         force: flags.force,
@@ -130,19 +136,31 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
     } finally {
       progress.done();
     }
+    if (flags.buildLogs && !flags.dryRun && !abort.signal.aborted) {
+      logs = await buildLogs.uploadBuildLogs(backend, buildLogs.derivationsOf(report.uploaded.map((u) => u.info)), {
+        logDir: ctx.env.NIX_LOG_DIR || buildLogs.DEFAULT_NIX_LOG_DIR,
+      });
+    }
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await Promise.allSettled([store.close(), backend.close(), threads.close(), upstream?.close()]);
   }
 
-  if (flags.json) ctx.stdout.write(`${JSON.stringify(jsonReport(config.description, report, flags.dryRun), null, 2)}\n`);
-  else printSummary(ctx, report, flags.dryRun, settings.compression.method);
+  for (const u of report.uploaded) {
+    if (u.nar.listing === 'too-large') {
+      ctx.stderr.write(`warning: wrote no listing (.ls) for '${u.info.path.path}': it has too many entries (the cap is ${formatBytes(settings.listing!.maxBytes)} of JSON)\n`);
+    }
+  }
+  for (const f of logs?.failed ?? []) ctx.stderr.write(`error: ${f.error.message}\n`);
+  if (ctx.debug) for (const d of logs?.missing ?? []) ctx.stderr.write(`no build log of '${d.path}' in the local store\n`);
+  if (flags.json) ctx.stdout.write(`${JSON.stringify(jsonReport(config.description, report, flags.dryRun, logs), null, 2)}\n`);
+  else printSummary(ctx, report, flags.dryRun, settings.compression.method, logs);
   if (abort.signal.aborted) return 130;
-  return report.failed.length === 0 ? 0 : 1;
+  return report.failed.length === 0 && (logs?.failed.length ?? 0) === 0 ? 0 : 1;
 }
 
-function printSummary(ctx: CliContext, r: UploadReport, dryRun: boolean, method: Compression): void {
+function printSummary(ctx: CliContext, r: UploadReport, dryRun: boolean, method: Compression, logs: BuildLogReport | undefined): void {
   if (dryRun) {
     for (const i of r.wouldUpload) ctx.stderr.write(`would upload ${i.path.path}\n`);
     const bytes = r.wouldUpload.reduce((n, i) => n + i.narSize, 0);
@@ -161,10 +179,13 @@ function printSummary(ctx: CliContext, r: UploadReport, dryRun: boolean, method:
   ];
   if (r.upstream.length > 0) parts.push(`${r.upstream.length} skipped: upstream`);
   if (r.failed.length > 0) parts.push(`${r.failed.length} FAILED`);
+  if (logs) {
+    parts.push(`${logs.written.length} build logs (${logs.missing.length} not kept locally${logs.failed.length > 0 ? `, ${logs.failed.length} FAILED` : ''})`);
+  }
   ctx.stderr.write(`${parts.join(', ')}, in ${formatSeconds(r.seconds)}\n`);
 }
 
-function jsonReport(cache: string, r: UploadReport, dryRun: boolean): Record<string, unknown> {
+function jsonReport(cache: string, r: UploadReport, dryRun: boolean, logs: BuildLogReport | undefined): Record<string, unknown> {
   return {
     cache,
     dryRun,
@@ -177,11 +198,25 @@ function jsonReport(cache: string, r: UploadReport, dryRun: boolean): Record<str
       fileHash: formatHash(u.nar.fileHash),
       fileSize: u.nar.fileSize,
       seconds: Number(u.seconds.toFixed(3)),
+      ...(u.nar.listing !== undefined ? { listing: u.nar.listing } : {}),
     })),
     skipped: r.skipped.map((i) => i.path.path),
     skippedUpstream: r.upstream.map((i) => i.path.path),
     ...(dryRun ? { wouldUpload: r.wouldUpload.map((i) => i.path.path) } : {}),
     failed: r.failed.map((f) => ({ path: f.info.path.path, code: f.error.code, error: f.error.message })),
+    listings: {
+      written: r.uploaded.filter((u) => u.nar.listing === 'written').length,
+      tooLarge: r.uploaded.filter((u) => u.nar.listing === 'too-large').length,
+    },
+    ...(logs
+      ? {
+          buildLogs: {
+            written: logs.written.length,
+            missing: logs.missing.length,
+            failed: logs.failed.map((f) => ({ drv: f.drv.path, code: f.error.code, error: f.error.message })),
+          },
+        }
+      : {}),
     narBytes: r.uploaded.reduce((n, u) => n + u.nar.narSize, 0),
     fileBytes: r.uploaded.reduce((n, u) => n + u.nar.fileSize, 0),
     seconds: Number(r.seconds.toFixed(3)),

@@ -6,6 +6,8 @@
  */
 import { NarpushError } from '../errors.js';
 import type { CacheInfo } from '../cache/cache-info.js';
+import type { ListingOptions } from '../cache/nar-producers.js';
+import { MAX_LISTING_BYTES } from '../nar/listing.js';
 import type { CacheConfig } from './cache-url.js';
 import { type CompressionOptions, compressionLevel, compressionThreads, parseCompression } from '../cache/compression.js';
 import { readSecretKeyFile } from '../signing/key-file.js';
@@ -28,6 +30,8 @@ export interface UploadSettings {
   readonly signingKeys: readonly SecretKey[];
   readonly cacheInfo: CacheInfo;
   readonly upstream: UpstreamSettings;
+  /** With `write-nar-listing=true`: each path's `.ls` listing, capped (see nar/listing.ts). */
+  readonly listing?: ListingOptions;
 }
 
 /** A whole number within [min, max], or a BAD_OPTION error naming the flag. */
@@ -54,6 +58,7 @@ export async function uploadSettings(flags: UploadFlags, config: CacheConfig, st
     jobs,
     signingKeys,
     upstream,
+    ...(config.params.writeNarListing === true ? { listing: { maxBytes: MAX_LISTING_BYTES } } : {}),
     cacheInfo: {
       storeDir,
       wantMassQuery: config.params.wantMassQuery ?? true,

@@ -28,7 +28,7 @@ import { type ParsedRequest, parseRequest } from './request.js';
 import { startServer, type SocketServer } from './server.js';
 import { listSpool, markSpoolFileRejected, readSpoolFile, removeSpoolFile, removeStaleTempFiles } from './spool.js';
 import { type StateDirLayout, claimStateDir, releaseStateDir, unusable } from './state-dir.js';
-import { DaemonStats, HOOK_SOURCES } from './stats.js';
+import { type BuildLogCounts, DaemonStats, HOOK_SOURCES } from './stats.js';
 import type { MetricsServer } from './metrics.js';
 import { type PipelineEvent, type UploadBatch, Worker } from './worker.js';
 
@@ -99,6 +99,8 @@ export interface DaemonStatus {
   readonly rejected: number;
   /** Failed attempts since start. */
   readonly failures: number;
+  /** With --build-logs: derivations whose log was written, not kept locally, or not uploaded. */
+  readonly buildLogs: BuildLogCounts;
   readonly failing: readonly FailingPath[];
   readonly narBytes: number;
   readonly fileBytes: number;
@@ -178,10 +180,15 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     stats.pipelineEvent(e);
     if (e.type === 'uploaded') {
       log({ event: 'uploaded', subject: e.path, detail: `(${e.narSize} bytes -> ${e.fileSize} bytes, ${e.seconds.toFixed(2)} s)` });
+      if (e.listingTooLarge) log({ event: 'warning', subject: e.path, detail: 'no listing (.ls) written: it has too many entries' });
     } else if (e.type === 'skipped') {
       log({ event: 'skipped', subject: e.path, detail: '(already in the cache)' });
     } else if (e.type === 'upstream') {
       log({ event: 'skipped', subject: e.path, detail: '(served upstream)' });
+    } else if (e.type === 'build-log') {
+      // A missing log is normal (keep-build-log off, or removed): counted, not logged.
+      if (e.outcome === 'written') log({ event: 'uploaded', subject: `log/${e.drv.slice(e.drv.lastIndexOf('/') + 1)}`, detail: '(build log)' });
+      if (e.outcome === 'failed') log({ event: 'warning', subject: e.drv, detail: `build log not uploaded: ${e.error ?? ''}` });
     } else {
       log({ event: 'failed', subject: e.path, detail: e.error });
     }
@@ -344,6 +351,7 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
       dropped: s.dropped,
       rejected: s.rejectedPaths + rejectedRequests,
       failures: s.failures,
+      buildLogs: s.buildLogs,
       failing,
       narBytes: s.narBytes,
       fileBytes: s.fileBytes,

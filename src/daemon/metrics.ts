@@ -20,7 +20,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { NarpushError } from '../errors.js';
 import { type ListenAddress, formatListenAddress } from './listen-address.js';
-import { type DaemonStats, HOOK_OUTCOMES, HOOK_SOURCES } from './stats.js';
+import { BUILD_LOG_OUTCOMES, type DaemonStats, HOOK_OUTCOMES, HOOK_SOURCES } from './stats.js';
 
 /** Per-path upload time, from small paths in a batch (ms) to large NARs over a slow link (minutes). */
 export const UPLOAD_DURATION_BUCKETS: readonly number[] = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800];
@@ -86,6 +86,17 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
   counter('narpush_nar_bytes_total', 'Uncompressed NAR bytes uploaded.', () => s().narBytes);
   counter('narpush_file_bytes_total', 'Compressed NAR file bytes uploaded.', () => s().fileBytes);
   counter('narpush_busy_seconds_total', 'Wall time spent uploading batches.', () => s().busySeconds);
+  new prom.Counter({
+    name: 'narpush_build_logs_total',
+    help: 'Build logs of uploaded outputs (--build-logs) by outcome (written; missing: Nix kept none; failed: not uploaded).',
+    labelNames: ['outcome'],
+    registers,
+    collect() {
+      this.reset();
+      const counts = s().buildLogs;
+      for (const outcome of BUILD_LOG_OUTCOMES) this.inc({ outcome }, counts[outcome]);
+    },
+  });
   new prom.Counter({
     name: 'narpush_hook_requests_total',
     help: 'Hook requests by source (socket, spool) and outcome (ok: queued; rejected: unreadable; error: the journal could not be written).',

@@ -16,6 +16,8 @@ import { isNarpushError } from '../errors.js';
 import type { CacheBackend } from '../cache/backend.js';
 import { type CacheInfo, ensureCacheInfo } from '../cache/cache-info.js';
 import type { CompressionOptions } from '../cache/compression.js';
+import type { ListingOptions } from '../cache/nar-producers.js';
+import { derivationsOf, uploadBuildLogs } from '../cache/build-logs.js';
 import { resolvePaths } from '../store/arguments.js';
 import { ThreadPool } from '../cache/threads/thread-pool.js';
 import { type UploadEvent, uploadPaths } from '../cache/upload.js';
@@ -36,6 +38,10 @@ export interface PipelineOptions {
   readonly cacheInfo: CacheInfo;
   readonly compression: CompressionOptions;
   readonly signingKeys: readonly SecretKey[];
+  /** With --build-logs: upload the logs of the derivations of uploaded paths, from Nix's log directory. */
+  readonly buildLogs?: { readonly logDir: string };
+  /** Write each path's `.ls` listing (`write-nar-listing=true`). */
+  readonly listing?: ListingOptions;
   /** NARs uploaded at once. */
   readonly jobs: number;
   /** Paths it serves are not uploaded; kept (with its remembered answers) for the daemon's life, closed by close. */
@@ -92,6 +98,31 @@ function rootCause(outputs: readonly StorePath[], infos: ReadonlyMap<string, Pat
   return first;
 }
 
+/**
+ * The build logs of what was uploaded: each uploaded path's deriver, and the
+ * hook's DRV_PATH (a queued .drv) when one of its outputs was uploaded. A
+ * log never fails the paths: it is reported as an event only.
+ */
+async function uploadLogs(
+  backend: CacheBackend,
+  uploaded: readonly PathInfo[],
+  roots: ReadonlyMap<string, readonly StorePath[]>,
+  ctx: UploadContext,
+  logDir: string,
+): Promise<void> {
+  const drvs = new Map(derivationsOf(uploaded).map((d) => [d.path, d]));
+  const done = new Set(uploaded.map((i) => i.path.path));
+  for (const [queued, outputs] of roots) {
+    if (!queued.endsWith('.drv') || drvs.has(queued)) continue;
+    if (outputs.some((o) => done.has(o.path))) drvs.set(queued, parseStorePath(queued, outputs[0]!.storeDir));
+  }
+  if (drvs.size === 0) return;
+  const r = await uploadBuildLogs(backend, [...drvs.values()], { logDir });
+  for (const d of r.written) ctx.onEvent({ type: 'build-log', drv: d.path, outcome: 'written' });
+  for (const d of r.missing) ctx.onEvent({ type: 'build-log', drv: d.path, outcome: 'missing' });
+  for (const f of r.failed) ctx.onEvent({ type: 'build-log', drv: f.drv.path, outcome: 'failed', error: f.error.message });
+}
+
 export function createPipeline(opts: PipelineOptions): Pipeline {
   const store = new StoreHandle(opts.openStore);
   // The pipeline's worker threads: stopped while the daemon idles, ended by close.
@@ -145,7 +176,14 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
 
     const forward = (e: UploadEvent): void => {
       if (e.type === 'uploaded') {
-        ctx.onEvent({ type: 'uploaded', path: e.info.path.path, narSize: e.info.narSize, fileSize: e.nar.fileSize, seconds: e.seconds });
+        ctx.onEvent({
+          type: 'uploaded',
+          path: e.info.path.path,
+          narSize: e.info.narSize,
+          fileSize: e.nar.fileSize,
+          seconds: e.seconds,
+          ...(e.nar.listing === 'too-large' ? { listingTooLarge: true } : {}),
+        });
       } else if (e.type === 'skipped') {
         ctx.onEvent({ type: 'skipped', path: e.info.path.path });
       } else if (e.type === 'upstream') {
@@ -160,6 +198,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         backend: opts.backend,
         compression: opts.compression,
         signingKeys: opts.signingKeys,
+        ...(opts.listing ? { listing: opts.listing } : {}),
         threads,
         jobs: opts.jobs,
         ...(opts.upstream ? { upstream: opts.upstream } : {}),
@@ -169,6 +208,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
     } catch (e) {
       return failAll(message(e));
     }
+    if (opts.buildLogs && !ctx.signal.aborted) await uploadLogs(opts.backend, report.uploaded.map((u) => u.info), roots, ctx, opts.buildLogs.logDir);
     const failed = new Map(report.failed.map((f) => [f.info.path.baseName, f.error.message]));
     const codes = new Map(report.failed.map((f) => [f.info.path.baseName, f.error.code]));
     for (const [p, outputs] of roots) {

@@ -37,7 +37,13 @@ export interface StatsSnapshot {
   readonly busySeconds: number;
   /** When a path was last uploaded or found in the cache (ms since the epoch). */
   readonly lastSuccessAt: number | undefined;
+  /** With --build-logs: derivations whose log was written, not kept locally, or not uploaded. */
+  readonly buildLogs: BuildLogCounts;
 }
+
+export type BuildLogOutcome = 'written' | 'missing' | 'failed';
+export const BUILD_LOG_OUTCOMES: readonly BuildLogOutcome[] = ['written', 'missing', 'failed'];
+export type BuildLogCounts = Readonly<Record<BuildLogOutcome, number>>;
 
 export class DaemonStats {
   private uploaded = 0;
@@ -50,6 +56,7 @@ export class DaemonStats {
   private fileBytes = 0;
   private busySeconds = 0;
   private lastSuccessAt: number | undefined;
+  private readonly buildLogs: Record<BuildLogOutcome, number> = { written: 0, missing: 0, failed: 0 };
   private readonly hooks = new Map<`${HookSource}/${HookOutcome}`, number>();
   private readonly uploadListeners = new Set<(seconds: number) => void>();
 
@@ -68,6 +75,8 @@ export class DaemonStats {
     } else if (e.type === 'upstream') {
       this.skippedUpstream++;
       this.lastSuccessAt = this.now();
+    } else if (e.type === 'build-log') {
+      this.buildLogs[e.outcome]++;
     }
     // 'failed' is of a closure path; the queued path's attempt is counted by attemptFailed.
   }
@@ -115,6 +124,7 @@ export class DaemonStats {
       fileBytes: this.fileBytes,
       busySeconds: this.busySeconds,
       lastSuccessAt: this.lastSuccessAt,
+      buildLogs: { ...this.buildLogs },
     };
   }
 }

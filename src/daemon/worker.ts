@@ -23,11 +23,21 @@ export type PathOutcome =
 
 /** What happened to one path of a closure, for logs and statistics. */
 export type PipelineEvent =
-  | { readonly type: 'uploaded'; readonly path: string; readonly narSize: number; readonly fileSize: number; readonly seconds: number }
+  | {
+      readonly type: 'uploaded';
+      readonly path: string;
+      readonly narSize: number;
+      readonly fileSize: number;
+      readonly seconds: number;
+      /** With write-nar-listing: its listing was over the cap and not written. */
+      readonly listingTooLarge?: boolean;
+    }
   | { readonly type: 'skipped'; readonly path: string }
   /** Not uploaded: an upstream cache serves it. */
   | { readonly type: 'upstream'; readonly path: string }
-  | { readonly type: 'failed'; readonly path: string; readonly error: string };
+  | { readonly type: 'failed'; readonly path: string; readonly error: string }
+  /** With --build-logs, per derivation (`drv`) of an uploaded path: its log written, not kept locally, or not uploaded. */
+  | { readonly type: 'build-log'; readonly drv: string; readonly outcome: 'written' | 'missing' | 'failed'; readonly error?: string };
 
 export interface UploadContext {
   readonly signal: AbortSignal;

@@ -145,7 +145,10 @@ test('binary-cache parameters shared by file:// and s3://', () => {
       secretKeyFiles: ['/k/a.sec', '/k/b.sec', '/k/c.sec'],
       wantMassQuery: true,
       priority: 30,
+      writeNarListing: false,
     });
+    assert.equal(parseCacheUrl(`${base}write-nar-listing=true`).params.writeNarListing, true);
+    assert.equal(parseCacheUrl(base.slice(0, -1)).params.writeNarListing, undefined, 'off unless given, as in Nix');
   }
   const p = parseCacheUrl('file:///c?compression=none&want-mass-query=false&parallel-compression=no&priority=0').params;
   assert.deepEqual(p, { compression: 'none', secretKeyFiles: [], wantMassQuery: false, parallelCompression: false, priority: 0 });
@@ -160,13 +163,16 @@ test('bad parameters', () => {
   bad('s3://nix?a%0Ab=1', /unknown parameter 'a\\x0ab'/); // still one line
   bad('file:///c?colour=blue', /unknown parameter 'colour' for a file:\/\/ cache/);
   bad('s3://nix?index-debug-info=true', /'index-debug-info' is not supported by narpush/);
-  bad('s3://nix?log-compression=br', /not supported by narpush: narpush does not upload build logs/);
+  bad('s3://nix?log-compression=br', /log-compression=br is not supported by narpush: narpush uploads build logs uncompressed/);
+  assert.equal(s3('s3://nix?log-compression=none').kind, 's3');
+  bad('file:///c?log-compression=none', /'log-compression' only applies to s3:\/\/ caches/);
   bad('s3://nix?multipart-threshold=100', /not supported/);
   bad('s3://nix?compression=bzip2', /compression 'bzip2' is not supported by narpush \(use xz, zstd, none\)/);
   bad('s3://nix?narinfo-compression=br', /narinfo-compression=br is not supported/);
   bad('s3://nix?narinfo-compression=xz', /narinfo-compression=xz is not supported by narpush: narinfo files are stored uncompressed/);
   bad('s3://nix?ls-compression=zstd', /ls-compression=zstd is not supported/);
-  bad('file:///c?write-nar-listing=1', /write-nar-listing is not supported by narpush yet/);
+  bad('file:///c?write-nar-listing=maybe', /parameter 'write-nar-listing' must be true or false/);
+  bad('file:///c?ls-compression=none', /'ls-compression' only applies to s3:\/\/ caches/);
   bad('s3://nix?compression-level=high', /must be an integer/);
   bad('s3://nix?compression=xz&compression-level=12', /between 0 and 9/);
   bad('s3://nix?compression=zstd&compression-level=0', /between 1 and 22/);

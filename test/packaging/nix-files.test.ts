@@ -204,9 +204,10 @@ describe('nix/lib.nix agrees with the CLI', () => {
 
   it('passes only flags that `narpush daemon --help` lists', async () => {
     const args = (await nixEval(
-      `(import ${NIX_LIB}).daemonArgs { uploadTo = "s3://b"; secretKeyFiles = [ "/k" ]; compressionLevel = 3; metricsListen = "127.0.0.1:9101"; }`,
+      `(import ${NIX_LIB}).daemonArgs { uploadTo = "s3://b"; secretKeyFiles = [ "/k" ]; compressionLevel = 3; metricsListen = "127.0.0.1:9101"; buildLogs = true; }`,
     )) as string[];
     assert.equal(args[0], 'daemon');
+    assert.ok(args.includes('--build-logs'));
     assert.equal(args[args.indexOf('--metrics-listen') + 1], '127.0.0.1:9101');
     const flags = await helpFlags('daemon');
     for (const a of args.filter((x) => x.startsWith('--'))) assert.ok(flags.has(a), `${a} is not a flag of narpush daemon`);
@@ -502,6 +503,15 @@ describe('flake.nix and the module, evaluated against a nixpkgs stand-in', () =>
     assert.ok((r.tmpfiles as string[]).some((l) => l.startsWith(`d ${DEFAULT_STATE_DIR}/spool 0700 narpush narpush`)));
     assert.ok((r.tmpfiles as string[]).some((l) => l.startsWith(`d ${DEFAULT_STATE_DIR}/gcroots 0700 narpush narpush`)), 'GC roots of queued paths');
     assert.equal(r.enabled, true);
+  });
+
+  it('buildLogs: off by default, else --build-logs with bzip2 on the service PATH', async () => {
+    const sel = `{ exec = m.config.systemd.services.narpush.serviceConfig.ExecStart; path = map toString m.config.systemd.services.narpush.path; }`;
+    const off = (await nixEval(moduleExpr('{ enable = true; uploadTo = "s3://cache"; }', sel))) as { exec: string; path: string[] };
+    assert.ok(!systemdWords(off.exec).includes('--build-logs'), off.exec);
+    const on = (await nixEval(moduleExpr('{ enable = true; uploadTo = "s3://cache"; buildLogs = true; }', sel))) as typeof off;
+    assert.ok(systemdWords(on.exec).includes('--build-logs'), on.exec);
+    assert.ok(on.path.some((p) => /bzip2/.test(p)), on.path.join(' '));
   });
 
   it('metricsListen: off by default, else --metrics-listen, over address families the service may use', async () => {

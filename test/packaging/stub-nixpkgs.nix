@@ -65,6 +65,7 @@ rec {
     nixfmt-rfc-style = fakeDrv "nixfmt" { };
     coreutils = fakeDrv "coreutils" { };
     util-linux = fakeDrv "util-linux" { };
+    bzip2 = fakeDrv "bzip2" { };
     runtimeShell = "/nix/store/00000000000000000000000000000000-bash/bin/bash";
     narpush = fakeDrv "narpush-from-pkgs" { };
     mkShell = a: { _type = "mkShell"; } // a;

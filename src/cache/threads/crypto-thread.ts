@@ -37,7 +37,7 @@ export type CryptoReply =
   | { readonly op: 'error'; readonly id: number; readonly message: string }
   /** A NAR job's next compressed piece (its memory moves to the main thread). */
   | { readonly op: 'piece'; readonly id: number; readonly bytes: Uint8Array; readonly narBytes: number }
-  | { readonly op: 'nar-done'; readonly id: number; readonly narDigest: Uint8Array; readonly narSize: number; readonly fileDigest: Uint8Array; readonly fileSize: number }
+  | { readonly op: 'nar-done'; readonly id: number; readonly narDigest: Uint8Array; readonly narSize: number; readonly fileDigest: Uint8Array; readonly fileSize: number; readonly listing?: Uint8Array | null }
   /** `code` is a NarpushError's, when it was one. */
   | { readonly op: 'nar-failed'; readonly id: number; readonly code?: ErrorCode; readonly message: string };
 

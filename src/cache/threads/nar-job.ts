@@ -14,6 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import { dumpNar } from '../../nar/dump.js';
+import { NarLister } from '../../nar/listing.js';
 import { createChunkCompressor } from '../compression.js';
 
 /** Compressed bytes a NAR job may have handed over and the consumer not yet taken. */
@@ -25,6 +26,8 @@ export interface NarJobRequest {
   readonly level: number;
   /** What the store recorded: sizes the compressor's window, as for a NAR compressed on the main thread. */
   readonly narSize: number;
+  /** When set, the NAR is also listed (nar/listing.ts), given up past this many bytes of listing. */
+  readonly listingMaxBytes?: number;
 }
 
 export interface NarJobResult {
@@ -32,6 +35,8 @@ export interface NarJobResult {
   readonly narSize: number;
   readonly fileDigest: Uint8Array;
   readonly fileSize: number;
+  /** With `listingMaxBytes`: the listing's JSON, or null when it was over that. */
+  readonly listing?: Uint8Array | null;
 }
 
 /**
@@ -47,6 +52,7 @@ export async function runNarJob(
   const compressor = (await createChunkCompressor({ method: 'zstd', level: req.level }, req.narSize))!;
   const narHash = createHash('sha256');
   const fileHash = createHash('sha256');
+  const lister = req.listingMaxBytes !== undefined ? new NarLister(req.listingMaxBytes) : undefined;
   let narSize = 0;
   let fileSize = 0;
   const out = async (pieces: Buffer[]): Promise<void> => {
@@ -60,11 +66,13 @@ export async function runNarJob(
   for await (const chunk of dumpNar(req.path, { reuseBuffers: true })) {
     const stop = cancelled();
     if (stop) throw stop;
-    // Both are done with the lent chunk when they return.
+    // All are done with the lent chunk when they return.
     narHash.update(chunk);
+    lister?.update(chunk);
     narSize += chunk.length;
     await out(compressor.update(chunk));
   }
   await out(compressor.end());
-  return { narDigest: narHash.digest(), narSize, fileDigest: fileHash.digest(), fileSize };
+  const listing = lister === undefined ? {} : { listing: lister.finish() ?? null };
+  return { narDigest: narHash.digest(), narSize, fileDigest: fileHash.digest(), fileSize, ...listing };
 }

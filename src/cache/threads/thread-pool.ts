@@ -277,7 +277,13 @@ class CryptoThread {
       job.queued += m.bytes.byteLength;
       this.onBacklog(job.queued);
     } else if (m.op === 'nar-done') {
-      job.result = { narDigest: m.narDigest, narSize: m.narSize, fileDigest: m.fileDigest, fileSize: m.fileSize };
+      job.result = {
+        narDigest: m.narDigest,
+        narSize: m.narSize,
+        fileDigest: m.fileDigest,
+        fileSize: m.fileSize,
+        ...(m.listing !== undefined ? { listing: m.listing } : {}),
+      };
     } else if (m.op === 'nar-failed') {
       job.failed = new NarpushError(isErrorCode(m.code) ? m.code : 'NAR_JOB_FAILED', m.message);
     }
