@@ -77,6 +77,9 @@ export async function scanNar(body: AsyncIterable<Uint8Array>, opts: ScanOptions
     return { fileSize, fileHash: digest(opts.fileHashAlgo, fileHasher), unsupported: opts.compression };
   }
 
+  // Its errors reach the decoder through the iterator; lzma-native may emit
+  // another after the first, which with no listener would crash the process.
+  decompressor.on('error', () => {});
   const narHasher = createHash(opts.narHashAlgo);
   let narSize = 0;
   async function* decompressed(): AsyncGenerator<Uint8Array> {
@@ -108,9 +111,8 @@ export async function scanNar(body: AsyncIterable<Uint8Array>, opts: ScanOptions
       // Once the contents are known bad, the rest is still read for FileSize and FileHash.
       if (problem !== undefined || decompressor.destroyed) continue;
       if (!decompressor.write(chunk)) {
-        const drained = once(decompressor, 'drain');
-        drained.catch(() => {}); // an error reaches the decoder through the stream
-        await Promise.race([drained, decoding]);
+        // An error (instead of 'drain') reaches the decoder through the stream.
+        await Promise.race([once(decompressor, 'drain').catch(() => {}), decoding]);
       }
     }
     if (problem === undefined && !decompressor.destroyed) decompressor.end();
