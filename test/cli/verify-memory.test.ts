@@ -1,0 +1,51 @@
+// `narpush verify` streams: a cache holding a NAR larger than the memory bound
+// is verified with a small peak RSS (measured by /usr/bin/time), on file://
+// (zstd and none) and s3rver. The bound is generous on purpose: it only has
+// to tell streaming (~100 MiB, mostly Node itself) from holding the NAR.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { nixBuildExpr, nixEnv } from '../helpers/nix.js';
+import { NARPUSH_BIN, narpush, run } from '../helpers/run.js';
+import { startS3rver, S3RVER_ENV, type S3rverHandle } from '../helpers/s3rver.js';
+
+const NAR_BYTES = 400_000_000;
+const RSS_BOUND_KIB = 200 * 1024;
+
+let work: string;
+let big: string;
+let s3: S3rverHandle;
+const env = (): NodeJS.ProcessEnv => nixEnv({ ...S3RVER_ENV });
+
+before(async () => {
+  work = await mkdtemp(path.join(tmpdir(), 'narpush-verify-mem-'));
+  const expr = `lib.mk { name = "np-verify-big"; salt = "${randomUUID()}"; script = "mkdir $out; head -c ${NAR_BYTES} /dev/urandom > $out/blob"; }`;
+  big = (await nixBuildExpr(expr))[0]!;
+  s3 = await startS3rver();
+});
+
+after(async () => {
+  await s3?.stop();
+  await rm(work, { recursive: true, force: true });
+});
+
+async function peakRss(url: string): Promise<number> {
+  const r = await run('/usr/bin/time', ['-f', 'peak-rss-kib %M', process.execPath, NARPUSH_BIN, 'verify', '--store', url, '--jobs', '1'], { env: env() });
+  assert.equal(r.code, 0, `${r.stdout}${r.stderr}`);
+  assert.match(r.stdout.toString(), /checked 1 path \(381\.5 MiB of NARs, .*\): no defects/);
+  return Number(/peak-rss-kib (\d+)/.exec(r.stderr)![1]);
+}
+
+for (const [where, compression] of [['file', 'zstd'], ['file', 'none'], ['s3', 'zstd']] as const) {
+  test(`verify of a ${NAR_BYTES / 1e6} MB NAR (${where}, ${compression}) peaks under ${RSS_BOUND_KIB / 1024} MiB of RSS`, async (t) => {
+    const url = where === 'file' ? `file://${path.join(work, compression)}` : s3.url;
+    const up = await narpush(['upload-path', '--to', url, '--compression', compression, '--no-closure', big], { env: env() });
+    assert.equal(up.code, 0, up.stderr);
+    const rss = await peakRss(url);
+    t.diagnostic(`peak RSS ${rss} KiB`);
+    assert.ok(rss < RSS_BOUND_KIB, `peak RSS ${rss} KiB`);
+  });
+}
