@@ -10,13 +10,14 @@
  */
 import { NarpushError, isNarpushError } from '../errors.js';
 import { readOnlyView } from '../cache/backend.js';
-import type { Defect, PathResult, VerifyEvent, VerifyReport } from '../cache/verify.js';
+import type { VerifyReport } from '../cache/verify.js';
 import { type PublicKey, parsePublicKeys } from '../signing/keys.js';
 import { type StorePath, followLinksToStorePath } from '../store/store-path.js';
 import { parseCacheUrl } from './cache-url.js';
 import { type CliContext, EXIT_FAILURE, EXIT_USAGE } from './context.js';
-import { formatBytes, formatRate } from './format.js';
+import { formatBytes } from './format.js';
 import { openCacheBackend } from './open-backend.js';
+import { createVerifyProgress, defectLine } from './verify-progress.js';
 import { DEFAULT_JOBS, MAX_JOBS, wholeNumber } from './upload-settings.js';
 
 export interface VerifyFlags {
@@ -71,7 +72,7 @@ export async function verify(ctx: CliContext, paths: readonly string[], flags: V
   const onSignal = (): void => abort.abort(new NarpushError('INTERRUPTED', 'interrupted'));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const progress = createVerifyProgress(ctx, flags.json);
+  const progress = createVerifyProgress(ctx.stdout, ctx.stderr, flags.json);
   let report: VerifyReport;
   try {
     report = await verifyCache({
@@ -100,10 +101,6 @@ export async function verify(ctx: CliContext, paths: readonly string[], flags: V
   return report.defects.length === 0 ? 0 : EXIT_FAILURE;
 }
 
-function defectLine(d: Defect): string {
-  return `${d.path === '' ? d.key : d.path}: ${d.message}\n`;
-}
-
 function summary(r: VerifyReport, signatures: boolean): string {
   const paths = new Set(r.defects.map((d) => d.path)).size;
   const bytes = `${formatBytes(r.narBytes)} of NARs, ${formatBytes(r.fileBytes)} stored`;
@@ -124,52 +121,4 @@ function jsonReport(cache: string, s: Settings, r: VerifyReport): Record<string,
     defects: r.defects.map((d) => ({ path: d.path, key: d.key, kind: d.kind, message: d.message })),
     unchecked: r.unchecked,
   };
-}
-
-type VerifyProgress = ((e: VerifyEvent) => void) & { done(): void };
-
-/**
- * Defect lines on stdout as each path finishes (unless --json); on a
- * terminal, one status line on stderr, cleared before each defect line and
- * redrawn at most ten times a second.
- */
-function createVerifyProgress(ctx: CliContext, json: boolean): VerifyProgress {
-  const stderr = ctx.stderr as NodeJS.WriteStream;
-  const tty = Boolean(stderr.isTTY) && !json;
-  const start = performance.now();
-  let total = 0;
-  let checked = 0;
-  let bytes = 0;
-  let defects = 0;
-  let lastDraw = 0;
-  let drawn = false;
-  const clear = (): void => {
-    if (drawn) stderr.write('\r\x1b[K');
-    drawn = false;
-  };
-  const draw = (force: boolean): void => {
-    const now = performance.now();
-    if (!tty || (!force && now - lastDraw < 100)) return;
-    lastDraw = now;
-    let line = `[${checked}/${total}] ${formatBytes(bytes)} ${formatRate(bytes, (now - start) / 1000)}, ${defects} defects`;
-    const width = stderr.columns ?? 80;
-    if (line.length > width - 1) line = `${line.slice(0, width - 2)}…`;
-    stderr.write(`\r\x1b[K${line}`);
-    drawn = true;
-  };
-  const onChecked = (r: PathResult): void => {
-    checked++;
-    defects += r.defects.length;
-    if (json || r.defects.length === 0) return;
-    clear();
-    for (const d of r.defects) ctx.stdout.write(defectLine(d));
-  };
-  const sink = ((e: VerifyEvent) => {
-    if (e.type === 'listed') total = e.total;
-    else if (e.type === 'bytes') bytes += e.fileBytes;
-    else onChecked(e.result);
-    draw(e.type !== 'bytes');
-  }) as VerifyProgress;
-  sink.done = clear;
-  return sink;
 }
