@@ -203,7 +203,8 @@ class PathChecker {
           defect('missing-reference', `reference ${ref.path} has no narinfo in the cache`, `${ref.hashPart}.narinfo`);
         }
       }
-      if (this.listings?.(hashPart)) await this.checkListing(`${hashPart}.ls`, defect);
+      // From a listing, only the listings it showed; path by path, one GET tells.
+      if (this.listings?.(hashPart) ?? true) await this.checkListing(`${hashPart}.ls`, defect);
 
       const nar = await this.checkNar(info, defect);
       fileBytes = nar.fileBytes;

@@ -83,6 +83,11 @@ export async function verify(ctx: CliContext, paths: readonly string[], flags: V
       signal: abort.signal,
       onEvent: progress,
     });
+  } catch (e) {
+    if (!abort.signal.aborted) throw e;
+    progress.done();
+    ctx.stderr.write('narpush: interrupted\n');
+    return 130;
   } finally {
     progress.done();
     process.off('SIGINT', onSignal);

@@ -148,6 +148,10 @@ test('a cache written by nix copy (signed, with listings) verifies clean on file
   const { r, report } = await verifyJson(`file://${dir}`);
   assert.equal(r.code, 1);
   assert.deepEqual(report.defects.map((d) => [hashOf(d.path), d.kind, d.key]), [[ls.slice(0, 32), 'bad-listing', ls]]);
+  // Path by path too, where no listing of the cache says which .ls files exist.
+  const byPath = await verifyJson(`file://${dir}`, closure);
+  assert.equal(byPath.r.code, 1);
+  assert.deepEqual(byPath.report.defects.map((d) => [hashOf(d.path), d.kind, d.key]), [[ls.slice(0, 32), 'bad-listing', ls]]);
 });
 
 interface Case {
