@@ -34,7 +34,7 @@ export interface NarScan {
   /** Set when the object decompressed and decoded as one valid NAR. */
   readonly nar?: { readonly size: number; readonly hash: Hash };
   /** Why the contents are not a valid NAR: the decompressor or the NAR decoder refused them. */
-  readonly problem?: { readonly kind: 'decompress' | 'nar'; readonly message: string };
+  readonly problem?: { readonly kind: 'decompress' | 'nar' | 'too-large'; readonly message: string };
   /** Set when the compression is one this module cannot decompress (the contents went unchecked). */
   readonly unsupported?: string;
 }
@@ -43,6 +43,12 @@ export interface ScanOptions {
   readonly compression: string;
   readonly fileHashAlgo: HashAlgo;
   readonly narHashAlgo: HashAlgo;
+  /**
+   * Stop decompressing once the NAR is larger than this (the NarSize the
+   * narinfo states): a small object that inflates without end (a
+   * decompression bomb) then costs no more work than the NAR it claims to be.
+   */
+  readonly narSizeLimit?: number;
 }
 
 /** A decompressor for `compression`, or undefined when it is not one of CHECKED_COMPRESSIONS. */
@@ -86,6 +92,7 @@ export async function scanNar(body: AsyncIterable<Uint8Array>, opts: ScanOptions
     for await (const chunk of decompressor as AsyncIterable<Buffer>) {
       narHasher.update(chunk);
       narSize += chunk.length;
+      if (opts.narSizeLimit !== undefined && narSize > opts.narSizeLimit) throw new TooLarge(opts.narSizeLimit);
       yield chunk;
     }
   }
@@ -97,7 +104,7 @@ export async function scanNar(body: AsyncIterable<Uint8Array>, opts: ScanOptions
       }
     } catch (e) {
       problem = {
-        kind: isNarpushError(e) && e.code === 'BAD_NAR' ? 'nar' : 'decompress',
+        kind: e instanceof TooLarge ? 'too-large' : isNarpushError(e) && e.code === 'BAD_NAR' ? 'nar' : 'decompress',
         message: e instanceof Error ? e.message : String(e),
       };
       decompressor.destroy();
@@ -127,6 +134,12 @@ export async function scanNar(body: AsyncIterable<Uint8Array>, opts: ScanOptions
     fileHash: digest(opts.fileHashAlgo, fileHasher),
     ...(problem === undefined ? { nar: { size: narSize, hash: digest(opts.narHashAlgo, narHasher) } } : { problem }),
   };
+}
+
+class TooLarge extends Error {
+  constructor(limit: number) {
+    super(`decompresses to more than ${limit} bytes`);
+  }
 }
 
 function digest(algo: HashAlgo, h: Hasher): Hash {

@@ -248,6 +248,7 @@ class PathChecker {
       compression: info.compression,
       fileHashAlgo: info.fileHash?.algo ?? 'sha256',
       narHashAlgo: info.narHash.algo,
+      narSizeLimit: info.narSize,
     });
     if (info.fileSize !== undefined && scan.fileSize !== info.fileSize) {
       defect('file-size', `NAR ${url} has ${scan.fileSize} bytes, the narinfo says FileSize ${info.fileSize}`, url);
@@ -257,6 +258,8 @@ class PathChecker {
     }
     if (scan.problem?.kind === 'decompress') {
       defect('bad-compression', `NAR ${url} does not decompress as ${info.compression}: ${scan.problem.message}`, url);
+    } else if (scan.problem?.kind === 'too-large') {
+      defect('nar-size', `NAR ${url} ${scan.problem.message}, the narinfo says NarSize ${info.narSize} (not decompressed further)`, url);
     } else if (scan.problem?.kind === 'nar') {
       defect('bad-nar', `NAR ${url} is not a valid NAR: ${scan.problem.message.replace(/^invalid NAR: /, '')}`, url);
     }

@@ -190,3 +190,14 @@ test('an aborted signal stops verification with an error, not a report of defect
   await put(cache, { path: storePath(1, 'a') });
   await assert.rejects(run(cache, { signal: AbortSignal.abort() }), { code: 'INTERRUPTED' });
 });
+
+test('a NAR larger than its NarSize is reported, and not decompressed past that size', async () => {
+  const cache = await freshCache();
+  const p = storePath(1, 'bomb');
+  // 64 MiB of zeros: a few dozen KiB of gzip, stated as 1 KiB.
+  const nar = encodeNarSync(treeEvents({ type: 'regular', executable: false, contents: Buffer.alloc(64 << 20) }));
+  await put(cache, { path: p, nar, compression: 'gzip', edit: (i) => ({ ...i, narSize: 1024 }) });
+  const r = await run(cache);
+  assert.deepEqual(kinds(r), [[p.path, 'nar-size']]);
+  assert.match(r.defects[0]!.message, /decompresses to more than 1024 bytes, the narinfo says NarSize 1024 \(not decompressed further\)/);
+});
