@@ -72,7 +72,9 @@ export interface CacheBackend {
    * A large object (a NAR) as a stream, or undefined when it does not exist.
    * Chunks arrive as read (file://: 64 KiB; S3: as the socket delivers them),
    * so memory is bounded by the consumer. Aborting `signal` ends the stream
-   * with UPLOAD_ABORTED; stopping the iteration early releases the handle.
+   * with UPLOAD_ABORTED. The caller must iterate the stream, to its end or
+   * until it stops early (which releases the handle): a stream never
+   * iterated keeps its file handle or socket.
    */
   getStream(key: string, opts?: { signal?: AbortSignal }): Promise<AsyncIterable<Uint8Array> | undefined>;
   /** Every object whose key starts with `prefix` ('' = all), in pages; never the backend's own temporary files. */
