@@ -1,10 +1,12 @@
-// `narpush verify` streams: a cache holding a NAR larger than the memory bound
+// `narpush verify` streams (and can be interrupted while it does): a cache holding a NAR larger than the memory bound
 // is verified with a small peak RSS (measured by /usr/bin/time), on file://
 // (zstd and none) and s3rver. The bound is generous on purpose: it only has
 // to tell streaming (~100 MiB, mostly Node itself) from holding the NAR.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readdir, readlink, rm } from 'node:fs/promises';
+import { setImmediate } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { nixBuildExpr, nixEnv } from '../helpers/nix.js';
@@ -49,3 +51,27 @@ for (const [where, compression] of [['file', 'zstd'], ['file', 'none'], ['s3', '
     assert.ok(rss < RSS_BOUND_KIB, `peak RSS ${rss} KiB`);
   });
 }
+
+test('SIGINT while a NAR streams: exit 130 with one line, and no summary', async () => {
+  const url = `file://${path.join(work, 'none')}`;
+  const child = spawn(process.execPath, [NARPUSH_BIN, 'verify', '--store', url], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  // Wait until it has the NAR open (a state, not a time), then interrupt it.
+  const narOpen = async (): Promise<boolean> => {
+    const fds = await readdir(`/proc/${child.pid}/fd`).catch(() => [] as string[]);
+    const targets = await Promise.all(fds.map((fd) => readlink(`/proc/${child.pid}/fd/${fd}`).catch(() => '')));
+    return targets.some((t) => t.includes('/nar/'));
+  };
+  while (!(await narOpen())) {
+    assert.equal(child.exitCode, null, `verify ended before the NAR was opened: ${stdout}${stderr}`);
+    await setImmediate();
+  }
+  child.kill('SIGINT');
+  assert.equal(await exited, 130, stderr);
+  assert.equal(stderr, 'narpush: interrupted\n');
+  assert.equal(stdout, '');
+});
