@@ -74,6 +74,7 @@ export const ERROR_CODES = {
   BAD_CACHE: failure('the cache has a nix-cache-info without StoreDir', false),
   WRONG_STORE_DIR: failure('the cache is for another store directory', false),
   BAD_CACHE_KEY: bug('an object key outside the cache layout'),
+  CACHE_NOT_FOUND: failure('the file:// cache directory does not exist', false),
   CACHE_IO: failure('the file:// cache cannot be read or written', true),
   CACHE_OBJECT_TOO_LARGE: failure('a metadata object in the cache is implausibly large', false),
   S3_NO_CREDENTIALS: failure('no AWS credentials were found', true),

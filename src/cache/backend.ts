@@ -55,12 +55,30 @@ export interface SmallObject {
   readonly contentType: string;
 }
 
+/** One object of a listing (see `list`). */
+export interface ListedObject {
+  readonly key: string;
+  readonly size: number;
+  readonly lastModified: Date;
+}
+
 export interface CacheBackend {
   /** For logs and messages, e.g. `s3://bucket (in eu-west-1)`; never contains secrets. */
   readonly description: string;
   /** A small object (at most MAX_GET_BYTES), or undefined when it does not exist. */
   get(key: string): Promise<Buffer | undefined>;
   exists(key: string): Promise<boolean>;
+  /**
+   * A large object (a NAR) as a stream, or undefined when it does not exist.
+   * Chunks arrive as read (file://: 64 KiB; S3: as the socket delivers them),
+   * so memory is bounded by the consumer. Aborting `signal` ends the stream
+   * with UPLOAD_ABORTED. The caller must iterate the stream, to its end or
+   * until it stops early (which releases the handle): a stream never
+   * iterated keeps its file handle or socket.
+   */
+  getStream(key: string, opts?: { signal?: AbortSignal }): Promise<AsyncIterable<Uint8Array> | undefined>;
+  /** Every object whose key starts with `prefix` ('' = all), in pages; never the backend's own temporary files. */
+  list(prefix: string, opts?: { signal?: AbortSignal }): AsyncIterable<ListedObject>;
   /** Write a small object in one request / one atomic rename; memory: the body the caller holds. */
   putBytes(key: string, body: Uint8Array, contentType: string): Promise<void>;
   /**
@@ -86,6 +104,23 @@ export interface CacheBackend {
   stageBatch?(objects: readonly SmallObject[]): Promise<PromiseSettledResult<StagedObject>[]>;
   /** Release sockets and handles; the backend must not be used afterwards. */
   close(): Promise<void>;
+}
+
+/** The operations that only read: what a checker such as `narpush verify` is given. */
+export type CacheReader = Pick<CacheBackend, 'description' | 'get' | 'exists' | 'getStream' | 'list'>;
+
+/**
+ * A view of `backend` that has no write operation at all, not even one
+ * reachable by a cast: read-only by construction, not by convention.
+ */
+export function readOnlyView(backend: CacheBackend): CacheReader {
+  return Object.freeze({
+    description: backend.description,
+    get: (key: string) => backend.get(key),
+    exists: (key: string) => backend.exists(key),
+    getStream: (key: string, opts?: { signal?: AbortSignal }) => backend.getStream(key, opts),
+    list: (prefix: string, opts?: { signal?: AbortSignal }) => backend.list(prefix, opts),
+  });
 }
 
 /**

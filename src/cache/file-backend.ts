@@ -34,11 +34,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, opendir, rm, stat, type FileHandle } from 'node:fs/promises';
 import * as nodePath from 'node:path';
 import { NarpushError, isErrnoException } from '../errors.js';
 import {
-  MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type PutStreamOptions, type SmallObject, type StagedObject,
+  MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type ListedObject, type PutStreamOptions, type SmallObject, type StagedObject,
 } from './backend.js';
 import { MetadataCalls, call, closeNow, writeAll, writeAllNow } from './file-ops.js';
 import { type Limiter, createLimiter } from './limit.js';
@@ -48,6 +48,8 @@ export const TEMP_MARKER = '.narpush-';
 
 // O_EXCL ('wx'): always a new file, never one another writer is using.
 const CREATE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL;
+// Chunks of a streamed read: large enough for few calls, small enough to bound a reader's memory.
+const READ_CHUNK = 64 * 1024;
 // Where the platform has no O_DSYNC, whole bodies are fsynced like streams.
 const DSYNC: number | undefined = fs.constants.O_DSYNC;
 
@@ -111,6 +113,90 @@ export class FileBackend implements CacheBackend {
     } catch (e) {
       if (isMissing(e)) return false;
       throw ioError('check', key, this.description, e);
+    }
+  }
+
+  async getStream(key: string, opts: { signal?: AbortSignal } = {}): Promise<AsyncIterable<Uint8Array> | undefined> {
+    const file = this.pathOf(key);
+    let fh: FileHandle;
+    try {
+      fh = await open(file, 'r');
+    } catch (e) {
+      if (isMissing(e)) return undefined;
+      throw ioError('read', key, this.description, e);
+    }
+    try {
+      if (!(await fh.stat()).isFile()) throw new NarpushError('CACHE_IO', `cannot read ${key} from ${this.description}: not a regular file`);
+    } catch (e) {
+      await fh.close();
+      throw e instanceof NarpushError ? e : ioError('read', key, this.description, e);
+    }
+    return this.readFrom(fh, key, opts.signal);
+  }
+
+  private async *readFrom(fh: FileHandle, key: string, signal: AbortSignal | undefined): AsyncGenerator<Uint8Array> {
+    try {
+      for (;;) {
+        if (signal?.aborted) throw abortedError(`reading ${key} from ${this.description}`, signal.reason);
+        // A fresh buffer per chunk: the consumer may keep it.
+        const buf = Buffer.allocUnsafe(READ_CHUNK);
+        const { bytesRead } = await io('read', key, this.description, () => fh.read(buf, 0, READ_CHUNK, null));
+        if (bytesRead === 0) return;
+        yield buf.subarray(0, bytesRead);
+      }
+    } finally {
+      await fh.close().catch(() => {});
+    }
+  }
+
+  /**
+   * Walk the directory tree, streaming each directory (opendir: memory does
+   * not grow with the number of entries), one handle open per level; order
+   * is the file system's. Temporary files and anything but regular files are
+   * left out. A missing cache directory is an error, as a missing bucket is.
+   */
+  async *list(prefix: string, opts: { signal?: AbortSignal } = {}): AsyncGenerator<ListedObject> {
+    try {
+      if (!(await stat(this.dir)).isDirectory()) throw new Error('not a directory');
+    } catch (e) {
+      throw new NarpushError('CACHE_NOT_FOUND', `cache directory ${this.dir} does not exist or is not a directory`, { cause: e });
+    }
+    yield* this.walk('', prefix, opts.signal);
+  }
+
+  private async *walk(rel: string, prefix: string, signal: AbortSignal | undefined): AsyncGenerator<ListedObject> {
+    let dir: fs.Dir;
+    try {
+      dir = await opendir(rel === '' ? this.dir : nodePath.join(this.dir, rel));
+    } catch (e) {
+      if (rel !== '' && isMissing(e)) return; // removed while we walked
+      throw ioError('list', rel === '' ? '.' : rel, this.description, e);
+    }
+    try {
+      for await (const entry of dir) {
+        if (signal?.aborted) throw abortedError(`listing ${this.description}`, signal.reason);
+        const key = rel === '' ? entry.name : `${rel}/${entry.name}`;
+        if (entry.isDirectory()) {
+          if (key.startsWith(prefix) || prefix.startsWith(`${key}/`)) yield* this.walk(key, prefix, signal);
+        } else if (entry.isFile() && key.startsWith(prefix) && !isTempName(entry.name)) {
+          let st: fs.Stats;
+          try {
+            st = await stat(nodePath.join(this.dir, key));
+          } catch (e) {
+            if (isMissing(e)) continue; // replaced or removed since the directory was read
+            throw ioError('list', key, this.description, e);
+          }
+          yield { key, size: st.size, lastModified: st.mtime };
+        }
+      }
+    } catch (e) {
+      throw e instanceof NarpushError ? e : ioError('list', rel === '' ? '.' : rel, this.description, e);
+    } finally {
+      try {
+        await dir.close();
+      } catch {
+        // already closed: `for await` closes it when the iteration ends
+      }
     }
   }
 
@@ -343,6 +429,11 @@ export class FileBackend implements CacheBackend {
 async function publishDurably(staged: { object: StagedObject }): Promise<void> {
   await staged.object.publish();
   await staged.object.durable();
+}
+
+/** A name this backend (any instance) gives its temporary files: `.<name>.narpush-<random>-<n>.tmp`. */
+export function isTempName(name: string): boolean {
+  return name.startsWith('.') && name.includes(TEMP_MARKER) && name.endsWith('.tmp');
 }
 
 function isMissing(e: unknown): boolean {

@@ -178,6 +178,28 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     });
 
   program
+    .command('verify')
+    .description('check a binary cache: narinfos, signatures, NARs (sizes, hashes, contents) and references; changes nothing')
+    .argument('[paths...]', 'check only these store paths (default: every narinfo in the cache)')
+    .option('--store <url>', 'the cache, as in nix store verify --store: file:///dir or s3://bucket?region=...&endpoint=...')
+    .option('--cache <url>', 'the same as --store')
+    .option('--trusted-public-keys <keys>', 'require a signature by one of these keys (space-separated, as Nix\'s setting; repeatable)', collect, [])
+    .option('--trusted-public-key <key>', 'require a signature by this key, or another one given (repeatable)', collect, [])
+    .option('-j, --jobs <n>', 'paths checked in parallel, each streaming its NAR (default 4)')
+    .option('--json', 'print a machine-readable report on stdout')
+    .action(async (paths: string[], opts: Record<string, unknown>) => {
+      const { verify } = await import('./verify.js');
+      exitCode = await verify(ctx(), paths, {
+        store: opts.store as string | undefined,
+        cache: opts.cache as string | undefined,
+        trustedPublicKeys: opts.trustedPublicKeys as string[],
+        trustedPublicKey: opts.trustedPublicKey as string[],
+        jobs: opts.jobs as string | undefined,
+        json: Boolean(opts.json),
+      });
+    });
+
+  program
     .command('status')
     .description('show what the running daemon is doing: queue, uploads, failures, throughput')
     .option('--socket <path>', 'the daemon\'s socket (default $NARPUSH_SOCKET, else /run/narpush/narpush.sock)')

@@ -30,7 +30,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { NarpushError } from '../errors.js';
 import {
-  MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type PutStreamOptions,
+  MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type ListedObject, type PutStreamOptions,
 } from '../cache/backend.js';
 import type { S3Config } from './s3-config.js';
 import { EtagTracker, choosePartSize } from './multipart.js';
@@ -193,6 +193,66 @@ class S3Backend implements CacheBackend {
       if (isNotFound(e)) return false;
       throw s3Error(e, this.ctx(`check ${key}`));
     }
+  }
+
+  /**
+   * One GetObject, streamed: the SDK retries until the answer's headers
+   * arrive; a reset after that ends the stream with an error (a reader such
+   * as verify reports it rather than silently starting over).
+   */
+  async getStream(key: string, opts: { signal?: AbortSignal } = {}): Promise<AsyncIterable<Uint8Array> | undefined> {
+    checkCacheKey(key);
+    const what = `reading ${key} from ${this.description}`;
+    if (opts.signal?.aborted) throw abortedError(what, opts.signal.reason);
+    let out;
+    try {
+      out = await this.client.send(new this.sdk.GetObjectCommand({ Bucket: this.config.bucket, Key: key }), {
+        ...(opts.signal && { abortSignal: opts.signal }),
+      });
+    } catch (e) {
+      if (opts.signal?.aborted) throw abortedError(what, opts.signal.reason);
+      if (isNotFound(e)) return undefined;
+      throw s3Error(e, this.ctx(`read ${key}`));
+    }
+    const body = out.Body as (Readable & AsyncIterable<Uint8Array>) | undefined;
+    if (!body) return (async function* () {})();
+    const ctx = this.ctx(`read ${key}`);
+    return (async function* () {
+      try {
+        for await (const chunk of abortable(body, opts.signal, what)) yield chunk;
+      } catch (e) {
+        throw e instanceof NarpushError ? e : s3Error(e, ctx);
+      } finally {
+        body.destroy();
+      }
+    })();
+  }
+
+  /** ListObjectsV2, one page (up to 1,000 keys) at a time; each page request is retried by the SDK. */
+  async *list(prefix: string, opts: { signal?: AbortSignal } = {}): AsyncGenerator<ListedObject> {
+    let token: string | undefined;
+    do {
+      if (opts.signal?.aborted) throw abortedError(`listing ${this.description}`, opts.signal.reason);
+      let page;
+      try {
+        page = await this.client.send(
+          new this.sdk.ListObjectsV2Command({
+            Bucket: this.config.bucket,
+            ...(prefix !== '' && { Prefix: prefix }),
+            ...(token !== undefined && { ContinuationToken: token }),
+          }),
+          { ...(opts.signal && { abortSignal: opts.signal }) },
+        );
+      } catch (e) {
+        if (opts.signal?.aborted) throw abortedError(`listing ${this.description}`, opts.signal.reason);
+        throw s3Error(e, this.ctx(prefix === '' ? 'list the bucket' : `list ${prefix}`));
+      }
+      for (const o of page.Contents ?? []) {
+        if (o.Key === undefined) continue;
+        yield { key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified ?? new Date(0) };
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token !== undefined);
   }
 
   async putBytes(key: string, body: Uint8Array, contentType: string): Promise<void> {

@@ -4,10 +4,10 @@
  * streamed object appears only when its body completed. It logs every
  * operation in order and can be told to fail chosen keys.
  */
-import type { CacheBackend, PutStreamOptions } from '../../src/cache/backend.js';
+import type { CacheBackend, ListedObject, PutStreamOptions } from '../../src/cache/backend.js';
 
 export interface LoggedOp {
-  readonly op: 'get' | 'exists' | 'putBytes' | 'putStream-start' | 'putStream-done' | 'putStream-aborted';
+  readonly op: 'get' | 'getStream' | 'list' | 'exists' | 'putBytes' | 'putStream-start' | 'putStream-done' | 'putStream-aborted';
   readonly key: string;
 }
 
@@ -21,6 +21,23 @@ export class MemoryBackend implements CacheBackend {
   async get(key: string): Promise<Buffer | undefined> {
     this.log.push({ op: 'get', key });
     return this.objects.get(key)?.body;
+  }
+
+  async getStream(key: string): Promise<AsyncIterable<Uint8Array> | undefined> {
+    this.log.push({ op: 'getStream', key });
+    const body = this.objects.get(key)?.body;
+    if (body === undefined) return undefined;
+    // In pieces, as a real backend delivers them.
+    return (async function* () {
+      for (let i = 0; i < body.length; i += 64 * 1024) yield body.subarray(i, i + 64 * 1024);
+    })();
+  }
+
+  async *list(prefix: string): AsyncGenerator<ListedObject> {
+    this.log.push({ op: 'list', key: prefix });
+    for (const [key, { body }] of [...this.objects]) {
+      if (key.startsWith(prefix)) yield { key, size: body.length, lastModified: new Date(0) };
+    }
   }
 
   async exists(key: string): Promise<boolean> {
