@@ -14,7 +14,9 @@
  * (in one message when on the crypto thread: see plan.ts) and written
  * together; each path still
  * succeeds, fails and is published alone. Progress and results are reported
- * as events; nothing here prints.
+ * as events; nothing here prints. Beside `narpush gc`: a narinfo relied on
+ * is renewed when old (refresh.ts) and none is shown if a collector ran
+ * since the checks began (gc-fence.ts).
  */
 import { NarpushError, isNarpushError } from '../errors.js';
 import type { NarInfo } from '../narinfo/narinfo.js';
@@ -25,9 +27,11 @@ import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
 import { type CacheBackend, type StagedObject, stageBatch, stageBytes } from './backend.js';
 import type { CompressionOptions } from './compression.js';
+import { type FenceOptions, GcFence } from './gc-fence.js';
 import { createLimiter } from './limit.js';
 import { type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
 import { UploadPlanner } from './plan.js';
+import { type RefreshOptions, presentAndFresh } from './refresh.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 
 export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
@@ -67,6 +71,8 @@ export interface UploadOptions {
   readonly checkConcurrency?: number;
   readonly signal?: AbortSignal;
   readonly onEvent?: (event: UploadEvent) => void;
+  /** Staying safe beside `narpush gc`: when to renew narinfos relied on (refresh.ts), clock and skew (gc-fence.ts). */
+  readonly gc?: RefreshOptions & FenceOptions;
 }
 
 export type UploadEvent =
@@ -129,6 +135,8 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   const emit = opts.onEvent ?? (() => {});
   const { backend } = opts;
   const inSet = new Map(infos.map((i) => [i.path.baseName, i]));
+  // Before anything is looked at: a collector that runs after this may have listed what we rely on as it was.
+  const fence = new GcFence(backend, (opts.gc?.clock ?? (() => new Date()))(), opts.gc);
 
   // Which narinfos exist: the paths themselves (unless forced) and any reference outside the set.
   const check = createLimiter(opts.checkConcurrency ?? 32);
@@ -137,7 +145,9 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   const toCheck = [...(opts.force ? [] : infos.map((i) => i.path)), ...outside.values()];
   const presence = new Map<string, boolean>();
   await Promise.all(
-    toCheck.map((p) => check(async () => presence.set(p.baseName, await backend.exists(narInfoKey(p))))),
+    toCheck.map((p) =>
+      check(async () => presence.set(p.baseName, await presentAndFresh(backend, narInfoKey(p), NARINFO_CONTENT_TYPE, opts.gc ?? {}))),
+    ),
   );
 
   const toUpload = infos.filter((i) => opts.force || !presence.get(i.path.baseName));
@@ -191,6 +201,15 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     return undefined;
   };
 
+  /** GC_CONFLICT if a collector ran since the checks began (see gc-fence.ts), or the error listing its markers. */
+  const collectorRan = async (info: PathInfo): Promise<NarpushError | undefined> => {
+    try {
+      return await fence.check();
+    } catch (e) {
+      return asNarpushError(e, info);
+    }
+  };
+
   interface Upload {
     readonly info: PathInfo;
     readonly shown: (ok: boolean) => void;
@@ -199,7 +218,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   /** After step 1 (the NAR, and the narinfo staged): make the narinfo visible, then durable. */
   const show = async ({ info, shown }: Upload, nar: UploadedNar, staged: StagedObject, t0: number): Promise<void> => {
     // 2. Visible only after the narinfos of its references: the one step on the chain.
-    const missing = await referencesVisible(info);
+    const missing = (await referencesVisible(info)) ?? (await collectorRan(info));
     if (missing) {
       shown(false);
       await staged.discard();

@@ -12,7 +12,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
-import type { CacheBackend, PutStreamOptions, SmallObject, StagedObject } from '../../src/cache/backend.js';
+import type { CacheBackend, ListedObject, PutStreamOptions, SmallObject, StagedObject } from '../../src/cache/backend.js';
 import { FileBackend, TEMP_MARKER } from '../../src/cache/file-backend.js';
 import { narKey } from '../../src/cache/nar-upload.js';
 import { ThreadPool } from '../../src/cache/threads/thread-pool.js';
@@ -82,6 +82,10 @@ class RecordingBackend implements CacheBackend {
 
   exists(key: string): Promise<boolean> {
     return this.inner.exists(key);
+  }
+
+  list(prefix: string): AsyncIterable<ListedObject> {
+    return this.inner.list(prefix);
   }
 
   async putBytes(key: string, body: Uint8Array, contentType: string): Promise<void> {
