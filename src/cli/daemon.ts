@@ -123,6 +123,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     compression: settings.compression,
     signingKeys: settings.signingKeys,
     jobs: settings.jobs,
+    refreshAgeMs: settings.refreshAgeMs,
   });
 
   // The heap garbage of a burst is given back when the crypto threads are (see idle-gc.ts).

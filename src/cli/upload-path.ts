@@ -110,6 +110,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
         dryRun: flags.dryRun,
         signal: abort.signal,
         onEvent: progress,
+        gc: { refreshAgeMs: settings.refreshAgeMs },
       });
     } finally {
       progress.done();

@@ -35,6 +35,8 @@ export interface PipelineOptions {
   readonly signingKeys: readonly SecretKey[];
   /** NARs uploaded at once. */
   readonly jobs: number;
+  /** Renew narinfos relied on once this old, for narpush gc (cache/refresh.ts); undefined: never. */
+  readonly refreshAgeMs?: number;
   /** How long a worker thread may have no work before it is stopped (DEFAULT_THREAD_IDLE_MS unless set). */
   readonly threadIdleMs?: number;
 }
@@ -156,6 +158,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         jobs: opts.jobs,
         signal: ctx.signal,
         onEvent: forward,
+        gc: opts.refreshAgeMs !== undefined ? { refreshAgeMs: opts.refreshAgeMs } : {},
       });
     } catch (e) {
       return failAll(message(e));

@@ -10,8 +10,8 @@
  * results are returned or reported as events.
  */
 import { randomBytes } from 'node:crypto';
-import { NarpushError } from '../errors.js';
-import type { CacheBackend } from '../cache/backend.js';
+import { NarpushError, isNarpushError } from '../errors.js';
+import type { CacheBackend, IncompleteUpload } from '../cache/backend.js';
 import { GC_MARKER_HORIZON_MS, GC_MARKER_PREFIX, formatGcMarker, parseGcMarker } from '../cache/gc-fence.js';
 import { takeInventory } from './inventory.js';
 import { type GcPlan, planGc } from './plan.js';
@@ -54,8 +54,8 @@ export interface GcReport {
   readonly nars: number;
   readonly listings: number;
   readonly logs: number;
-  /** Incomplete uploads aborted (or, with dryRun, that would be). */
-  readonly abortedUploads: number;
+  /** Incomplete uploads aborted (or, with dryRun, that would be); null when the backend cannot list them. */
+  readonly abortedUploads: number | null;
   readonly failedCount: number;
   readonly failures: readonly { readonly key: string; readonly message: string }[];
   readonly timedOut: boolean;
@@ -85,7 +85,7 @@ export async function collectGarbage(backend: CacheBackend, opts: GcOptions): Pr
     const narinfos = plan.rounds.reduce((a, r) => a + r.length, 0);
     opts.onEvent?.({ type: 'planned', narinfos, others: plan.nars.length + plan.listings.length + plan.logs.length });
     const incomplete = await staleUploads(backend, started.getTime() - graceMs, opts.signal);
-    if (dryRun) return dryReport(inv.size, plan, narinfos, incomplete.length);
+    if (dryRun) return dryReport(inv.size, plan, narinfos, incomplete?.length ?? null);
 
     const result = await sweep(backend, inv, plan, {
       jobs,
@@ -93,11 +93,11 @@ export async function collectGarbage(backend: CacheBackend, opts: GcOptions): Pr
       clock,
       onDeleted: (objects, bytes) => opts.onEvent?.({ type: 'deleted', objects, bytes }),
     });
-    let aborted = 0;
-    for (const u of incomplete) {
+    let aborted: number | null = incomplete ? 0 : null;
+    for (const u of incomplete ?? []) {
       if (clock().getTime() >= deadline) break;
       await backend.abortIncomplete!(u);
-      aborted++;
+      aborted!++;
     }
     await removeOldMarkers(backend, started.getTime() - GC_MARKER_HORIZON_MS, markerKey);
     const planned = narinfos + plan.nars.length + plan.listings.length + plan.logs.length;
@@ -127,7 +127,7 @@ function plannedBytes(sizes: readonly number[], plan: GcPlan): number {
   return b;
 }
 
-function dryReport(sizes: readonly number[], plan: GcPlan, narinfos: number, incomplete: number): GcReport {
+function dryReport(sizes: readonly number[], plan: GcPlan, narinfos: number, incomplete: number | null): GcReport {
   const objects = narinfos + plan.nars.length + plan.listings.length + plan.logs.length;
   return {
     dryRun: true,
@@ -144,10 +144,16 @@ function dryReport(sizes: readonly number[], plan: GcPlan, narinfos: number, inc
   };
 }
 
-async function staleUploads(backend: CacheBackend, before: number, signal?: AbortSignal) {
-  if (!backend.listIncomplete || !backend.abortIncomplete) return [];
-  const out = [];
-  for await (const u of backend.listIncomplete(signal ? { signal } : {})) if (u.initiated.getTime() < before) out.push(u);
+/** Incomplete uploads begun before `before`; undefined when the backend cannot list them. */
+async function staleUploads(backend: CacheBackend, before: number, signal?: AbortSignal): Promise<IncompleteUpload[] | undefined> {
+  if (!backend.listIncomplete || !backend.abortIncomplete) return undefined;
+  const out: IncompleteUpload[] = [];
+  try {
+    for await (const u of backend.listIncomplete(signal ? { signal } : {})) if (u.initiated.getTime() < before) out.push(u);
+  } catch (e) {
+    if (isNarpushError(e) && e.code === 'INCOMPLETE_UNSUPPORTED') return undefined;
+    throw e;
+  }
   return out;
 }
 

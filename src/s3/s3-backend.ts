@@ -381,6 +381,11 @@ class S3Backend implements CacheBackend {
           }),
         );
       } catch (e) {
+        // Some S3-compatible servers (s3rver) have no such listing: nothing to abort that we can see.
+        const err = e as { name?: string; Code?: string; $metadata?: { httpStatusCode?: number } };
+        if (err.name === 'NotImplemented' || err.Code === 'NotImplemented' || err.$metadata?.httpStatusCode === 501) {
+          throw new NarpushError('INCOMPLETE_UNSUPPORTED', `${this.description} cannot list multipart uploads`, { cause: e });
+        }
         throw s3Error(e, this.ctx('list multipart uploads'));
       }
       for (const u of page.Uploads ?? []) {
