@@ -12,19 +12,20 @@
  * delete after its deadline, so a marker left by a collector that crashed
  * counts as ended at its deadline.
  *
- * An uploader records `since` before it checks what the cache holds, and
- * before it makes each narinfo visible it asks the fence: did any collector
- * run at any moment since then? If one did, the objects the upload relies on
- * may have been condemned from a listing taken before the upload renewed or
- * re-created them, and the narinfo is not published (GC_CONFLICT: the
- * daemon retries it later, from the start). If none did, every collector
- * that ever deletes one of those objects listed it after `since`, when the
- * upload had already renewed it (see refresh.ts).
- *
- * Clocks: times in markers are the collector's clock, `since` is the
- * uploader's; `clockSkewMs` is added on both sides. Must never write or
- * delete a marker (only the collector does); a marker it cannot read counts
- * as a collector running.
+ * An uploader reads the markers before it checks what the cache holds (the
+ * fence's `open`), and again before it makes each narinfo visible: if a
+ * collector was running at the first look, or a marker appeared since, a
+ * collection overlapped the upload; the objects the upload relies on may
+ * have been condemned from a listing taken before the upload renewed or
+ * re-created them, so the narinfo is not published (GC_CONFLICT: the daemon
+ * retries it later, from the start). If none did, every collector that ever
+ * deletes one of those objects listed it after the first look, when the
+ * upload had already renewed it (see refresh.ts) or was about to make it
+ * young by referring to it. Comparing sets of markers needs no clocks;
+ * only a marker still "running" is judged by time (after its deadline plus
+ * `clockSkewMs` by the uploader's clock, a crashed collector no longer
+ * counts). Must never write or delete a marker (only the collector does); a
+ * marker it cannot read counts as a collector running.
  */
 import { NarpushError } from '../errors.js';
 import type { CacheBackend } from './backend.js';
@@ -62,18 +63,16 @@ export function parseGcMarker(text: string): GcMarker | undefined {
   }
 }
 
-/** The last moment this collector may have deleted anything. */
-export function gcLastDelete(m: GcMarker): Date {
-  return m.ended && m.ended < m.deadline ? m.ended : m.deadline;
-}
-
 export interface FenceOptions {
   readonly clock?: () => Date;
   readonly clockSkewMs?: number;
 }
 
+/** The markers as one look saw them: key -> whether that collector may still be deleting. */
+type Seen = Map<string, boolean>;
+
 /**
- * Answers "has a collector run since `since`?", sharing one listing of the
+ * Answers "has a collector run since `open`?", sharing one listing of the
  * markers among every caller that asks while it is already waiting for the
  * next one (a listing that started before a caller asked cannot answer it).
  */
@@ -81,23 +80,30 @@ export class GcFence {
   // The listing under way, and the one that callers arriving meanwhile wait for (it starts after it).
   private inFlight?: Promise<NarpushError | undefined>;
   private pending?: Promise<NarpushError | undefined>;
+  private first?: Seen;
   private readonly skew: number;
+  private readonly clock: () => Date;
 
   constructor(
     private readonly backend: CacheBackend,
-    private readonly since: Date,
     opts: FenceOptions = {},
   ) {
     this.skew = opts.clockSkewMs ?? DEFAULT_CLOCK_SKEW_MS;
+    this.clock = opts.clock ?? (() => new Date());
   }
 
-  /** Undefined when no collector ran since `since`, else the GC_CONFLICT error to fail with. Throws if the cache cannot be listed. */
+  /** The first look, before the upload checks anything. */
+  async open(): Promise<void> {
+    this.first = await this.look();
+  }
+
+  /** Undefined when no collector ran since `open`, else the GC_CONFLICT error to fail with. Throws if the cache cannot be listed. */
   check(): Promise<NarpushError | undefined> {
     this.pending ??= (this.inFlight ?? Promise.resolve(undefined))
       .catch(() => undefined)
       .then(() => {
         this.pending = undefined;
-        const p = this.look();
+        const p = this.compare();
         this.inFlight = p;
         p.catch(() => {}).finally(() => {
           if (this.inFlight === p) this.inFlight = undefined;
@@ -107,20 +113,28 @@ export class GcFence {
     return this.pending;
   }
 
-  private async look(): Promise<NarpushError | undefined> {
+  private async compare(): Promise<NarpushError | undefined> {
+    if (!this.first) throw new Error('GcFence.check before open');
+    const first = this.first;
+    const now = await this.look();
+    const overlapping = [...first].find(([, running]) => running)?.[0] ?? [...now.keys()].find((k) => !first.has(k));
+    if (overlapping === undefined) return undefined;
+    return new NarpushError(
+      'GC_CONFLICT',
+      `narpush gc ran on ${this.backend.description} during this upload (${overlapping}); not publishing, to be retried`,
+    );
+  }
+
+  private async look(): Promise<Seen> {
+    const seen: Seen = new Map();
     for await (const o of this.backend.list(GC_MARKER_PREFIX)) {
       if (!o.key.endsWith('.json')) continue;
       const body = await this.backend.get(o.key);
       if (body === undefined) continue; // removed meanwhile: ended long ago
       const m = parseGcMarker(body.toString('utf8'));
-      const overlaps = !m || gcLastDelete(m).getTime() + this.skew >= this.since.getTime();
-      if (overlaps) {
-        return new NarpushError(
-          'GC_CONFLICT',
-          `narpush gc ran on ${this.backend.description} during this upload (${o.key}); not publishing, to be retried`,
-        );
-      }
+      const running = !m || (m.ended === undefined && m.deadline.getTime() + this.skew >= this.clock().getTime());
+      seen.set(o.key, running);
     }
-    return undefined;
+    return seen;
   }
 }

@@ -135,8 +135,9 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   const emit = opts.onEvent ?? (() => {});
   const { backend } = opts;
   const inSet = new Map(infos.map((i) => [i.path.baseName, i]));
-  // Before anything is looked at: a collector that runs after this may have listed what we rely on as it was.
-  const fence = new GcFence(backend, (opts.gc?.clock ?? (() => new Date()))(), opts.gc);
+  // Before anything is looked at: a collector that starts after this lists what we rely on as we left it.
+  const fence = new GcFence(backend, opts.gc);
+  if (!opts.dryRun) await fence.open();
 
   // Which narinfos exist: the paths themselves (unless forced) and any reference outside the set.
   const check = createLimiter(opts.checkConcurrency ?? 32);

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { ThreadPool } from '../../src/cache/threads/thread-pool.js';
 import { uploadPaths } from '../../src/cache/upload.js';
+import { GC_MARKER_PREFIX } from '../../src/cache/gc-fence.js';
 import { collectGarbage } from '../../src/gc/gc.js';
 import type { PathInfo } from '../../src/store/path-info.js';
 import { MemoryBackend } from '../helpers/memory-backend.js';
@@ -119,7 +120,7 @@ async function raceProperty(variant: Variant, numRuns: number, seed?: number): P
 
 test('uploads and collections in any order never leave a narinfo without its NAR or references', async () => {
   await raceProperty({ refresh: true, fence: true }, 1000);
-  await raceProperty({ refresh: true, fence: true, oldCache: true }, 1000);
+  await raceProperty({ refresh: true, fence: true, oldCache: true }, 500);
 });
 
 /** The property fails, and for the reason checked (not an error of the test itself). */
