@@ -145,9 +145,11 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   for (const i of infos) for (const r of i.references) if (!inSet.has(r.baseName)) outside.set(r.baseName, r);
   const toCheck = [...(opts.force ? [] : infos.map((i) => i.path)), ...outside.values()];
   const presence = new Map<string, boolean>();
+  // A dry run changes nothing, not even a narinfo's time.
+  const refresh = opts.dryRun ? {} : (opts.gc ?? {});
   await Promise.all(
     toCheck.map((p) =>
-      check(async () => presence.set(p.baseName, await presentAndFresh(backend, narInfoKey(p), NARINFO_CONTENT_TYPE, opts.gc ?? {}))),
+      check(async () => presence.set(p.baseName, await presentAndFresh(backend, narInfoKey(p), NARINFO_CONTENT_TYPE, refresh))),
     ),
   );
 

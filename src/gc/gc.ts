@@ -66,7 +66,7 @@ export async function collectGarbage(backend: CacheBackend, opts: GcOptions): Pr
   const graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
   const jobs = Math.max(1, opts.jobs ?? 16);
   const dryRun = opts.dryRun ?? false;
-  if (!dryRun && (!backend.deleteMany || !backend.stat)) {
+  if (!dryRun && !backend.deleteMany) {
     throw new NarpushError('GC_UNSUPPORTED', `${backend.description} cannot delete objects`);
   }
   const started = clock();
