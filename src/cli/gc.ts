@@ -67,6 +67,11 @@ export async function gc(ctx: CliContext, flags: GcFlags): Promise<number> {
   const [{ collectGarbage }, backend] = await Promise.all([import('../gc/gc.js'), openCacheBackend(config)]);
   const tty = Boolean((ctx.stderr as NodeJS.WriteStream).isTTY) && !flags.json;
   let report: GcReport;
+  // A signal stops the deletes cleanly, so that the run's marker records its end (see cache/gc-fence.ts).
+  const abort = new AbortController();
+  const onSignal = (): void => abort.abort(new NarpushError('INTERRUPTED', 'interrupted'));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
     if ((await backend.get('nix-cache-info')) === undefined) {
       throw new NarpushError('NOT_A_CACHE', `${backend.description} is not a binary cache (it has no nix-cache-info); nothing was deleted`);
@@ -81,13 +86,24 @@ export async function gc(ctx: CliContext, flags: GcFlags): Promise<number> {
         : `deleted ${e.objects} objects (${formatBytes(e.bytes)})`;
       ctx.stderr.write(`\r\x1b[K${line}`);
     };
-    report = await collectGarbage(backend, { keepSinceMs, ...(graceMs !== undefined && { graceMs }), pins, dryRun: flags.dryRun, jobs, onEvent });
+    report = await collectGarbage(backend, {
+      keepSinceMs,
+      ...(graceMs !== undefined && { graceMs }),
+      pins,
+      dryRun: flags.dryRun,
+      jobs,
+      onEvent,
+      signal: abort.signal,
+    });
     if (tty) ctx.stderr.write('\r\x1b[K');
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await backend.close();
   }
   if (flags.json) ctx.stdout.write(`${JSON.stringify({ cache: config.description, ...report }, null, 2)}\n`);
   else printSummary(ctx, report);
+  if (abort.signal.aborted) return 130;
   return report.failedCount > 0 || report.timedOut ? 1 : 0;
 }
 
@@ -102,5 +118,5 @@ function printSummary(ctx: CliContext, r: GcReport): void {
   );
   for (const f of r.failures) ctx.stderr.write(`narpush: could not delete ${f.key}: ${f.message}\n`);
   if (r.failedCount > r.failures.length) ctx.stderr.write(`narpush: … and ${r.failedCount - r.failures.length} more could not be deleted\n`);
-  if (r.timedOut) ctx.stderr.write('narpush: stopped at the time limit; run it again to finish\n');
+  if (r.timedOut) ctx.stderr.write('narpush: stopped (time limit or signal) before the end; run it again to finish\n');
 }

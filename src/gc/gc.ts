@@ -91,11 +91,12 @@ export async function collectGarbage(backend: CacheBackend, opts: GcOptions): Pr
       jobs,
       deadline,
       clock,
+      ...(opts.signal && { signal: opts.signal }),
       onDeleted: (objects, bytes) => opts.onEvent?.({ type: 'deleted', objects, bytes }),
     });
     let aborted: number | null = incomplete ? 0 : null;
     for (const u of incomplete ?? []) {
-      if (clock().getTime() >= deadline) break;
+      if (clock().getTime() >= deadline || opts.signal?.aborted) break;
       await backend.abortIncomplete!(u);
       aborted!++;
     }

@@ -16,6 +16,8 @@ export interface SweepOptions {
   readonly jobs: number;
   readonly deadline: number;
   readonly clock: () => Date;
+  /** Stops the sweep like the deadline does (SIGINT/SIGTERM): requests in flight settle, nothing new is sent. */
+  readonly signal?: AbortSignal;
   readonly onDeleted?: (objects: number, bytes: number) => void;
 }
 
@@ -25,7 +27,7 @@ export interface SweepResult {
   /** Keys whose deletion failed, with why (the first few). */
   readonly failures: { readonly key: string; readonly error: Error }[];
   readonly failedCount: number;
-  /** Stopped because the deadline came; what was left stays. */
+  /** Stopped because the deadline came (or the signal aborted); what was left stays. */
   readonly timedOut: boolean;
 }
 
@@ -49,7 +51,7 @@ export async function sweep(backend: CacheBackend, inv: Inventory, plan: GcPlan,
     await Promise.all(
       batches.map((b) =>
         limit(async () => {
-          if (opts.clock().getTime() >= opts.deadline) {
+          if (opts.clock().getTime() >= opts.deadline || opts.signal?.aborted) {
             timedOut = true;
             return;
           }
