@@ -129,7 +129,10 @@ async function closureSemantics(t: Target): Promise<void> {
     assert.equal(dry.dryRun, true);
     assert.equal(dry.narinfos, 3, 'would delete a, a0, sOld');
 
-    const report = await gc(t, '--keep-since', '30d', '--keep', P.p);
+    // The pin again, from a file this time (comments and blank lines allowed).
+    const pins = path.join(work, `pins-${randomUUID()}`);
+    await writeFile(pins, `# release\n\n${P.p}\n`);
+    const report = await gc(t, '--keep-since', '30d', '--keep-file', pins);
     const after = await keys(backend);
     const has = (k: string): boolean => after.includes(k);
     for (const gone of [P.a, P.a0, P.sOld]) assert.ok(!has(`${hashOf(gone)}.narinfo`), `${gone} collected`);
