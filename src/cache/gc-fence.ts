@@ -71,6 +71,25 @@ export interface FenceOptions {
 /** The markers as one look saw them: key -> whether that collector may still be deleting. */
 type Seen = Map<string, boolean>;
 
+/** The markers of collections that may still be deleting (for an uploader that waits them out). */
+export async function runningCollections(backend: CacheBackend, opts: FenceOptions = {}): Promise<string[]> {
+  const seen = await lookAtMarkers(backend, opts.clockSkewMs ?? DEFAULT_CLOCK_SKEW_MS, opts.clock ?? (() => new Date()));
+  return [...seen].filter(([, running]) => running).map(([k]) => k);
+}
+
+async function lookAtMarkers(backend: CacheBackend, skew: number, clock: () => Date): Promise<Seen> {
+  const seen: Seen = new Map();
+  for await (const o of backend.list(GC_MARKER_PREFIX)) {
+    if (!o.key.endsWith('.json')) continue;
+    const body = await backend.get(o.key);
+    if (body === undefined) continue; // removed meanwhile: ended long ago
+    const m = parseGcMarker(body.toString('utf8'));
+    const running = !m || (m.ended === undefined && m.deadline.getTime() + skew >= clock().getTime());
+    seen.set(o.key, running);
+  }
+  return seen;
+}
+
 /**
  * Answers "has a collector run since `open`?", sharing one listing of the
  * markers among every caller that asks while it is already waiting for the
@@ -125,16 +144,7 @@ export class GcFence {
     );
   }
 
-  private async look(): Promise<Seen> {
-    const seen: Seen = new Map();
-    for await (const o of this.backend.list(GC_MARKER_PREFIX)) {
-      if (!o.key.endsWith('.json')) continue;
-      const body = await this.backend.get(o.key);
-      if (body === undefined) continue; // removed meanwhile: ended long ago
-      const m = parseGcMarker(body.toString('utf8'));
-      const running = !m || (m.ended === undefined && m.deadline.getTime() + this.skew >= this.clock().getTime());
-      seen.set(o.key, running);
-    }
-    return seen;
+  private look(): Promise<Seen> {
+    return lookAtMarkers(this.backend, this.skew, this.clock);
   }
 }

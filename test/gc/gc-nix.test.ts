@@ -8,7 +8,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { CacheBackend } from '../../src/cache/backend.js';
@@ -17,7 +18,8 @@ import { openS3Backend } from '../../src/s3/s3-backend.js';
 import type { S3Config } from '../../src/s3/s3-config.js';
 import { parseCacheUrl } from '../../src/cli/cache-url.js';
 import { nix, nixEnv, requireNix } from '../helpers/nix.js';
-import { FIXTURES, narpush, run, runOk } from '../helpers/run.js';
+import { FIXTURES, NARPUSH_BIN, narpush, run, runOk } from '../helpers/run.js';
+import { formatGcMarker } from '../../src/cache/gc-fence.js';
 import { S3RVER_CREDENTIALS, S3RVER_ENV, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
 import { backendInvariantViolations } from '../helpers/cache-invariant.js';
 import { nixClosure } from '../helpers/cache-check.js';
@@ -187,6 +189,37 @@ test('file://: temporary files older than --grace are removed, younger ones stay
   assert.equal((JSON.parse(g.stdout.toString('utf8')) as { abortedUploads: number }).abortedUploads, 1);
   assert.equal(await readFile(old).then(() => true, () => false), false, 'the old one is gone');
   assert.equal(await readFile(young).then(() => true, () => false), true, 'the young one stays');
+});
+
+test('upload-path held back by a running collection waits for it to end, then uploads; the cache stays sound', async () => {
+  const dir = path.join(work, 'held-back');
+  const P = await buildPaths();
+  const marker = path.join(dir, 'narpush-gc', 'running.json');
+  await mkdir(path.dirname(marker), { recursive: true });
+  await writeFile(path.join(dir, 'nix-cache-info'), 'StoreDir: /nix/store\nWantMassQuery: 1\n');
+  await writeFile(marker, formatGcMarker({ started: new Date(), deadline: new Date(Date.now() + DAY) }));
+  const child = spawn(process.execPath, [NARPUSH_BIN, 'upload-path', '--to', `file://${dir}`, '--secret-key-file', secretKey, P.a], {
+    env: env(),
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  const waiting = new Promise<void>((resolve) =>
+    child.stderr!.on('data', (b: Buffer) => {
+      stderr += b.toString();
+      if (/waiting for it to finish/.test(stderr)) resolve();
+    }),
+  );
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await Promise.race([waiting, exited]);
+  assert.match(stderr, /narpush gc is running on file:\/\/.*; waiting for it to finish/);
+  const backend = new FileBackend(dir);
+  assert.equal(await backend.exists(`${hashOf(P.a)}.narinfo`), false, 'held back while the collection runs');
+  await writeFile(marker, formatGcMarker({ started: new Date(), deadline: new Date(Date.now() + DAY), ended: new Date() }));
+  assert.equal(await exited, 0, stderr);
+  assert.match(stderr, /uploaded 2 paths/);
+  for (const q of [P.a, P.a0]) assert.ok(await backend.exists(`${hashOf(q)}.narinfo`), q);
+  assert.deepEqual(await backendInvariantViolations(backend), []);
+  await backend.close();
 });
 
 test('bad input: one line, non-zero exit, nothing deleted', async () => {
