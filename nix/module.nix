@@ -220,6 +220,62 @@ in
       '';
     };
 
+    narinfoRefreshAge = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "1d";
+      description = ''
+        `narpush daemon --narinfo-refresh-age`: renew a narinfo an upload
+        relies on (skips because the cache has it) once it is this old, so
+        that `narpush gc` keeps it. Null keeps narpush's default (1d).
+        `gc.keepSince` (on every machine collecting this cache) must exceed
+        it plus the longest upload.
+      '';
+    };
+
+    gc = {
+      enable = lib.mkEnableOption "a timer running `narpush gc` on the cache (uploadTo), safe beside running uploads";
+
+      keepSince = mkOption {
+        type = types.str;
+        default = "30d";
+        example = "14d";
+        description = ''
+          `--keep-since`: keep every path uploaded or relied on within this
+          long, and its closure. Must exceed every uploader's
+          narinfoRefreshAge (1d by default) plus its longest upload.
+        '';
+      };
+
+      dates = mkOption {
+        type = types.str;
+        default = "daily";
+        example = "Sun 03:00";
+        description = "When to collect (systemd.time(7) calendar event, as `nix.gc.dates`).";
+      };
+
+      grace = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "6h";
+        description = "`--grace`: never delete an object younger than this, nor abort an upload begun since. Null: 1h. Must exceed the longest upload.";
+      };
+
+      keep = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "/nix/store/…-my-release" ];
+        description = "Store paths kept with their closure whatever their age (`--keep`).";
+      };
+
+      extraArgs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "--jobs" "32" ];
+        description = "More arguments for `narpush gc`.";
+      };
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -373,8 +429,13 @@ in
             upstreamKeys
             upstreamCaches
             buildLogs
-            extraArgs
             ;
+          extraArgs =
+            lib.optionals (cfg.narinfoRefreshAge != null) [
+              "--narinfo-refresh-age"
+              cfg.narinfoRefreshAge
+            ]
+            ++ cfg.extraArgs;
         };
         User = cfg.user;
         Group = cfg.group;
@@ -438,6 +499,63 @@ in
         # probes io_uring and falls back).
         SystemCallErrorNumber = "EPERM";
         RemoveIPC = true;
+      };
+    };
+
+    # narpush gc on a timer: the same cache and credentials as the daemon, none
+    # of its state. Collections and uploads coordinate through the cache
+    # itself (see the README, "Collecting garbage"), so this may run on any
+    # one machine, beside any number of uploaders.
+    systemd.services.narpush-gc = lib.mkIf cfg.gc.enable {
+      description = "narpush gc: collect the garbage of ${lib.head (lib.splitString "?" cfg.uploadTo)}";
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = builtins.concatStringsSep " " (
+          map narpushLib.systemdArg ([
+            "${cfg.package}/bin/narpush"
+            "gc"
+            "--cache"
+            cfg.uploadTo
+            "--keep-since"
+            cfg.gc.keepSince
+          ]
+          ++ lib.optionals (cfg.gc.grace != null) [
+            "--grace"
+            cfg.gc.grace
+          ]
+          ++ lib.concatMap (p: [
+            "--keep"
+            p
+          ]) cfg.gc.keep
+          ++ cfg.gc.extraArgs)
+        );
+        User = cfg.user;
+        Group = cfg.group;
+        EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
+        ReadWritePaths = lib.optional (cacheDir != null) cacheDir;
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+        ];
+        CapabilityBoundingSet = "";
+      };
+    };
+
+    systemd.timers.narpush-gc = lib.mkIf cfg.gc.enable {
+      description = "narpush gc, ${cfg.gc.dates}";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = cfg.gc.dates;
+        Persistent = true;
+        RandomizedDelaySec = "10min";
       };
     };
   };

@@ -89,7 +89,14 @@ export const ERROR_CODES = {
   UPLOAD_FAILED: failure('uploading the path failed (the message says why)', true),
   UPLOAD_ABORTED: failure('the upload was stopped (signal, shutdown)', true),
   REFERENCE_MISSING: failure('a reference of the path is not in the cache, so its narinfo is held back', true),
+  GC_CONFLICT: failure('a garbage collection of the cache overlapped the upload: its narinfos were held back (see src/gc/README.md)', true),
   INTERRUPTED: failure('interrupted by SIGINT or SIGTERM', false),
+  // narpush gc.
+  NOT_A_CACHE: failure('the location has no nix-cache-info: not a binary cache, nothing deleted', false),
+  GC_UNSUPPORTED: failure('the backend cannot delete objects', false),
+  INCOMPLETE_UNSUPPORTED: failure('the S3 server cannot list multipart uploads (gc says so and goes on)', false),
+  INVENTORY_BAD_NARINFO: failure('a narinfo without StorePath or URL: gc deleted nothing', false),
+  GC_REFERENCE_CYCLE: failure('narinfos whose references form a cycle: gc deleted nothing', false),
   // Formats read from elsewhere.
   BAD_NAR: failure('a NAR that is not valid', false),
   BAD_NARINFO: failure('a narinfo that is not valid', false),

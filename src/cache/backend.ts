@@ -6,8 +6,11 @@
  *
  * Backends never hold a whole NAR in memory, never make a partial object
  * visible, and never delete an object they did not just create (a key may
- * already hold the same content-addressed NAR that a published narinfo uses).
- * The S3 SDK is imported only when an s3:// backend is opened.
+ * already hold the same content-addressed NAR that a published narinfo uses)
+ * unless `deleteMany` names it.
+ * The S3 SDK is imported only when an s3:// backend is opened. Deleting is
+ * the garbage collector's alone (`deleteMany`, see src/gc/): the upload
+ * pipeline never calls it.
  *
  * Every put resolves only once its object is both visible and durable. A
  * backend where those are separate steps (file://: rename, then directory
@@ -56,11 +59,24 @@ export interface SmallObject {
 }
 
 /** One object of a listing (see `list`). */
+
 export interface ListedObject {
   readonly key: string;
   readonly size: number;
   readonly lastModified: Date;
 }
+/** What `stat` knows of one object. */
+export interface ObjectStat { readonly size: number; readonly lastModified: Date }
+
+/**
+ * An upload that never completed and is invisible to `list`: an S3 multipart
+ * upload (its parts cost storage), or a file:// temporary file. `id` is what
+ * `abortIncomplete` needs; `key` is the object it would have become.
+ */
+export interface IncompleteUpload { readonly key: string; readonly id: string; readonly initiated: Date }
+
+/** The most keys one `deleteMany` request carries (S3 DeleteObjects' limit). */
+export const MAX_DELETE_BATCH = 1000;
 
 export interface CacheBackend {
   /** For logs and messages, e.g. `s3://bucket (in eu-west-1)`; never contains secrets. */
@@ -102,6 +118,31 @@ export interface CacheBackend {
    * back to `putBytes` for backends without it.
    */
   stageBatch?(objects: readonly SmallObject[]): Promise<PromiseSettledResult<StagedObject>[]>;
+  /** Every object whose key starts with `prefix` ('' = all), in pages; never the backend's own temporary files. */
+  list(prefix: string, opts?: { signal?: AbortSignal }): AsyncIterable<ListedObject>;
+  /**
+   * Optional: size and last-modified time of one object, undefined when it
+   * does not exist (one HEAD / stat). Without it uploaders cannot refresh
+   * narinfos (see refresh.ts) and only ask `exists`.
+   */
+  stat?(key: string): Promise<ObjectStat | undefined>;
+  /**
+   * Optional: renew an existing object's last-modified time without changing
+   * its bytes (S3: copy onto itself; file://: utimes). Never creates an
+   * object: resolves false when `key` does not exist (any more).
+   */
+  touch?(key: string, contentType: string): Promise<boolean>;
+  /**
+   * Optional (only `narpush gc` deletes): remove these keys, at most
+   * MAX_DELETE_BATCH, in one request where the backend has one. A key that
+   * is already gone counts as deleted. One result per key, in order: the
+   * error for each key that could not be deleted.
+   */
+  deleteMany?(keys: readonly string[]): Promise<(Error | undefined)[]>;
+  /** Optional: uploads started and never completed (see IncompleteUpload). */
+  listIncomplete?(opts?: { signal?: AbortSignal }): AsyncIterable<IncompleteUpload>;
+  /** Optional: give up an incomplete upload and free what it holds. A vanished one is not an error. */
+  abortIncomplete?(upload: IncompleteUpload): Promise<void>;
   /** Release sockets and handles; the backend must not be used afterwards. */
   close(): Promise<void>;
 }

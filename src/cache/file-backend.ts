@@ -29,16 +29,20 @@
  *
  * Must never leave a temporary file behind on failure, abort or discard,
  * never write outside the cache directory (keys are checked), and never
- * delete a published object. Content types are S3 metadata and have no file
+ * delete a published object except by `deleteMany` (narpush gc). `list`
+ * walks the directory and skips temporary files; `listIncomplete` offers
+ * them instead (another writer's may still be in use: gc removes only those
+ * older than its grace period). Content types are S3 metadata and have no file
  * equivalent.
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import { mkdir, open, opendir, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, opendir, rm, stat, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import * as nodePath from 'node:path';
 import { NarpushError, isErrnoException } from '../errors.js';
 import {
-  MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type ListedObject, type PutStreamOptions, type SmallObject, type StagedObject,
+  MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type IncompleteUpload, type ListedObject,
+  type ObjectStat, type PutStreamOptions, type SmallObject, type StagedObject,
 } from './backend.js';
 import { MetadataCalls, call, closeNow, writeAll, writeAllNow } from './file-ops.js';
 import { type Limiter, createLimiter } from './limit.js';
@@ -279,6 +283,84 @@ export class FileBackend implements CacheBackend {
     const staged = await this.stage(key, abortable(body, opts.signal, `${key} to ${this.description}`));
     await publishDurably(staged);
     return { bytes: staged.bytes };
+  }
+
+  async stat(key: string): Promise<ObjectStat | undefined> {
+    try {
+      const st = await stat(this.pathOf(key));
+      return st.isFile() ? { size: st.size, lastModified: st.mtime } : undefined;
+    } catch (e) {
+      if (isMissing(e)) return undefined;
+      throw ioError('check', key, this.description, e);
+    }
+  }
+
+  async touch(key: string, _contentType: string): Promise<boolean> {
+    const now = new Date();
+    try {
+      await utimes(this.pathOf(key), now, now);
+      return true;
+    } catch (e) {
+      if (isMissing(e)) return false;
+      throw ioError('refresh', key, this.description, e);
+    }
+  }
+
+  async deleteMany(keys: readonly string[]): Promise<(Error | undefined)[]> {
+    return Promise.all(
+      keys.map(async (key) => {
+        try {
+          await unlink(this.pathOf(key));
+          return undefined;
+        } catch (e) {
+          return isMissing(e) ? undefined : ioError('delete', key, this.description, e);
+        }
+      }),
+    );
+  }
+
+  async *listIncomplete(opts: { signal?: AbortSignal } = {}): AsyncIterable<IncompleteUpload> {
+    for await (const f of this.walkFiles(opts.signal)) if (f.temp) yield { key: f.key, id: f.key, initiated: f.mtime };
+  }
+
+  async abortIncomplete(upload: IncompleteUpload): Promise<void> {
+    const rel = upload.id;
+    if (!nodePath.basename(rel).includes(TEMP_MARKER)) throw new NarpushError('BAD_CACHE_KEY', `'${rel}' is not a temporary file of narpush`);
+    await rm(this.pathOf(rel), { force: true }).catch((e) => {
+      throw ioError('delete', rel, this.description, e);
+    });
+  }
+
+  /** Every regular file under the cache directory, temporary ones included, depth first, with its key (relative path). */
+  private async *walkFiles(signal?: AbortSignal): AsyncIterable<{ key: string; size: number; mtime: Date; temp: boolean }> {
+    const dirs = [''];
+    while (dirs.length > 0) {
+      const rel = dirs.pop()!;
+      let dir;
+      try {
+        dir = await opendir(nodePath.join(this.dir, rel));
+      } catch (e) {
+        if (isMissing(e) && rel !== '') continue;
+        throw ioError('list', rel || '.', this.description, e);
+      }
+      for await (const e of dir) {
+        signal?.throwIfAborted();
+        const key = rel === '' ? e.name : `${rel}/${e.name}`;
+        if (e.isDirectory()) {
+          dirs.push(key);
+          continue;
+        }
+        if (!e.isFile()) continue;
+        let st;
+        try {
+          st = await stat(nodePath.join(this.dir, key));
+        } catch (err) {
+          if (isMissing(err)) continue; // deleted or renamed while we walked
+          throw ioError('list', key, this.description, err);
+        }
+        yield { key, size: st.size, mtime: st.mtime, temp: e.name.startsWith('.') && e.name.includes(TEMP_MARKER) };
+      }
+    }
   }
 
   async close(): Promise<void> {

@@ -18,7 +18,9 @@
  * (in one message when on the crypto thread: see plan.ts) and written
  * together; each path still
  * succeeds, fails and is published alone. Progress and results are reported
- * as events; nothing here prints.
+ * as events; nothing here prints. Beside `narpush gc`: a narinfo relied on
+ * is renewed when old (refresh.ts) and none is shown if a collector ran
+ * since the checks began (gc-fence.ts).
  */
 import { NarpushError, isNarpushError } from '../errors.js';
 import type { NarInfo } from '../narinfo/narinfo.js';
@@ -29,10 +31,12 @@ import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
 import { type CacheBackend, type StagedObject, stageBatch, stageBytes } from './backend.js';
 import type { CompressionOptions } from './compression.js';
+import { type FenceOptions, GcFence } from './gc-fence.js';
 import { createLimiter } from './limit.js';
 import type { ListingOptions } from './nar-producers.js';
 import { type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
 import { UploadPlanner } from './plan.js';
+import { type RefreshOptions, presentAndFresh } from './refresh.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 import type { Upstream } from './upstream.js';
 
@@ -83,6 +87,8 @@ export interface UploadOptions {
   readonly checkConcurrency?: number;
   readonly signal?: AbortSignal;
   readonly onEvent?: (event: UploadEvent) => void;
+  /** Staying safe beside `narpush gc`: when to renew narinfos relied on (refresh.ts), clock and skew (gc-fence.ts). */
+  readonly gc?: RefreshOptions & FenceOptions;
 }
 
 export type UploadEvent =
@@ -150,6 +156,9 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   const emit = opts.onEvent ?? (() => {});
   const { backend } = opts;
   const inSet = new Map(infos.map((i) => [i.path.baseName, i]));
+  // Before anything is looked at: a collector that starts after this lists what we rely on as we left it.
+  const fence = new GcFence(backend, opts.gc);
+  if (!opts.dryRun) await fence.open();
 
   // Signed by an upstream key: not ours to upload, and no request needed to know it.
   const upstreamSigned = opts.upstream ? infos.filter((i) => opts.upstream!.signed(i)) : [];
@@ -162,8 +171,12 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   for (const i of infos) for (const r of i.references) if (!inSet.has(r.baseName)) outside.set(r.baseName, r);
   const toCheck = [...(opts.force ? [] : own.map((i) => i.path)), ...outside.values()];
   const presence = new Map<string, boolean>();
+  // A dry run changes nothing, not even a narinfo's time.
+  const refresh = opts.dryRun ? {} : (opts.gc ?? {});
   await Promise.all(
-    toCheck.map((p) => check(async () => presence.set(p.baseName, await backend.exists(narInfoKey(p))))),
+    toCheck.map((p) =>
+      check(async () => presence.set(p.baseName, await presentAndFresh(backend, narInfoKey(p), NARINFO_CONTENT_TYPE, refresh))),
+    ),
   );
 
   const skipped = own.filter((i) => !opts.force && presence.get(i.path.baseName));
@@ -223,6 +236,15 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     return undefined;
   };
 
+  /** GC_CONFLICT if a collector ran since the checks began (see gc-fence.ts), or the error listing its markers. */
+  const collectorRan = async (info: PathInfo): Promise<NarpushError | undefined> => {
+    try {
+      return await fence.check();
+    } catch (e) {
+      return asNarpushError(e, info);
+    }
+  };
+
   interface Upload {
     readonly info: PathInfo;
     readonly shown: (ok: boolean) => void;
@@ -231,7 +253,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   /** After step 1 (the NAR, and the narinfo staged): make the narinfo visible, then durable. */
   const show = async ({ info, shown }: Upload, nar: UploadedNar, staged: StagedObject, t0: number): Promise<void> => {
     // 2. Visible only after the narinfos of its references: the one step on the chain.
-    const missing = await referencesVisible(info);
+    const missing = (await referencesVisible(info)) ?? (await collectorRan(info));
     if (missing) {
       shown(false);
       await staged.discard();

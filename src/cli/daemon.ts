@@ -142,6 +142,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     ...(flags.buildLogs === true ? { buildLogs: { logDir: env.NIX_LOG_DIR || DEFAULT_NIX_LOG_DIR } } : {}),
     jobs: settings.jobs,
     ...(upstream ? { upstream } : {}),
+    refreshAgeMs: settings.refreshAgeMs,
   });
 
   // The heap garbage of a burst is given back when the crypto threads are (see idle-gc.ts).

@@ -123,7 +123,8 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--force', 'upload paths even when the cache has them')
     .option('--dry-run', 'show what would be uploaded, upload nothing')
     .option('--json', 'print a machine-readable report on stdout')
-    .option('--build-logs', "also upload the build logs of uploaded paths built here, for 'nix log' (log/<drv>)"))
+    .option('--build-logs', "also upload the build logs of uploaded paths built here, for 'nix log' (log/<drv>)")
+    .option('--narinfo-refresh-age <duration>', 'renew a narinfo this upload relies on once it is this old, for narpush gc (default 1d)'))
     .action(async (paths: string[], opts: Record<string, unknown>) => {
       const { uploadPath } = await import('./upload-path.js');
       exitCode = await uploadPath(ctx(), paths, {
@@ -138,6 +139,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
         json: Boolean(opts.json),
         ...upstreamFlags(opts),
         buildLogs: Boolean(opts.buildLogs),
+        narinfoRefreshAge: opts.narinfoRefreshAge as string | undefined,
       });
     });
 
@@ -155,6 +157,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--retry-delay <seconds>', 'wait after a failed upload before the first retry, doubling each time (default 5)')
     .option('--retry-max-delay <seconds>', 'the longest wait between retries (default 600)')
     .option('--store-timeout <seconds>', 'give up on the Nix daemon when it sends nothing for this long while an answer is owed (default 120)')
+    .option('--narinfo-refresh-age <duration>', 'renew a narinfo an upload relies on once it is this old, for narpush gc (default 1d)')
     .option('--metrics-listen <host:port>', 'serve Prometheus /metrics and /healthz over HTTP here, e.g. 127.0.0.1:9101 or [::1]:9101 (default: off)')
     .option('--build-logs', "also upload the build logs of the derivations it uploads outputs of, for 'nix log' (log/<drv>)"))
     .action(async (opts: Record<string, unknown>) => {
@@ -174,6 +177,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
         metricsListen: opts.metricsListen as string | undefined,
         ...upstreamFlags(opts),
         buildLogs: Boolean(opts.buildLogs),
+        narinfoRefreshAge: opts.narinfoRefreshAge as string | undefined,
       });
     });
 
@@ -194,6 +198,31 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
         cache: opts.cache as string | undefined,
         trustedPublicKeys: opts.trustedPublicKeys as string[],
         trustedPublicKey: opts.trustedPublicKey as string[],
+        jobs: opts.jobs as string | undefined,
+        json: Boolean(opts.json),
+      });
+    });
+
+  program
+    .command('gc')
+    .description('delete what no recent or pinned path needs from a binary cache, safely beside running uploads')
+    .requiredOption('--cache <url>', 'the cache: file:///dir or s3://bucket?region=...&endpoint=...&profile=...')
+    .requiredOption('--keep-since <duration>', 'keep every path uploaded or relied on within this long, and its closure (e.g. 30d, 12h)')
+    .option('--keep <path>', 'also keep this store path and its closure (repeatable)', collect, [])
+    .option('--keep-file <file>', 'also keep the store paths listed in this file, one per line (repeatable)', collect, [])
+    .option('--grace <duration>', 'never delete an object younger than this, nor abort an upload started since (default 1h)')
+    .option('--dry-run', 'show what would be deleted, delete nothing')
+    .option('-j, --jobs <n>', 'requests at once (default 16)')
+    .option('--json', 'print a machine-readable report on stdout')
+    .action(async (opts: Record<string, unknown>) => {
+      const { gc } = await import('./gc.js');
+      exitCode = await gc(ctx(), {
+        cache: opts.cache as string,
+        keepSince: opts.keepSince as string,
+        keep: opts.keep as string[],
+        keepFile: opts.keepFile as string[],
+        grace: opts.grace as string | undefined,
+        dryRun: Boolean(opts.dryRun),
         jobs: opts.jobs as string | undefined,
         json: Boolean(opts.json),
       });

@@ -119,20 +119,30 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
       await ensureCacheInfo(backend, settings.cacheInfo);
     }
     const progress = createProgress(ctx.stderr as NodeJS.WriteStream, flags.json);
-    try {
-      report = await uploadPaths(infos, {
+    const upload = (force: boolean) =>
+      uploadPaths(infos, {
         backend,
         compression: settings.compression,
         signingKeys: settings.signingKeys,
         ...(settings.listing ? { listing: settings.listing } : {}),
         threads,
         jobs: settings.jobs,
-        force: flags.force,
+        force,
         dryRun: flags.dryRun,
         ...(upstream ? { upstream } : {}),
         signal: abort.signal,
         onEvent: progress,
+        gc: { refreshAgeMs: settings.refreshAgeMs },
       });
+    try {
+      report = await upload(flags.force);
+      // Paths held back because a `narpush gc` ran meanwhile (cache/gc-fence.ts): wait for it, then again.
+      for (let round = 1; round <= MAX_GC_ROUNDS && !flags.dryRun && !abort.signal.aborted && heldBack(report); round++) {
+        progress.done();
+        ctx.stderr.write(`narpush: narpush gc is running on ${config.description}; waiting for it to finish, then uploading what it held back\n`);
+        await waitForCollections(backend, abort.signal);
+        report = mergeReports(report, await upload(false));
+      }
     } finally {
       progress.done();
     }
@@ -158,6 +168,39 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   else printSummary(ctx, report, flags.dryRun, settings.compression.method, logs);
   if (abort.signal.aborted) return 130;
   return report.failed.length === 0 && (logs?.failed.length ?? 0) === 0 ? 0 : 1;
+}
+
+/** How many times an upload held back by collections is tried again. */
+const MAX_GC_ROUNDS = 5;
+const GC_POLL_MS = 2000;
+
+function heldBack(r: UploadReport): boolean {
+  return r.failed.some((f) => f.error.code === 'GC_CONFLICT');
+}
+
+/** Until no collection may still be deleting (a crashed one counts until its deadline). */
+async function waitForCollections(backend: CacheBackend, signal: AbortSignal): Promise<void> {
+  const { runningCollections } = await import('../cache/gc-fence.js');
+  while (!signal.aborted && (await runningCollections(backend)).length > 0) {
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, GC_POLL_MS);
+      signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
+    });
+  }
+}
+
+/** A later round after an earlier: what either uploaded, what is still failing, what was in the cache before both. */
+function mergeReports(first: UploadReport, again: UploadReport): UploadReport {
+  const uploaded = [...first.uploaded, ...again.uploaded];
+  const done = new Set(uploaded.map((u) => u.info.path.baseName));
+  return {
+    uploaded,
+    skipped: again.skipped.filter((i) => !done.has(i.path.baseName)),
+    upstream: again.upstream,
+    wouldUpload: again.wouldUpload,
+    failed: again.failed,
+    seconds: first.seconds + again.seconds,
+  };
 }
 
 function printSummary(ctx: CliContext, r: UploadReport, dryRun: boolean, method: Compression, logs: BuildLogReport | undefined): void {

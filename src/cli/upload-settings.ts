@@ -13,15 +13,19 @@ import { type CompressionOptions, compressionLevel, compressionThreads, parseCom
 import { readSecretKeyFile } from '../signing/key-file.js';
 import type { SecretKey } from '../signing/keys.js';
 import { type UpstreamFlags, type UpstreamSettings, upstreamSettings } from './upstream-settings.js';
+import { parseDuration } from './duration.js';
 
 export const DEFAULT_JOBS = 4;
 export const MAX_JOBS = 256;
+/** Renew a narinfo an upload relies on once it is this old (see cache/refresh.ts): --keep-since of narpush gc must exceed it plus the longest upload. */
+export const DEFAULT_NARINFO_REFRESH_AGE_MS = 86_400_000;
 
 export interface UploadFlags extends UpstreamFlags {
   readonly secretKeyFile: readonly string[];
   readonly compression?: string;
   readonly compressionLevel?: string;
   readonly jobs?: string;
+  readonly narinfoRefreshAge?: string;
 }
 
 export interface UploadSettings {
@@ -32,6 +36,7 @@ export interface UploadSettings {
   readonly upstream: UpstreamSettings;
   /** With `write-nar-listing=true`: each path's `.ls` listing, capped (see nar/listing.ts). */
   readonly listing?: ListingOptions;
+  readonly refreshAgeMs: number;
 }
 
 /** A whole number within [min, max], or a BAD_OPTION error naming the flag. */
@@ -53,7 +58,10 @@ export async function uploadSettings(flags: UploadFlags, config: CacheConfig, st
   const upstream = upstreamSettings(flags, process.cwd());
   const signingKeys: SecretKey[] = [];
   for (const f of new Set([...flags.secretKeyFile, ...config.params.secretKeyFiles])) signingKeys.push(await readSecretKeyFile(f));
+  const refreshAgeMs =
+    flags.narinfoRefreshAge !== undefined ? parseDuration('--narinfo-refresh-age', flags.narinfoRefreshAge) : DEFAULT_NARINFO_REFRESH_AGE_MS;
   return {
+    refreshAgeMs,
     compression: { method, ...(level !== undefined ? { level } : {}), ...compressionThreads(config.params.parallelCompression) },
     jobs,
     signingKeys,

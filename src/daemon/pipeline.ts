@@ -46,6 +46,8 @@ export interface PipelineOptions {
   readonly jobs: number;
   /** Paths it serves are not uploaded; kept (with its remembered answers) for the daemon's life, closed by close. */
   readonly upstream?: Upstream;
+  /** Renew narinfos relied on once this old, for narpush gc (cache/refresh.ts); undefined: never. */
+  readonly refreshAgeMs?: number;
   /** How long a worker thread may have no work before it is stopped (DEFAULT_THREAD_IDLE_MS unless set). */
   readonly threadIdleMs?: number;
 }
@@ -204,6 +206,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         ...(opts.upstream ? { upstream: opts.upstream } : {}),
         signal: ctx.signal,
         onEvent: forward,
+        gc: opts.refreshAgeMs !== undefined ? { refreshAgeMs: opts.refreshAgeMs } : {},
       });
     } catch (e) {
       return failAll(message(e));

@@ -22,15 +22,21 @@
  * - A failed or aborted putStream waits for its in-flight parts, then aborts
  *   the multipart upload (leavePartsOnError false) before it settles.
  *
- * Must never delete an object (a key may hold a NAR a published narinfo uses)
- * and never put credentials into messages or `description`.
+ * - Listing is ListObjectsV2 / ListMultipartUploads, page by page; deleting
+ *   (for `narpush gc` only) is DeleteObjects, up to 1,000 keys a request,
+ *   keys the server reports as failed retried with the same backoff.
+ *
+ * Must never delete an object except by `deleteMany` (a key may hold a NAR
+ * a published narinfo uses) and never put credentials into messages or
+ * `description`.
  */
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { NarpushError } from '../errors.js';
 import {
-  MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type ListedObject, type PutStreamOptions,
+  MAX_DELETE_BATCH, MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type IncompleteUpload,
+  type ListedObject, type ObjectStat, type PutStreamOptions,
 } from '../cache/backend.js';
 import type { S3Config } from './s3-config.js';
 import { EtagTracker, choosePartSize } from './multipart.js';
@@ -329,6 +335,115 @@ class S3Backend implements CacheBackend {
       throw err;
     } finally {
       readable.destroy();
+    }
+  }
+
+  async stat(key: string): Promise<ObjectStat | undefined> {
+    checkCacheKey(key);
+    try {
+      const head = await this.client.send(new this.sdk.HeadObjectCommand({ Bucket: this.config.bucket, Key: key }));
+      return { size: head.ContentLength ?? 0, lastModified: head.LastModified ?? new Date(0) };
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw s3Error(e, this.ctx(`check ${key}`));
+    }
+  }
+
+  /** A copy onto itself renews LastModified; S3 allows it only when something changes, hence REPLACE. */
+  async touch(key: string, contentType: string): Promise<boolean> {
+    checkCacheKey(key);
+    try {
+      await this.client.send(
+        new this.sdk.CopyObjectCommand({
+          Bucket: this.config.bucket,
+          Key: key,
+          CopySource: `${this.config.bucket}/${encodeURIComponent(key).replace(/%2F/g, '/')}`,
+          MetadataDirective: 'REPLACE',
+          ContentType: contentType,
+          ...this.storageClass(),
+        }),
+      );
+      return true;
+    } catch (e) {
+      if (isNotFound(e)) return false;
+      throw s3Error(e, this.ctx(`refresh ${key}`));
+    }
+  }
+
+  async deleteMany(keys: readonly string[]): Promise<(Error | undefined)[]> {
+    if (keys.length > MAX_DELETE_BATCH) throw new NarpushError('BAD_OPTION', `at most ${MAX_DELETE_BATCH} keys per delete request`);
+    for (const k of keys) checkCacheKey(k);
+    const result = new Map<string, Error | undefined>(keys.map((k) => [k, undefined]));
+    let pending = [...keys];
+    // The SDK retries the request; keys the server answers with a per-key error are retried here.
+    for (let attempt = 1; pending.length > 0; attempt++) {
+      let out;
+      try {
+        out = await this.client.send(
+          new this.sdk.DeleteObjectsCommand({
+            Bucket: this.config.bucket,
+            Delete: { Objects: pending.map((Key) => ({ Key })), Quiet: true },
+          }),
+        );
+      } catch (e) {
+        const err = s3Error(e, this.ctx(`delete ${pending.length} objects`));
+        for (const k of pending) result.set(k, err);
+        break;
+      }
+      const failed = (out.Errors ?? []).filter((x) => x.Key !== undefined && result.has(x.Key));
+      const retry: string[] = [];
+      for (const f of failed) {
+        const err = Object.assign(new Error(f.Message ?? f.Code ?? 'delete failed'), { name: f.Code ?? 'Error' });
+        const kind = classifyFailure(err);
+        if (f.Code === 'NoSuchKey') continue;
+        result.set(f.Key!, new NarpushError('S3_ERROR', `cannot delete ${f.Key} from ${this.description}: ${f.Code ?? 'error'}`, { cause: err }));
+        if (kind !== 'permanent' && attempt < this.policy.maxAttempts) retry.push(f.Key!);
+      }
+      if (retry.length > 0) await sleep(backoffDelay(attempt - 1, 'transient', this.policy, this.random));
+      pending = retry;
+      for (const k of retry) result.set(k, undefined);
+    }
+    return keys.map((k) => result.get(k));
+  }
+
+  async *listIncomplete(opts: { signal?: AbortSignal } = {}): AsyncIterable<IncompleteUpload> {
+    let keyMarker: string | undefined;
+    let idMarker: string | undefined;
+    for (;;) {
+      opts.signal?.throwIfAborted();
+      let page;
+      try {
+        page = await this.client.send(
+          new this.sdk.ListMultipartUploadsCommand({
+            Bucket: this.config.bucket,
+            ...(keyMarker !== undefined && { KeyMarker: keyMarker }),
+            ...(idMarker !== undefined && { UploadIdMarker: idMarker }),
+          }),
+        );
+      } catch (e) {
+        // Some S3-compatible servers (s3rver) have no such listing: nothing to abort that we can see.
+        const err = e as { name?: string; Code?: string; $metadata?: { httpStatusCode?: number } };
+        if (err.name === 'NotImplemented' || err.Code === 'NotImplemented' || err.$metadata?.httpStatusCode === 501) {
+          throw new NarpushError('INCOMPLETE_UNSUPPORTED', `${this.description} cannot list multipart uploads`, { cause: e });
+        }
+        throw s3Error(e, this.ctx('list multipart uploads'));
+      }
+      for (const u of page.Uploads ?? []) {
+        if (u.Key === undefined || u.UploadId === undefined) continue;
+        yield { key: u.Key, id: u.UploadId, initiated: u.Initiated ?? new Date(0) };
+      }
+      if (!page.IsTruncated) return;
+      keyMarker = page.NextKeyMarker;
+      idMarker = page.NextUploadIdMarker;
+    }
+  }
+
+  async abortIncomplete(upload: IncompleteUpload): Promise<void> {
+    try {
+      await this.client.send(new this.sdk.AbortMultipartUploadCommand({ Bucket: this.config.bucket, Key: upload.key, UploadId: upload.id }));
+    } catch (e) {
+      if ((e as { name?: string }).name === 'NoSuchUpload') return;
+      throw s3Error(e, this.ctx(`abort the multipart upload of ${upload.key}`));
     }
   }
 

@@ -104,9 +104,9 @@ test('garbage, a narinfo of another path, and a cache for another store are not 
     const libc = infos.get('libc')!;
     const lib = infos.get('lib')!;
     for (const [name, poison] of [
-      ['garbage', (b: MemoryBackend) => b.objects.set(narInfoKey(libc.path), { body: Buffer.from('<html>hello</html>'), contentType: 'text/html' })],
+      ['garbage', (b: MemoryBackend) => b.objects.set(narInfoKey(libc.path), { body: Buffer.from('<html>hello</html>'), contentType: 'text/html', lastModified: new Date() })],
       ['another path', (b: MemoryBackend) => b.objects.set(narInfoKey(libc.path), b.objects.get(narInfoKey(lib.path))!)],
-      ['another store', (b: MemoryBackend) => b.objects.set('nix-cache-info', { body: Buffer.from('StoreDir: /gnu/store\n'), contentType: '' })],
+      ['another store', (b: MemoryBackend) => b.objects.set('nix-cache-info', { body: Buffer.from('StoreDir: /gnu/store\n'), contentType: '', lastModified: new Date() })],
     ] as const) {
       const up = await cacheOf(dir, [libc, lib]);
       poison(up);

@@ -32,6 +32,8 @@ export interface RgwHandle {
   readonly httpUrl: string;
   /** AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for a child process. */
   readonly env: Readonly<Record<string, string>>;
+  /** The same, for an SDK client or a backend in this process. */
+  readonly credentials: { readonly accessKeyId: string; readonly secretAccessKey: string };
   /** An SDK client for the bucket, for checks beside narpush. */
   readonly client: S3Client;
   stop(): Promise<void>;
@@ -97,6 +99,7 @@ export async function startRgw(opts: { bucket?: string; memstoreBytes?: number }
     url: `s3://${bucket}?endpoint=${endpoint}&region=${vars.S3_REGION ?? 'us-east-1'}`,
     httpUrl: `${endpoint}/${bucket}`,
     env: { AWS_ACCESS_KEY_ID: vars.S3_ACCESS_KEY!, AWS_SECRET_ACCESS_KEY: vars.S3_SECRET_KEY! },
+    credentials: { accessKeyId: vars.S3_ACCESS_KEY!, secretAccessKey: vars.S3_SECRET_KEY! },
     client,
     async stop() {
       client.destroy();

@@ -398,7 +398,7 @@ describe('the module, contrib/ and the CLI fit together', () => {
     const units = path.join(dir, 'units');
     await runOk('mkdir', ['-p', units]);
     // contrib/, with the CLI's path replaced by one that exists here.
-    for (const name of ['narpush.service', 'narpush.socket']) {
+    for (const name of ['narpush.service', 'narpush.socket', 'narpush-gc.service', 'narpush-gc.timer']) {
       const text = await readFile(path.join(CONTRIB, 'systemd', name), 'utf8');
       await writeFile(path.join(units, `contrib-${name}`), text.replaceAll('/usr/local/bin/narpush', '/bin/true').replace('Service=narpush.service', 'Service=contrib-narpush.service').replace(/Requires=narpush.socket/, 'Requires=contrib-narpush.socket'));
     }
@@ -428,7 +428,7 @@ describe('the module, contrib/ and the CLI fit together', () => {
     const service = { ...m.service, ExecStart: `/bin/true ${String(m.service.ExecStart).split(' ').slice(1).join(' ')}` };
     await writeFile(path.join(units, 'module-narpush.service'), render('Service', service));
     await writeFile(path.join(units, 'module-narpush.socket'), render('Socket', { ...m.socket, Service: 'module-narpush.service' }));
-    const names = ['contrib-narpush.socket', 'contrib-narpush.service', 'module-narpush.socket', 'module-narpush.service'];
+    const names = ['contrib-narpush.socket', 'contrib-narpush.service', 'contrib-narpush-gc.service', 'contrib-narpush-gc.timer', 'module-narpush.socket', 'module-narpush.service'];
     const r = await run('systemd-analyze', ['verify', '--man=no', ...names.map((n) => `./${n}`)], { cwd: units });
     // verify exits 0 on unknown keys and bad values: what it says is the verdict.
     const complaints = r.stderr.split('\n').filter((l) => l.trim() !== '' && !/Failed to .*(connect|bus)/i.test(l));
@@ -527,6 +527,30 @@ describe('flake.nix and the module, evaluated against a nixpkgs stand-in', () =>
     // The endpoint is a TCP socket: IPv4 and IPv6 must stay allowed.
     for (const family of ['AF_INET', 'AF_INET6']) assert.ok(off.families.includes(family), family);
     assert.deepEqual(await failed('{ enable = true; uploadTo = "s3://c"; metricsListen = "[::1]:9101"; }'), []);
+  });
+
+  it('gc: a timer and a oneshot service whose command line the real narpush gc accepts', async () => {
+    const sel = `{ off = m.config.systemd.services.narpush-gc.condition; svc = m.config.systemd.services.narpush-gc.content.serviceConfig;
+      timer = m.config.systemd.timers.narpush-gc.content.timerConfig; exec = m.config.systemd.services.narpush.serviceConfig.ExecStart; }`;
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'narpush-module-gc-'));
+    try {
+      await writeFile(path.join(dir, 'nix-cache-info'), 'StoreDir: /nix/store\n');
+      const settings = `{ enable = true; uploadTo = "file://${dir}"; narinfoRefreshAge = "2d"; gc = { enable = true; keepSince = "14d"; dates = "Sun 03:00"; keep = [ "/nix/store/00000000000000000000000000000000-pinned" ]; }; }`;
+      const r = (await nixEval(moduleExpr(settings, sel))) as { off: boolean; svc: Record<string, unknown>; timer: Record<string, unknown>; exec: string };
+      assert.equal(r.off, true);
+      assert.equal(r.timer.OnCalendar, 'Sun 03:00');
+      assert.equal(r.svc.Type, 'oneshot');
+      const words = systemdWords(r.svc.ExecStart as string);
+      assert.deepEqual(words.slice(1), ['gc', '--cache', `file://${dir}`, '--keep-since', '14d', '--keep', '/nix/store/00000000000000000000000000000000-pinned']);
+      const daemon = systemdWords(r.exec);
+      assert.equal(daemon[daemon.indexOf('--narinfo-refresh-age') + 1], '2d');
+      const ran = await narpush(words.slice(1));
+      assert.equal(ran.code, 0, ran.stderr);
+      const disabled = (await nixEval(moduleExpr('{ enable = true; uploadTo = "s3://c"; }', 'm.config.systemd.timers.narpush-gc.condition'))) as boolean;
+      assert.equal(disabled, false);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses bad combinations with a message', async () => {

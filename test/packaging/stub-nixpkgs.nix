@@ -18,6 +18,10 @@ rec {
     optionalAttrs = c: a: if c then a else { };
     optionalString = c: s: if c then s else "";
     optional = c: x: if c then [ x ] else [ ];
+    optionals = c: l: if c then l else [ ];
+    concatMap = builtins.concatMap;
+    escapeShellArg = a: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] (toString a) + "'";
+    escapeShellArgs = l: builtins.concatStringsSep " " (map escapeShellArg l);
     hasPrefix = p: s: builtins.substring 0 (builtins.stringLength p) s == p;
     hasInfix = i: s: builtins.match ".*${escapeRegex i}.*" s != null;
     escapeRegex = builtins.replaceStrings [ "." "?" "*" "+" "(" ")" "[" "]" "{" "}" "|" "^" "$" "\\" ] [ "\\." "\\?" "\\*" "\\+" "\\(" "\\)" "\\[" "\\]" "\\{" "\\}" "\\|" "\\^" "\\$" "\\\\" ];
@@ -94,7 +98,11 @@ rec {
     let
       module = import moduleFile { inherit lib pkgs config; };
       options = module.options.services.narpush;
-      cfg = builtins.mapAttrs (n: o: settings.${n} or o.default) options;
+      # Options, and groups of options one level down (services.narpush.gc).
+      isOption = o: (o._type or null) == "option";
+      cfg = builtins.mapAttrs (
+        n: o: if isOption o then settings.${n} or o.default else builtins.mapAttrs (n2: o2: (settings.${n} or { }).${n2} or o2.default) o
+      ) options;
       config = {
         services.narpush = cfg;
         nix.settings = { };
