@@ -171,7 +171,21 @@ export function produceSplit(src: NarSource, opts: ProduceOptions & { readonly t
     await finish();
   }
 
+  // Uncompressed, the pieces are the NAR's own chunks (fresh buffers, the consumer's to keep): no stream to pass them through.
+  async function* narPieces(): AsyncGenerator<Buffer> {
+    for await (const chunk of tappedNar()) {
+      fileSize += chunk.length;
+      opts.onProgress?.(narSize, fileSize);
+      yield chunk;
+    }
+    await finish();
+  }
+
   async function* pieces(): AsyncGenerator<Buffer> {
+    if (opts.compression.method === 'none') {
+      yield* narPieces();
+      return;
+    }
     const direct = await createChunkCompressor(opts.compression, src.narSize);
     if (direct) {
       yield* chunkPieces(direct);
