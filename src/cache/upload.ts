@@ -27,7 +27,7 @@ import { type CacheBackend, type StagedObject, stageBatch, stageBytes } from './
 import type { CompressionOptions } from './compression.js';
 import { createLimiter } from './limit.js';
 import { type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
-import { UploadPlanner } from './plan.js';
+import { UploadPlanner, streamed } from './plan.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 
 export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
@@ -63,6 +63,8 @@ export interface UploadOptions {
   readonly dryRun?: boolean;
   /** NARs up to this size go up in one request (see plan.ts SMALL_NAR_BYTES); tests set 0 to force streaming. */
   readonly smallNarBytes?: number;
+  /** Tests: whether large NARs are hashed on this thread (see UploadWork.hashHere); measured unless set. */
+  readonly hashHere?: boolean;
   /** Existence checks at once (they are small requests). */
   readonly checkConcurrency?: number;
   readonly signal?: AbortSignal;
@@ -159,6 +161,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     cores: opts.threads.maxThreads,
     signingKeys: opts.signingKeys.length,
     ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
+    ...(opts.hashHere !== undefined ? { hashHere: opts.hashHere } : {}),
   });
   for (const info of toUpload) planner.add(info.narSize);
   const sign: Signer = planner.signOnThread()
@@ -241,7 +244,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
         const done = await uploadNar(backend, info, {
           compression: opts.compression,
           threads: opts.threads,
-          production: planner.production(info.narSize) === 'whole' ? 'whole' : 'split',
+          production: streamed(planner.production(info.narSize)),
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
         });
