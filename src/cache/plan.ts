@@ -16,6 +16,8 @@
  *    NAR job runs), each goes whole to a worker thread, one per core: the
  *    NARs then run side by side as `nix copy` runs them, and this thread
  *    only moves bytes.
+ *  - xz uses the cores that fewer large NARs than cores leave idle: each
+ *    large NAR's blocks are encoded that many at once (see `compression`).
  *  - Threads only when they pay: a thread's start-up (booting a Node
  *    isolate) costs far more than an Ed25519 signature by OpenSSL on this
  *    thread, so up to SIGN_HERE_MAX signatures, with no large NAR to stream
@@ -77,6 +79,20 @@ export class UploadPlanner {
     if (narSize <= this.small) return 'memory';
     if (this.wholeNars()) return 'whole';
     return this.hashHere() ? 'inline' : 'split';
+  }
+
+  /**
+   * The compression for a NAR of `narSize` bytes: as configured, but a large
+   * xz NAR with no thread count set gets the cores the other large NARs
+   * leave idle, as blocks encoded at once (compression.ts xzBlockSize; the
+   * bytes are the same whatever the count).
+   */
+  compression(narSize: number): CompressionOptions {
+    const c = this.work.compression;
+    if (c.method !== 'xz' || c.threads !== undefined || narSize <= this.small) return c;
+    const atOnce = Math.max(1, Math.min(this.large, this.work.jobs));
+    const threads = Math.max(1, Math.floor(this.work.cores / atOnce));
+    return threads > 1 ? { ...c, threads } : c;
   }
 
   /** Whether narinfo signatures are made on the crypto thread (else on this one; see SIGN_HERE_MAX). */

@@ -242,7 +242,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
         opts.signal?.throwIfAborted();
         emit({ type: 'started', info });
         const done = await uploadNar(backend, info, {
-          compression: opts.compression,
+          compression: planner.compression(info.narSize),
           threads: opts.threads,
           production: streamed(planner.production(info.narSize)),
           ...(opts.signal ? { signal: opts.signal } : {}),

@@ -148,6 +148,23 @@ test('planner: small NARs in memory, one large split, several large whole (zstd,
   assert.equal(plan({ method: 'xz' }, [101, 102]).threads, 1);
 });
 
+test('planner: a large xz NAR gets the cores the other large NARs leave idle, unless threads were set', () => {
+  const threadsOf = (sizes: number[], cores: number, jobs = 4, threads?: number) => {
+    const p = new UploadPlanner({ compression: { method: 'xz', ...(threads !== undefined ? { threads } : {}) }, jobs, cores, signingKeys: 0, smallNarBytes: 100 });
+    for (const s of sizes) p.add(s);
+    return sizes.map((s) => p.compression(s).threads);
+  };
+  assert.deepEqual(threadsOf([101], 2), [2]);
+  assert.deepEqual(threadsOf([101, 10], 4), [4, undefined], 'a small NAR is one call');
+  assert.deepEqual(threadsOf([101, 102], 4), [2, 2]);
+  assert.deepEqual(threadsOf([101, 102], 2), [undefined, undefined], 'no idle core');
+  assert.deepEqual(threadsOf([101, 102, 103], 4, 1), [4, 4, 4], 'one at a time: every core');
+  assert.deepEqual(threadsOf([101], 4, 4, 1), [1], 'parallel-compression=false');
+  const zstd = new UploadPlanner({ compression: { method: 'zstd' }, jobs: 4, cores: 4, signingKeys: 0, smallNarBytes: 100 });
+  zstd.add(101);
+  assert.equal(zstd.compression(101).threads, undefined, 'zstd: unchanged');
+});
+
 test('planner: where SHA-256 is fast, one large NAR is hashed here and starts no thread (but several zstd NARs still go whole)', () => {
   const plan = (compression: { method: Compression }, sizes: number[], signingKeys = 0) => {
     const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signingKeys, smallNarBytes: 100, hashHere: true });
