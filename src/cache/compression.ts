@@ -19,9 +19,9 @@ export interface CompressionOptions {
   readonly method: Compression;
   /** xz: preset 0-9 (default 6, as Nix); zstd: level 1-22 (default 3, as Nix). */
   readonly level?: number;
-  /** Encoder threads for one stream; default one, as in Nix (see createCompressor; always one for NARs under SINGLE_THREAD_BELOW). */
+  /** Encoder threads for one stream (xz: blocks encoded at once); default one, as in Nix (see createCompressor; always one for NARs under SINGLE_THREAD_BELOW). The bytes never depend on it. */
   readonly threads?: number;
-  /** xz multi-threaded block size in bytes; default from the NAR size (see xzBlockSize). */
+  /** xz block size in bytes (uncompressed); default from the NAR size (see xzBlockSize). */
   readonly xzBlockSize?: number;
 }
 
@@ -66,18 +66,26 @@ export function compressionThreads(parallel: boolean | undefined): { threads?: n
 /** Below this size a NAR is compressed on one thread: starting encoder threads costs more than it saves. */
 export const SINGLE_THREAD_BELOW = 1 << 20;
 const MIB = 1 << 20;
-const MAX_XZ_BLOCK = 8 * MIB;
+/** xz blocks: at least this large where the NAR allows (smaller ones lose ratio), at most this large (memory: see xzBlockSize). */
+export const MIN_XZ_BLOCK = 8 * MIB;
+export const MAX_XZ_BLOCK = 32 * MIB;
 
 /**
- * xz's multi-threaded encoder splits its input into blocks and gives each
- * thread one; liblzma's default block (24 MiB at preset 6) would leave a
- * second core idle on most NARs. Blocks of size/threads, rounded up to a MiB
- * and at most 8 MiB, keep every core busy and the ratio within a fraction of
- * a percent of one block.
+ * Uncompressed bytes per xz block of a NAR of `narSize` bytes. Blocks are
+ * independent, so their encoders can run at once on idle cores (see
+ * XzEncoder's maxBlocks); each block starts with an empty dictionary, which
+ * costs ratio, so they are as large as a parallel encoder can use: an even
+ * number of equal blocks (two cores finish together), each at most
+ * MAX_XZ_BLOCK (a block's input waits in memory while it is encoded), and
+ * one block for a NAR under twice MIN_XZ_BLOCK. Depends on the size alone,
+ * never on the threads: the same NAR always gives the same bytes, whatever
+ * else is uploaded beside it (two paths with one NAR share its object).
  */
-export function xzBlockSize(sizeHint: number, threads: number): number {
-  const perThread = Math.ceil(sizeHint / threads / MIB) * MIB;
-  return Math.min(MAX_XZ_BLOCK, Math.max(MIB, perThread));
+export function xzBlockSize(narSize: number): number {
+  if (narSize < 2 * MIN_XZ_BLOCK) return Math.max(MIB, Math.ceil(narSize / MIB) * MIB);
+  let blocks = Math.ceil(narSize / MAX_XZ_BLOCK);
+  blocks += blocks % 2;
+  return Math.ceil(narSize / blocks / MIB) * MIB;
 }
 
 /** Encoder threads for one NAR: one unless `opts.threads` says otherwise, and always one below SINGLE_THREAD_BELOW. */
@@ -93,10 +101,10 @@ function encoderThreads(opts: CompressionOptions, sizeHint: number | undefined):
  * more in hand-offs (0.1-0.2 s of system time on the 103 MiB benchmark
  * closure) than they saved; the cores are better spent on hashing (see
  * threads/thread-pool.ts). xz is narpush's own encoder (xz-encoder.ts), which
- * skips incompressible data and caps liblzma encoders at one per core; with
- * threads, liblzma's multi-threaded encoder instead (about 350 MiB at preset
- * 6 with two threads). `sizeHint` (the NAR size) keeps small NARs on one
- * thread and sizes xz's dictionary.
+ * skips incompressible data and caps liblzma encoders at one per core; its
+ * blocks (xzBlockSize) are encoded up to `threads` at once, which the
+ * planner sets from idle cores (plan.ts). `sizeHint` (the NAR size) keeps
+ * small NARs on one thread and sizes xz's dictionary and blocks.
  */
 export async function createCompressor(opts: CompressionOptions, sizeHint?: number): Promise<Transform> {
   const level = compressionLevel(opts.method, opts.level);
@@ -105,10 +113,8 @@ export async function createCompressor(opts: CompressionOptions, sizeHint?: numb
     case 'none':
       return new PassThrough({ highWaterMark: 1 << 20 });
     case 'xz': {
-      if (threads === 1) return new XzEncoder({ preset: level, ...(sizeHint !== undefined ? { sizeHint } : {}) });
-      const lzma = lzmaNative();
-      const blockSize = opts.xzBlockSize ?? xzBlockSize(sizeHint ?? MAX_XZ_BLOCK * threads, threads);
-      return lzma.createCompressor({ preset: level, check: lzma.CHECK_CRC64, threads, blockSize });
+      const blockBytes = opts.xzBlockSize ?? (sizeHint !== undefined ? xzBlockSize(sizeHint) : MAX_XZ_BLOCK);
+      return new XzEncoder({ preset: level, ...(sizeHint !== undefined ? { sizeHint } : {}), blockBytes, maxBlocks: threads });
     }
     case 'zstd': {
       const zstd = zstdNapi();

@@ -44,7 +44,7 @@ import {
   MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type IncompleteUpload, type ListedObject,
   type ObjectStat, type PutStreamOptions, type SmallObject, type StagedObject,
 } from './backend.js';
-import { MetadataCalls, call, closeNow, writeAll, writeAllNow } from './file-ops.js';
+import { MetadataCalls, WriteAhead, call, closeNow, writeAll, writeAllNow } from './file-ops.js';
 import { type Limiter, createLimiter } from './limit.js';
 
 /** Temporary files are named `.<name>.narpush-<random>-<n>.tmp`: hidden, and never a key Nix asks for. */
@@ -54,6 +54,8 @@ export const TEMP_MARKER = '.narpush-';
 const CREATE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL;
 // Chunks of a streamed read: large enough for few calls, small enough to bound a reader's memory.
 const READ_CHUNK = 64 * 1024;
+/** A stream's bytes in flight to the page cache at once (see WriteAhead). */
+const WRITE_AHEAD_BYTES = 8 << 20;
 // Where the platform has no O_DSYNC, whole bodies are fsynced like streams.
 const DSYNC: number | undefined = fs.constants.O_DSYNC;
 
@@ -387,11 +389,18 @@ export class FileBackend implements CacheBackend {
         await io('write', key, this.description, () => writeAll(fd, body));
         bytes = body.byteLength;
       } else {
-        // Errors from `body` (the caller's stream) pass through unchanged; only our own I/O is wrapped.
-        for await (const chunk of body instanceof Uint8Array ? [body] : body) {
-          await io('write', key, this.description, () => writeAll(fd, chunk));
-          bytes += chunk.byteLength;
+        const ahead = new WriteAhead(fd, WRITE_AHEAD_BYTES);
+        try {
+          // Errors from `body` (the caller's stream) pass through unchanged; only our own I/O is wrapped.
+          for await (const chunk of body instanceof Uint8Array ? [body] : body) {
+            await io('write', key, this.description, () => ahead.write(chunk));
+          }
+        } finally {
+          // No write may still be running when the descriptor is closed (on success or failure).
+          await ahead.drain().catch(() => {});
         }
+        await io('write', key, this.description, () => ahead.drain());
+        bytes = ahead.bytes;
         await io('write', key, this.description, () => call<void>((cb) => fs.fsync(fd, cb)));
       }
       isOpen = false; // even a failed close releases the descriptor: never close it twice

@@ -7,6 +7,9 @@
  *  - split (`produceSplit`): streamed; the NAR hash runs on the crypto
  *    thread beside this one, which reads, compresses and hashes the
  *    compressed bytes. For one large NAR: two cores on it finish it sooner.
+ *  - inline (`produceInline`): streamed as split, with the NAR hash on this
+ *    thread too. For one large NAR where SHA-256 is fast (SHA extensions):
+ *    handing the bytes over would cost more than hashing them.
  *  - whole (`produceWhole`): streamed from a worker thread that does all
  *    the CPU work (threads/nar-job.ts); this thread only passes the pieces
  *    on. For several large NARs, one per core.
@@ -162,7 +165,33 @@ export function produceInMemory(src: NarSource, opts: ProduceOptions): ProducedN
  * NAR: its hash is the NAR hash.
  */
 export function produceSplit(src: NarSource, opts: ProduceOptions & { readonly threads: ThreadPool }): ProducedNar {
-  const narHasher = opts.threads.hash('sha256');
+  return produceStreamed(src, opts, opts.threads.hash('sha256'));
+}
+
+/**
+ * Streamed like `produceSplit`, with the NAR hash on this thread too: where
+ * SHA-256 is fast (SHA extensions), hashing costs this thread less than
+ * copying the bytes to another one (see hash/hash-speed.ts), and no thread
+ * has to start.
+ */
+export function produceInline(src: NarSource, opts: ProduceOptions): ProducedNar {
+  const h = createHash('sha256');
+  return produceStreamed(src, opts, {
+    update: (chunk) => void h.update(chunk),
+    digest: async () => h.digest(),
+    drop: () => {},
+  });
+}
+
+/** The NAR hash of a streamed producer: on a thread (BackgroundHash) or here. */
+interface NarHasher {
+  /** A promise to wait on before the next update, when the hasher is behind. */
+  update(chunk: Uint8Array): Promise<void> | undefined;
+  digest(): Promise<Buffer>;
+  drop(): void;
+}
+
+function produceStreamed(src: NarSource, opts: ProduceOptions, narHasher: NarHasher): ProducedNar {
   const fileHasher = opts.compression.method === 'none' ? undefined : createHash('sha256');
   const lister = opts.listing ? new NarLister(opts.listing.maxBytes) : undefined;
   let narSize = 0;
@@ -207,7 +236,21 @@ export function produceSplit(src: NarSource, opts: ProduceOptions & { readonly t
     await finish();
   }
 
+  // Uncompressed, the pieces are the NAR's own chunks (fresh buffers, the consumer's to keep): no stream to pass them through.
+  async function* narPieces(): AsyncGenerator<Buffer> {
+    for await (const chunk of tappedNar()) {
+      fileSize += chunk.length;
+      opts.onProgress?.(narSize, fileSize);
+      yield chunk;
+    }
+    await finish();
+  }
+
   async function* pieces(): AsyncGenerator<Buffer> {
+    if (opts.compression.method === 'none') {
+      yield* narPieces();
+      return;
+    }
     const direct = await createChunkCompressor(opts.compression, src.narSize);
     if (direct) {
       yield* chunkPieces(direct);

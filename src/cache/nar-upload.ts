@@ -1,7 +1,7 @@
 /**
  * Store paths' NARs into the cache. A large one (`uploadNar`) streams from
- * its producer (nar-producers.ts: split with the crypto thread, or whole on
- * a worker, as plan.ts chose) straight to the backend, with no temporary
+ * its producer (nar-producers.ts: split with the crypto thread, inline, or
+ * whole on a worker, as plan.ts chose) straight to the backend, with no temporary
  * file and no whole NAR in memory. Small ones (`uploadSmallNars`) are
  * produced in memory and written as a batch.
  *
@@ -15,7 +15,7 @@ import type { Hash } from '../hash/hash.js';
 import { nix32Encode } from '../hash/nix32.js';
 import { type CacheBackend, stageBatch } from './backend.js';
 import { type CompressionOptions, narExtension } from './compression.js';
-import { type ListingOptions, type NarSource, type ProducedNar, produceInMemory, produceSplit, produceWhole } from './nar-producers.js';
+import { type ListingOptions, type NarSource, type ProducedNar, produceInMemory, produceInline, produceSplit, produceWhole } from './nar-producers.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 
 export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
@@ -42,7 +42,7 @@ export interface NarUploadOptions {
   /** The threads that hash beside this one, or take the NAR's work whole. */
   readonly threads: ThreadPool;
   /** How the NAR is produced (plan.ts decides; 'whole' needs canProduceWhole). */
-  readonly production: 'split' | 'whole';
+  readonly production: 'split' | 'inline' | 'whole';
   readonly signal?: AbortSignal;
   /** Called as bytes flow, with totals so far (uncompressed, compressed). */
   readonly onProgress?: (narBytes: number, fileBytes: number) => void;
@@ -72,7 +72,7 @@ function uploaded(src: NarSource, url: string, compression: CompressionOptions['
 /** Stream one NAR of any size (upload.ts uses it for those above the planner's small size). */
 export async function uploadNar(backend: CacheBackend, src: NarSource, opts: NarUploadOptions): Promise<UploadedNar> {
   const url = narKey(src.narHash, opts.compression.method);
-  const produce = opts.production === 'whole' ? produceWhole : produceSplit;
+  const produce = opts.production === 'whole' ? produceWhole : opts.production === 'inline' ? produceInline : produceSplit;
   const produced = produce(src, {
     compression: opts.compression,
     threads: opts.threads,

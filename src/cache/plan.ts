@@ -8,11 +8,16 @@
  *    many tiny paths of a typical closure, a stream, a hash thread and a
  *    multipart upload per path cost more than the data.
  *  - One large NAR is split between this thread and the crypto thread,
- *    which finishes that one NAR sooner than either alone.
+ *    which finishes that one NAR sooner than either alone; but where
+ *    SHA-256 is fast (SHA extensions, hash/hash-speed.ts) it is produced
+ *    inline: copying the bytes to the thread would cost this thread more
+ *    than hashing them, and no thread needs to start for it.
  *  - From the second large NAR on (zstd on one encoder thread only, what a
  *    NAR job runs), each goes whole to a worker thread, one per core: the
  *    NARs then run side by side as `nix copy` runs them, and this thread
  *    only moves bytes.
+ *  - xz uses the cores that fewer large NARs than cores leave idle: each
+ *    large NAR's blocks are encoded that many at once (see `compression`).
  *  - Threads only when they pay: a thread's start-up (booting a Node
  *    isolate) costs far more than an Ed25519 signature by OpenSSL on this
  *    thread, so up to SIGN_HERE_MAX signatures, with no large NAR to stream
@@ -20,6 +25,7 @@
  *    is started for them.
  */
 import type { CompressionOptions } from './compression.js';
+import { sha256IsFast } from '../hash/hash-speed.js';
 import { canProduceWhole } from './nar-producers.js';
 
 /**
@@ -31,7 +37,12 @@ export const SMALL_NAR_BYTES = 512 * 1024;
 /** Signatures (paths x keys) made on this thread when nothing else needs a thread: a few ms of work, less than one thread's start-up. */
 export const SIGN_HERE_MAX = 64;
 
-export type NarProduction = 'memory' | 'split' | 'whole';
+export type NarProduction = 'memory' | 'split' | 'inline' | 'whole';
+
+/** How a NAR above the small size streams (a small one given here streams as split would). */
+export function streamed(p: NarProduction): 'split' | 'inline' | 'whole' {
+  return p === 'memory' ? 'split' : p;
+}
 
 export interface UploadWork {
   readonly compression: CompressionOptions;
@@ -43,6 +54,8 @@ export interface UploadWork {
   readonly signingKeys: number;
   /** NARs up to this size are built in memory (SMALL_NAR_BYTES unless set; tests set 0 to force streaming). */
   readonly smallNarBytes?: number;
+  /** Whether a NAR's hash runs here rather than on the crypto thread; measured (sha256IsFast) unless set. */
+  readonly hashHere?: boolean;
 }
 
 /** Paths are added as they become known; the plan for them follows. */
@@ -64,22 +77,50 @@ export class UploadPlanner {
   /** How a NAR of `narSize` bytes is produced, given the paths added so far. */
   production(narSize: number): NarProduction {
     if (narSize <= this.small) return 'memory';
-    return this.large >= 2 && canProduceWhole(this.work.compression) ? 'whole' : 'split';
+    if (this.wholeNars()) return 'whole';
+    return this.hashHere() ? 'inline' : 'split';
+  }
+
+  /**
+   * The compression for a NAR of `narSize` bytes: as configured, but a large
+   * xz NAR with no thread count set gets the cores the other large NARs
+   * leave idle, as blocks encoded at once (compression.ts xzBlockSize; the
+   * bytes are the same whatever the count).
+   */
+  compression(narSize: number): CompressionOptions {
+    const c = this.work.compression;
+    if (c.method !== 'xz' || c.threads !== undefined || narSize <= this.small) return c;
+    const atOnce = Math.max(1, Math.min(this.large, this.work.jobs));
+    const threads = Math.max(1, Math.floor(this.work.cores / atOnce));
+    return threads > 1 ? { ...c, threads } : c;
   }
 
   /** Whether narinfo signatures are made on the crypto thread (else on this one; see SIGN_HERE_MAX). */
   signOnThread(): boolean {
-    return this.large > 0 || this.paths * this.work.signingKeys > SIGN_HERE_MAX;
+    return this.needsThread() || this.paths * this.work.signingKeys > SIGN_HERE_MAX;
+  }
+
+  private wholeNars(): boolean {
+    return this.large >= 2 && canProduceWhole(this.work.compression);
+  }
+
+  private hashHere(): boolean {
+    return this.work.hashHere ?? sha256IsFast();
+  }
+
+  /** Whether a large NAR needs a thread anyway (whole, or split). */
+  private needsThread(): boolean {
+    return this.large > 0 && (this.wholeNars() || !this.hashHere());
   }
 
   /**
    * Threads worth starting now, for the paths added so far (started early,
    * their start-up overlaps reading the closure): one per core up to `jobs`
-   * for whole NARs, else the crypto thread for a split NAR or signatures,
-   * else none.
+   * for whole NARs, else the crypto thread for a split NAR or many
+   * signatures, else none.
    */
   threads(): number {
-    if (this.large >= 2 && canProduceWhole(this.work.compression)) return Math.max(1, Math.min(this.work.jobs, this.work.cores));
-    return this.large > 0 || (this.work.signingKeys > 0 && this.signOnThread()) ? 1 : 0;
+    if (this.wholeNars()) return Math.max(1, Math.min(this.work.jobs, this.work.cores));
+    return this.needsThread() || (this.work.signingKeys > 0 && this.signOnThread()) ? 1 : 0;
   }
 }

@@ -35,7 +35,7 @@ import { type FenceOptions, GcFence } from './gc-fence.js';
 import { createLimiter } from './limit.js';
 import type { ListingOptions } from './nar-producers.js';
 import { type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
-import { UploadPlanner } from './plan.js';
+import { UploadPlanner, streamed } from './plan.js';
 import { type RefreshOptions, presentAndFresh } from './refresh.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 import type { Upstream } from './upstream.js';
@@ -83,6 +83,8 @@ export interface UploadOptions {
   readonly smallNarBytes?: number;
   /** Paths an upstream cache serves are not uploaded (see upstream.ts); their narinfos count as present. */
   readonly upstream?: Upstream;
+  /** Tests: whether large NARs are hashed on this thread (see UploadWork.hashHere); measured unless set. */
+  readonly hashHere?: boolean;
   /** Existence checks at once (they are small requests). */
   readonly checkConcurrency?: number;
   readonly signal?: AbortSignal;
@@ -203,6 +205,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     cores: opts.threads.maxThreads,
     signingKeys: opts.signingKeys.length,
     ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
+    ...(opts.hashHere !== undefined ? { hashHere: opts.hashHere } : {}),
   });
   for (const info of toUpload) planner.add(info.narSize);
   const sign: Signer = planner.signOnThread()
@@ -299,15 +302,15 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
       ({ nar, staged } = await jobs(async () => {
         opts.signal?.throwIfAborted();
         emit({ type: 'started', info });
-        const streamed = await uploadNar(backend, info, {
-          compression: opts.compression,
+        const produced = await uploadNar(backend, info, {
+          compression: planner.compression(info.narSize),
           threads: opts.threads,
           ...(opts.listing ? { listing: opts.listing } : {}),
-          production: planner.production(info.narSize) === 'whole' ? 'whole' : 'split',
+          production: streamed(planner.production(info.narSize)),
           ...(opts.signal ? { signal: opts.signal } : {}),
           onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
         });
-        const done = await writeListing(info, streamed);
+        const done = await writeListing(info, produced);
         return { nar: done, staged: await stageBytes(backend, narInfoKey(info.path), await narInfoBody(info, done), NARINFO_CONTENT_TYPE) };
       }));
     } catch (e) {

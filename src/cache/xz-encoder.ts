@@ -85,6 +85,14 @@ export interface XzEncoderOptions {
   readonly sizeHint?: number;
   /** Limit on simultaneous liblzma encoders; default defaultEncoderSlots. */
   readonly encoderSlots?: Slots;
+  /**
+   * A compressed block ends once it holds this many uncompressed bytes
+   * (default: only where the data changes kind). Blocks are independent, so
+   * they can be encoded at once; each costs the ratio a dictionary's warm-up.
+   */
+  readonly blockBytes?: number;
+  /** Compressed blocks of this stream encoded at once (default 1); a block's input waits in memory meanwhile. */
+  readonly maxBlocks?: number;
   /** Tests: segment size (default SEGMENT_BYTES). */
   readonly segmentBytes?: number;
   /** Force every segment one way instead of probing (tests; xzCompressBuffer probes once itself). */
@@ -149,16 +157,26 @@ interface OpenBlock {
   encoder?: Transform;
   finished?: Promise<unknown>;
   release?: () => void;
+  /** Output made while an earlier block was still being written out. */
+  readonly held: Buffer[];
+  /** Its index record, once its trailer is out (or held). */
+  record?: BlockRecord;
 }
 
 export class XzEncoder extends Transform {
   private readonly segmentBytes: number;
+  private readonly blockBytes: number;
+  private readonly maxBlocks: number;
   private readonly slots: Slots;
   private readonly dictProperty: number;
   private readonly lzmaOptions: Record<string, number>;
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private block: OpenBlock | undefined;
+  /** Blocks not yet written out whole, in stream order: the first one's output goes out as it comes, the others' is held. */
+  private readonly unwritten: OpenBlock[] = [];
+  /** liblzma blocks closed but still encoding, and when each is done. */
+  private readonly encoding = new Map<OpenBlock, Promise<void>>();
   private readonly records: BlockRecord[] = [];
   private started = false;
   private probe: Probe | undefined;
@@ -167,6 +185,8 @@ export class XzEncoder extends Transform {
     super({ readableHighWaterMark: 1 << 20, writableHighWaterMark: 1 << 20 });
     if (!Number.isInteger(opts.preset) || opts.preset < 0 || opts.preset > 9) throw new RangeError(`xz preset ${opts.preset}`);
     this.segmentBytes = opts.segmentBytes ?? SEGMENT_BYTES;
+    this.blockBytes = opts.blockBytes ?? Infinity;
+    this.maxBlocks = Math.max(1, Math.floor(opts.maxBlocks ?? 1));
     this.slots = opts.encoderSlots ?? defaultEncoderSlots;
     this.lzmaOptions = lzma2Options(opts.preset, opts.sizeHint);
     this.dictProperty = lzma2DictProperty(this.lzmaOptions.dictSize!);
@@ -184,7 +204,8 @@ export class XzEncoder extends Transform {
   override _flush(callback: TransformCallback): void {
     (async () => {
       if (this.pendingBytes > 0) await this.encodeSegment(this.takeSegment(this.pendingBytes));
-      await this.closeBlock();
+      this.closeBlock();
+      while (this.encoding.size > 0) await Promise.all([...this.encoding.values()]);
       this.probe?.destroy();
       this.begin();
       this.push(streamEnd(this.records));
@@ -192,10 +213,12 @@ export class XzEncoder extends Transform {
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    const block = this.block;
+    const blocks = [...this.encoding.keys(), ...(this.block ? [this.block] : [])];
     this.block = undefined;
-    block?.encoder?.destroy();
-    block?.release?.();
+    for (const block of blocks) {
+      block.encoder?.destroy();
+      block.release?.();
+    }
     this.probe?.destroy();
     callback(error);
   }
@@ -204,6 +227,23 @@ export class XzEncoder extends Transform {
     if (this.started) return;
     this.started = true;
     this.push(streamHeader());
+  }
+
+  /** Output of `block`, in stream order: out now if every block before it is out, else held until they are. */
+  private out(block: OpenBlock, bytes: Buffer): void {
+    if (this.unwritten[0] === block) this.push(bytes);
+    else block.held.push(bytes);
+  }
+
+  /** `block` has its trailer: write out every block that is now complete at the head, and the next one's held output. */
+  private finishBlock(block: OpenBlock): void {
+    this.out(block, blockTrailer(block.compressed, block.crc));
+    block.record = blockRecord(block.compressed, block.uncompressed);
+    while (this.unwritten[0]?.record) {
+      this.records.push(this.unwritten.shift()!.record!);
+      const next = this.unwritten[0];
+      if (next) for (const b of next.held.splice(0)) this.push(b);
+    }
   }
 
   /** The first `n` pending bytes; the rest stay pending. */
@@ -223,25 +263,31 @@ export class XzEncoder extends Transform {
       this.probe ??= new Probe(zstd, this.lzmaOptions.dictSize!);
       kind = worthCompressing(segment.length, await this.probe.cost(segment)) ? 'lzma' : 'stored';
     }
-    if (this.block && this.block.kind !== kind) await this.closeBlock();
+    // A block ends where the kind changes, and a compressed one once it holds blockBytes (see XzEncoderOptions).
+    if (this.block && (this.block.kind !== kind || (kind === 'lzma' && this.block.uncompressed >= this.blockBytes))) this.closeBlock();
     this.begin();
     const block = this.block ?? (await this.openBlock(kind, lzma));
     block.crc = crc32(segment, block.crc);
     if (kind === 'stored') {
       for (const part of storedChunks(segment, block.uncompressed === 0)) {
-        this.push(part);
+        this.out(block, part);
         block.compressed += part.length;
       }
       block.uncompressed += segment.length;
       return;
     }
     block.uncompressed += segment.length;
-    if (!block.encoder!.write(segment)) await Promise.race([once(block.encoder!, 'drain'), block.finished]);
+    // With one block at a time, its encoder paces the input. With several,
+    // a block's input waits in its encoder (at most blockBytes) so that the
+    // next block can start beside it.
+    if (!block.encoder!.write(segment) && this.maxBlocks === 1) await Promise.race([once(block.encoder!, 'drain'), block.finished]);
   }
 
   private async openBlock(kind: 'lzma' | 'stored', lzma: Lzma): Promise<OpenBlock> {
-    const block: OpenBlock = { kind, uncompressed: 0, compressed: 0, crc: 0 };
+    const block: OpenBlock = { kind, uncompressed: 0, compressed: 0, crc: 0, held: [] };
     if (kind === 'lzma') {
+      // This stream's own limit first, then the process's (encoderSlots).
+      while (this.encoding.size >= this.maxBlocks) await Promise.race([...this.encoding.values()]);
       block.release = await this.slots.acquire();
       if (this.destroyed) {
         block.release();
@@ -252,36 +298,46 @@ export class XzEncoder extends Transform {
       });
       encoder.on('data', (b: Buffer) => {
         block.compressed += b.length;
-        this.push(b);
+        this.out(block, b);
       });
       block.encoder = encoder;
       block.finished = once(encoder, 'end');
-      // A failing encoder fails this stream; closeBlock and writes also see the rejection.
+      // A failing encoder fails this stream; _flush also sees the rejection.
       block.finished.catch((e: unknown) => this.destroy(e instanceof Error ? e : new Error(String(e))));
     }
     this.block = block;
-    this.push(blockHeader(this.dictProperty));
+    this.unwritten.push(block);
+    this.out(block, blockHeader(this.dictProperty));
     return block;
   }
 
-  private async closeBlock(): Promise<void> {
+  /** Close the open block; a compressed one finishes encoding on its own (tracked in `encoding`). */
+  private closeBlock(): void {
     const block = this.block;
     if (!block) return;
-    if (block.encoder) {
-      block.encoder.end();
-      try {
-        await block.finished;
-      } finally {
-        block.release?.();
-      }
-    } else {
-      const end = lzma2End();
-      this.push(end);
-      block.compressed += end.length;
-    }
-    this.push(blockTrailer(block.compressed, block.crc));
-    this.records.push(blockRecord(block.compressed, block.uncompressed));
     this.block = undefined;
+    if (!block.encoder) {
+      const end = lzma2End();
+      this.out(block, end);
+      block.compressed += end.length;
+      this.finishBlock(block);
+      return;
+    }
+    block.encoder.end();
+    const done = block.finished!.then(
+      () => {
+        this.encoding.delete(block);
+        block.release?.();
+        this.finishBlock(block);
+      },
+      (e: unknown) => {
+        this.encoding.delete(block);
+        block.release?.();
+        throw e;
+      },
+    );
+    done.catch(() => {}); // reported through destroy (see openBlock) and by _flush
+    this.encoding.set(block, done);
   }
 }
 

@@ -128,14 +128,18 @@ test('bad compression names and levels are refused', () => {
   assert.equal(compressionLevel('zstd', undefined), 3);
 });
 
-test('xz block size: every core gets a block, within 1-8 MiB', async () => {
+test('xz block size: from the NAR size alone; one block under 16 MiB, else an even number of equal blocks of 8-32 MiB', async () => {
   const { xzBlockSize } = await import('../../src/cache/compression.js');
   const MiB = 1 << 20;
-  assert.equal(xzBlockSize(13 * MiB, 2), 7 * MiB);
-  assert.equal(xzBlockSize(100, 2), MiB);
-  assert.equal(xzBlockSize(1 << 30, 2), 8 * MiB);
-  for (const [size, threads] of [[3 * MiB, 2], [20 * MiB, 4], [9 * MiB, 1]] as const) {
-    assert.ok(Math.ceil(size / xzBlockSize(size, threads)) >= Math.min(threads, Math.ceil(size / (8 * MiB))));
+  assert.equal(xzBlockSize(100), MiB);
+  assert.equal(xzBlockSize(13 * MiB + 5), 14 * MiB, 'one block');
+  assert.equal(xzBlockSize(54 * MiB), 27 * MiB, 'two blocks');
+  assert.equal(xzBlockSize(100 * MiB), 25 * MiB, 'four blocks');
+  for (const size of [16 * MiB, 33 * MiB, 65 * MiB + 1, 1 << 30, 10 * (1 << 30)]) {
+    const block = xzBlockSize(size);
+    const blocks = Math.ceil(size / block);
+    assert.ok(block >= 8 * MiB && block <= 32 * MiB && block % MiB === 0, `${size}: ${block}`);
+    assert.ok(blocks % 2 === 0 || Math.ceil(size / MiB) % 2 === 1, `${size}: ${blocks} blocks`);
   }
 });
 

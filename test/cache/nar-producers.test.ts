@@ -1,5 +1,5 @@
 // Every way plan.ts may choose to produce a NAR (in memory, split with the
-// crypto thread, whole on a worker) must give the same object, the same
+// crypto thread, inline, whole on a worker) must give the same object, the same
 // record and so the same narinfo, for any tree and every compression. One
 // known exception, kept as it was: zstd in memory is one-shot, and a
 // one-shot zstd frame records the content size in its header where a
@@ -81,14 +81,14 @@ async function produceEveryWay(info: PathInfo, method: Compression): Promise<Mad
     if (r!.status === 'rejected') throw r!.reason;
     await record('memory', backend, r!.value);
   }
-  for (const production of canProduceWhole(compression) ? (['split', 'whole'] as const) : (['split'] as const)) {
+  for (const production of canProduceWhole(compression) ? (['split', 'inline', 'whole'] as const) : (['split', 'inline'] as const)) {
     const backend = new MemoryBackend();
     await record(production, backend, await uploadNar(backend, info, { compression, threads, production }));
   }
   return made;
 }
 
-test('producers: in memory, split and whole give the same object, record and narinfo (property)', async () => {
+test('producers: in memory, split, inline and whole give the same object, record and narinfo (property)', async () => {
   const root = await mkdtemp(path.join(tmpdir(), 'narpush-producers-'));
   let n = 0;
   try {
@@ -132,7 +132,7 @@ test('producers: in memory, split and whole give the same object, record and nar
 
 test('planner: small NARs in memory, one large split, several large whole (zstd, one encoder thread only)', () => {
   const plan = (compression: { method: Compression; threads?: number }, sizes: number[], signing = false) => {
-    const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signingKeys: signing ? 1 : 0, smallNarBytes: 100 });
+    const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signingKeys: signing ? 1 : 0, smallNarBytes: 100, hashHere: false });
     for (const s of sizes) p.add(s);
     return { ways: sizes.map((s) => p.production(s)), threads: p.threads() };
   };
@@ -148,13 +148,42 @@ test('planner: small NARs in memory, one large split, several large whole (zstd,
   assert.equal(plan({ method: 'xz' }, [101, 102]).threads, 1);
 });
 
+test('planner: a large xz NAR gets the cores the other large NARs leave idle, unless threads were set', () => {
+  const threadsOf = (sizes: number[], cores: number, jobs = 4, threads?: number) => {
+    const p = new UploadPlanner({ compression: { method: 'xz', ...(threads !== undefined ? { threads } : {}) }, jobs, cores, signingKeys: 0, smallNarBytes: 100 });
+    for (const s of sizes) p.add(s);
+    return sizes.map((s) => p.compression(s).threads);
+  };
+  assert.deepEqual(threadsOf([101], 2), [2]);
+  assert.deepEqual(threadsOf([101, 10], 4), [4, undefined], 'a small NAR is one call');
+  assert.deepEqual(threadsOf([101, 102], 4), [2, 2]);
+  assert.deepEqual(threadsOf([101, 102], 2), [undefined, undefined], 'no idle core');
+  assert.deepEqual(threadsOf([101, 102, 103], 4, 1), [4, 4, 4], 'one at a time: every core');
+  assert.deepEqual(threadsOf([101], 4, 4, 1), [1], 'parallel-compression=false');
+  const zstd = new UploadPlanner({ compression: { method: 'zstd' }, jobs: 4, cores: 4, signingKeys: 0, smallNarBytes: 100 });
+  zstd.add(101);
+  assert.equal(zstd.compression(101).threads, undefined, 'zstd: unchanged');
+});
+
+test('planner: where SHA-256 is fast, one large NAR is hashed here and starts no thread (but several zstd NARs still go whole)', () => {
+  const plan = (compression: { method: Compression }, sizes: number[], signingKeys = 0) => {
+    const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signingKeys, smallNarBytes: 100, hashHere: true });
+    for (const s of sizes) p.add(s);
+    return { ways: sizes.map((s) => p.production(s)), threads: p.threads(), signOnThread: p.signOnThread() };
+  };
+  assert.deepEqual(plan({ method: 'zstd' }, [10, 101], 1), { ways: ['memory', 'inline'], threads: 0, signOnThread: false });
+  assert.deepEqual(plan({ method: 'none' }, [101]), { ways: ['inline'], threads: 0, signOnThread: false });
+  assert.deepEqual(plan({ method: 'xz' }, [101, 102]).ways, ['inline', 'inline']);
+  assert.deepEqual(plan({ method: 'zstd' }, [101, 102]), { ways: ['whole', 'whole'], threads: 2, signOnThread: true });
+});
+
 test('threads only when they pay: a small signed path is signed here and starts no thread; a large NAR starts the crypto thread', async (t) => {
   const own = new ThreadPool();
   t.after(() => own.close());
   const { dir, infos } = await makeStore({ tiny: [], big: [] }, 1000);
   t.after(() => rm(dir, { recursive: true, force: true }));
   const backend = new MemoryBackend();
-  const opts = { backend, compression: { method: 'zstd' as const }, signingKeys: [key], threads: own, jobs: 2 };
+  const opts = { backend, compression: { method: 'zstd' as const }, signingKeys: [key], threads: own, jobs: 2, hashHere: false };
   const tiny = await uploadPaths([infos.get('tiny')!], opts);
   assert.equal(tiny.uploaded.length, 1);
   assert.equal(own.running, 0, 'no thread for one signature');

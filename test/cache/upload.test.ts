@@ -131,14 +131,16 @@ test(`${'a failed NAR keeps every path that refers to it out of the cache'} (${m
 });
 }
 
-for (const [mode, smallNarBytes] of [['streamed', 0], ['in one request', undefined]] as const) {
+for (const [mode, smallNarBytes, hashHere] of [['streamed, NAR hash on the crypto thread', 0, false], ['streamed, NAR hash here', 0, true], ['in one request', undefined, undefined]] as const) {
 test(`${'a path whose contents do not match the store record is refused and nothing is published'} (${mode})`, async () => {
   const { dir, infos } = await makeStore({ a: [] });
   try {
     const backend = new MemoryBackend();
     const a = infos.get('a')!;
     await writeFile(path.join(a.path.path, 'data'), 'tampered after registration');
-    const report = await uploadPaths([a], { backend, compression: { method: 'zstd' }, signingKeys: [], threads, jobs: 1, smallNarBytes });
+    const report = await uploadPaths([a], {
+      backend, compression: { method: 'zstd' }, signingKeys: [], threads, jobs: 1, smallNarBytes, ...(hashHere !== undefined ? { hashHere } : {}),
+    });
     assert.equal(report.failed.length, 1);
     assert.equal(report.failed[0]!.error.code, 'NAR_HASH_MISMATCH');
     assert.match(report.failed[0]!.error.message, /is corrupted/);

@@ -245,3 +245,81 @@ test('xz: a small input gets a dictionary to its size, in the header too', { ski
   const stored = await xzCompressBuffer(noise, 6);
   assert.equal(blocks(stored)[0]!.compressed, noise.length + 3 + 1);
 });
+
+/** Slots that remember how many were held at once. */
+class CountingSlots extends Slots {
+  held = 0;
+  peak = 0;
+  override async acquire(): Promise<() => void> {
+    const release = await super.acquire();
+    this.peak = Math.max(this.peak, ++this.held);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.held--;
+      release();
+    };
+  }
+}
+
+test('xz: compressed blocks end at blockBytes, run maxBlocks at once, and the bytes do not depend on how many ran at once', { skip: noXz }, async () => {
+  const seg = 64 * 1024;
+  // Compressible runs split by noise: blocks end at blockBytes and where the kind changes.
+  const input = Buffer.concat([text(7 * seg + 5), randomBytes(seg), text(5 * seg)]);
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < input.length; i += 50_000) chunks.push(input.subarray(i, i + 50_000));
+  const made: Buffer[] = [];
+  for (const maxBlocks of [1, 2, 3]) {
+    const slots = new CountingSlots(8);
+    made.push(await encode(chunks, { preset: 6, segmentBytes: seg, blockBytes: 2 * seg, maxBlocks, encoderSlots: slots }));
+    assert.equal(slots.peak, maxBlocks, `${maxBlocks} encoders at once`);
+    assert.equal(slots.held, 0, 'every slot given back');
+  }
+  for (const m of made) assert.ok(m.equals(made[0]!), 'the same bytes whatever maxBlocks');
+  const packed = made[2]!;
+  assert.equal(xz(['-t'], packed).status, 0);
+  assert.ok(xz(['-dc'], packed).stdout.equals(input));
+  assert.ok((await decodeInProcess(packed)).equals(input));
+  assert.deepEqual(blocks(packed).map((b) => b.uncompressed), [2 * seg, 2 * seg, 2 * seg, seg, seg, 2 * seg, 2 * seg, seg, 5]);
+});
+
+test('xz: any mix of data, block size and blocks at once round trips, the same bytes as one at a time (property)', async () => {
+  const part = fc.oneof(
+    fc.uint8Array({ minLength: 0, maxLength: 3000 }),
+    fc.tuple(fc.string({ minLength: 1, maxLength: 20 }), fc.integer({ min: 1, max: 400 })).map(([s, n]) => new TextEncoder().encode(s.repeat(n))),
+  );
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(part, { maxLength: 6 }),
+      fc.integer({ min: 1, max: 5000 }),
+      fc.integer({ min: 1, max: 20000 }),
+      fc.integer({ min: 2, max: 4 }),
+      fc.array(fc.boolean(), { minLength: 1, maxLength: 8 }),
+      async (parts, segmentBytes, blockBytes, maxBlocks, kinds) => {
+        const input = Buffer.concat(parts.map((p) => Buffer.from(p)));
+        const run = (blocksAtOnce: number): Promise<Buffer> => {
+          let n = 0;
+          return encode([input], { preset: 0, segmentBytes, blockBytes, maxBlocks: blocksAtOnce, decide: () => (kinds[n++ % kinds.length] ? 'lzma' : 'stored') });
+        };
+        const parallel = await run(maxBlocks);
+        assert.ok((await decodeInProcess(parallel)).equals(input));
+        assert.ok(parallel.equals(await run(1)));
+      },
+    ),
+    { numRuns: 60 },
+  );
+});
+
+test('xz: destroyed with several blocks encoding, every slot is given back', async () => {
+  const slots = new CountingSlots(2);
+  const enc = new XzEncoder({ preset: 6, encoderSlots: slots, segmentBytes: 64 * 1024, blockBytes: 64 * 1024, maxBlocks: 2, decide: () => 'lzma' });
+  enc.on('error', () => {});
+  enc.resume();
+  enc.write(text(4 * 64 * 1024));
+  while (slots.held < 2) await new Promise((r) => setTimeout(r, 5));
+  enc.destroy();
+  assert.equal(slots.held, 0);
+  const after = await encode([text(100_000)], { encoderSlots: slots, blockBytes: 30_000, segmentBytes: 10_000, maxBlocks: 2 });
+  assert.ok((await decodeInProcess(after)).equals(text(100_000)));
+});
