@@ -196,7 +196,7 @@ test('failing upstreams (a closed port, one that answers 500) never fail the upl
   }
 });
 
-test('bad upstream flags: one line, exit 1, nothing uploaded', async () => {
+test('bad upstream flags: one line, exit 2 (bad usage), nothing uploaded', async () => {
   const { top } = await buildClosure();
   const dir = path.join(work, `bad-${randomUUID()}`);
   for (const [args, message] of [
@@ -205,7 +205,7 @@ test('bad upstream flags: one line, exit 1, nothing uploaded', async () => {
     [['--upstream-key', 'k:AAAA'], /has 3 bytes, expected 32/],
   ] as const) {
     const r = await narpush(['upload-path', '--to', `file://${dir}`, ...args, top], { env: env() });
-    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, message);
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
     assert.equal((await run('test', ['-e', dir])).code, 1, 'nothing was written');
