@@ -1,15 +1,22 @@
-// bin/narpush loads a bundle instead of ~50 modules: Node's ES module loader
+// bin/narpush loads a bundle instead of ~100 modules: Node's ES module loader
 // costs ~1 ms per module, and the CLI's start-up comes before every upload.
-// The bundle is split (esbuild's `splitting`) at the lazy imports of the
-// command modules: an ES module's static imports are all loaded before it
-// runs, so one file would make `--version` load every Node builtin any
-// command uses (child_process, net, worker_threads, zlib...); split, each
-// command loads the chunks it needs and the shared ones once.
-// tsc still compiles every module to dist/src (tests and the hook use those);
-// this bundles dist/src/cli/main.js and the crypto thread it starts into
-// dist/bundle, next to each other as thread-pool.ts expects. Native
-// addons, the AWS SDK and prom-client (only `daemon --metrics-listen` needs
-// it) stay outside: they are loaded when first used.
+// Three parts, in dist/bundle:
+//  - narpush.js (+ early-store.js, which bin/narpush runs first, and the
+//    chunks the two share): the command line, commander and the early store
+//    connection. An ES module's static imports all load before it runs: kept
+//    apart, `--version` and `--help` load no command and none of the Node
+//    builtins the commands use (worker_threads, zlib, http...).
+//  - commands.js (src/cli/commands.ts): every command, in one file, imported
+//    by main.ts when a command runs. Built without splitting: esbuild splits
+//    at every lazy import, and the commands' own (backends, the S3 SDK's
+//    loader, metrics...) made some fifty chunks that each cost a read and a
+//    module instantiation; unsplit, those imports stay lazy inside the file.
+//    Modules both parts use (errors.ts, the store transport) exist twice; a
+//    NarpushError is recognised across the copies (errors.ts).
+//  - crypto-thread.js: the worker thread, alone, next to the code that
+//    starts it as thread-pool.ts expects.
+// tsc still compiles every module to dist/src (tests and the hook use those).
+// Native addons, the AWS SDK and prom-client stay outside: loaded when used.
 import { rmSync } from 'node:fs';
 import { build } from 'esbuild';
 
@@ -27,14 +34,21 @@ const common = {
   banner: { js: "import { createRequire as narpushCreateRequire } from 'node:module';\nconst require = narpushCreateRequire(import.meta.url);" },
   logLevel: 'warning',
 };
-// early-store.js runs first (bin/narpush); sharing chunks with narpush.js, its
-// modules (errors.ts and its classes) are the same instances, not copies.
+
+/** main.ts's import of './commands.js' stays an import of the file built next to it. */
+const commandsOutside = {
+  name: 'commands-outside',
+  setup(b) {
+    b.onResolve({ filter: /^\.\/commands\.js$/ }, () => ({ path: './commands.js', external: true }));
+  },
+};
+
 await build({
   ...common,
   entryPoints: { narpush: 'dist/src/cli/main.js', 'early-store': 'dist/src/cli/early-store.js' },
   splitting: true,
   chunkNames: 'chunk-[hash]',
+  plugins: [commandsOutside],
 });
-// The crypto thread is built alone: it shares modules with the commands, and
-// built together every combination of users would become a chunk of its own.
+await build({ ...common, entryPoints: { commands: 'dist/src/cli/commands.js' } });
 await build({ ...common, entryPoints: { 'crypto-thread': 'dist/src/cache/threads/crypto-thread.js' } });

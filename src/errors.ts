@@ -11,7 +11,15 @@ import type { ErrorCode } from './error-codes.js';
 
 export type { ErrorCode } from './error-codes.js';
 
+/**
+ * Marks NarpushErrors across copies of this module: bin/narpush's bundle has
+ * one in its entry (the early store connection) and one in its commands
+ * (scripts/bundle.mjs), and `instanceof` sees only its own copy's class.
+ */
+const BRAND = Symbol.for('narpush.NarpushError');
+
 export class NarpushError extends Error {
+  declare readonly [BRAND]: true;
   /** One of the closed set in error-codes.ts. */
   readonly code: ErrorCode;
 
@@ -21,10 +29,11 @@ export class NarpushError extends Error {
     this.name = 'NarpushError';
   }
 }
+Object.defineProperty(NarpushError.prototype, BRAND, { value: true });
 
-/** True for errors narpush raised on purpose (as opposed to bugs). */
+/** True for errors narpush raised on purpose (as opposed to bugs), made by any copy of this module. */
 export function isNarpushError(e: unknown): e is NarpushError {
-  return e instanceof NarpushError;
+  return e instanceof NarpushError || (e instanceof Error && (e as { [BRAND]?: unknown })[BRAND] === true);
 }
 
 /** A Node system error such as ENOENT, as thrown by `fs`. */

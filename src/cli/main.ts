@@ -84,7 +84,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .description('write the NAR serialisation of a store path to stdout, like nix-store --dump')
     .argument('<path>', 'a store path, or a symlink to one such as ./result')
     .action(async (path: string) => {
-      const { dumpPath } = await import('./dump-path.js');
+      const { dumpPath } = await import('./commands.js');
       exitCode = await dumpPath(ctx(), path);
     });
 
@@ -95,7 +95,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .argument('<secret-key-file>', 'where to write the secret key (mode 0600, never overwritten)')
     .argument('<public-key-file>', 'where to write the public key')
     .action(async (name: string, secretFile: string, publicFile: string) => {
-      const { generateKey } = await import('./generate-key.js');
+      const { generateKey } = await import('./commands.js');
       exitCode = await generateKey(ctx(), name, secretFile, publicFile);
     });
 
@@ -106,7 +106,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--json', 'print JSON, as nix path-info --json does')
     .option('-r, --recursive', 'include the closure of the paths')
     .action(async (paths: string[], opts: { json?: boolean; recursive?: boolean }) => {
-      const { pathInfo } = await import('./path-info.js');
+      const { pathInfo } = await import('./commands.js');
       exitCode = await pathInfo(ctx(), paths, { json: Boolean(opts.json), recursive: Boolean(opts.recursive) });
     });
 
@@ -126,7 +126,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--build-logs', "also upload the build logs of uploaded paths built here, for 'nix log' (log/<drv>)")
     .option('--narinfo-refresh-age <duration>', 'renew a narinfo this upload relies on once it is this old, for narpush gc (default 1d)'))
     .action(async (paths: string[], opts: Record<string, unknown>) => {
-      const { uploadPath } = await import('./upload-path.js');
+      const { uploadPath } = await import('./commands.js');
       exitCode = await uploadPath(ctx(), paths, {
         to: opts.to as string,
         secretKeyFile: opts.secretKeyFile as string[],
@@ -161,7 +161,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--metrics-listen <host:port>', 'serve Prometheus /metrics and /healthz over HTTP here, e.g. 127.0.0.1:9101 or [::1]:9101 (default: off)')
     .option('--build-logs', "also upload the build logs of the derivations it uploads outputs of, for 'nix log' (log/<drv>)"))
     .action(async (opts: Record<string, unknown>) => {
-      const { daemon } = await import('./daemon.js');
+      const { daemon } = await import('./commands.js');
       exitCode = await daemon(ctx(), {
         to: opts.to as string,
         secretKeyFile: opts.secretKeyFile as string[],
@@ -192,7 +192,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('-j, --jobs <n>', 'paths checked in parallel, each streaming its NAR (default 4)')
     .option('--json', 'print a machine-readable report on stdout')
     .action(async (paths: string[], opts: Record<string, unknown>) => {
-      const { verify } = await import('./verify.js');
+      const { verify } = await import('./commands.js');
       exitCode = await verify(ctx(), paths, {
         store: opts.store as string | undefined,
         cache: opts.cache as string | undefined,
@@ -215,7 +215,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('-j, --jobs <n>', 'requests at once (default 16)')
     .option('--json', 'print a machine-readable report on stdout')
     .action(async (opts: Record<string, unknown>) => {
-      const { gc } = await import('./gc.js');
+      const { gc } = await import('./commands.js');
       exitCode = await gc(ctx(), {
         cache: opts.cache as string,
         keepSince: opts.keepSince as string,
@@ -234,7 +234,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--socket <path>', 'the daemon\'s socket (default $NARPUSH_SOCKET, else /run/narpush/narpush.sock)')
     .option('--json', 'print JSON')
     .action(async (opts: { socket?: string; json?: boolean }) => {
-      const { status } = await import('./status.js');
+      const { status } = await import('./commands.js');
       exitCode = await status(ctx(), { socket: opts.socket, json: Boolean(opts.json) });
     });
 

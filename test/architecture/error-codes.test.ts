@@ -56,3 +56,15 @@ test('a command ends with the exit code the registry gives its error', async () 
   assert.equal(failure.code, EXIT_FAILURE, failure.stderr);
   assert.ok(Object.values(ERROR_CODES).every((i) => [EXIT_FAILURE, EXIT_USAGE, EXIT_BUG].includes(i.exit)));
 });
+
+test('a NarpushError made by another copy of errors.ts is recognised (bin/narpush bundles two)', async () => {
+  const { NarpushError, isNarpushError } = await import('../../src/errors.js');
+  // The same file under another URL is another module instance, as in the bundle's two parts.
+  const copy = (await import(`${new URL('../../src/errors.js', import.meta.url).href}?copy`)) as typeof import('../../src/errors.js');
+  assert.notEqual(copy.NarpushError, NarpushError, 'a second copy of the class');
+  const e = new copy.NarpushError('STORE_UNAVAILABLE', 'from the other copy');
+  assert.equal(e instanceof NarpushError, false);
+  assert.equal(isNarpushError(e), true);
+  assert.equal(isNarpushError(Object.assign(new Error('look-alike'), { code: 'STORE_UNAVAILABLE', name: 'NarpushError' })), false);
+  assert.equal(isNarpushError({ code: 'BAD_OPTION' }), false);
+});

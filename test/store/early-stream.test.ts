@@ -4,7 +4,7 @@
 // upload-path and closes it when the command fails before using it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { openStreamEarly } from '../../src/store/early-stream.js';
@@ -124,6 +124,24 @@ test('upload-path with a bad cache URL says so in one line and leaves no daemon 
     // The daemon was started before the URL was read, and is gone now.
     const pid = await readPid(fake.pidFile);
     assert.ok(!alive(pid), 'the early daemon was reaped');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a daemon that cannot be started early is reported by the command as one line, not as a bug', async () => {
+  // The early stream's error is made in bin/narpush's entry and reported by its
+  // commands, two copies of errors.ts in the bundle (scripts/bundle.mjs).
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-early-'));
+  try {
+    const onlyNode = path.join(dir, 'bin');
+    await mkdir(onlyNode);
+    await symlink(process.execPath, path.join(onlyNode, 'node'));
+    const r = await narpush(['upload-path', '--to', `file://${dir}/cache`, '/nix/store/00000000000000000000000000000000-x'], {
+      env: { ...process.env, PATH: onlyNode, NIX_REMOTE: 'local' },
+    });
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stderr, "narpush: error: cannot run 'nix-daemon --stdio --option store local': spawn nix-daemon ENOENT\n");
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
