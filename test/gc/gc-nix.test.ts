@@ -115,8 +115,10 @@ async function closureSemantics(t: Target): Promise<void> {
     await upload(t, P.a, P.x, P.p, P.sOld);
     await backend.putBytes(`log/${derivers.get('a')}`, Buffer.from('a log'), 'text/plain');
     await backend.putBytes(`log/${derivers.get('b')}`, Buffer.from('b log'), 'text/plain');
-    await backend.putBytes(`${hashOf(P.a)}.ls`, Buffer.from('{}'), 'application/json');
-    await backend.putBytes(`${hashOf(P.b)}.ls`, Buffer.from('{}'), 'application/json');
+    // Listings by hand (verify below reads them: a valid, if empty, one).
+    const ls = Buffer.from('{"version":1,"root":{"type":"directory","entries":{}}}');
+    await backend.putBytes(`${hashOf(P.a)}.ls`, ls, 'application/json');
+    await backend.putBytes(`${hashOf(P.b)}.ls`, ls, 'application/json');
     await age(t, backend, 90, () => true);
     // Now: b, whose reference x is skipped (the cache has it) and stays old; sYoung, sharing sOld's NAR.
     await upload(t, P.b, P.sYoung);
@@ -147,6 +149,12 @@ async function closureSemantics(t: Target): Promise<void> {
     assert.equal((report.freed as { objects: number }).objects, 3 + 2 + 1 + 1);
     assert.ok(after.includes('nix-cache-info'));
     assert.deepEqual(await backendInvariantViolations(backend), []);
+    // What is left is a sound cache by narpush verify's own reading: signatures, NARs, references.
+    const verified = await narpush(['verify', '--store', t.url, '--trusted-public-key', publicKey, '--json'], { env: env() });
+    assert.equal(verified.code, 0, `${verified.stdout.toString()}${verified.stderr}`);
+    const v = JSON.parse(verified.stdout.toString('utf8')) as { ok: boolean; checked: number; defects: unknown[] };
+    assert.equal(v.ok, true);
+    assert.equal(v.checked, 5, 'b, x, p, p0, sYoung');
     for (const top of [P.b, P.p, P.sYoung]) await substituteBack(t, top);
   } finally {
     await backend.close();
