@@ -167,7 +167,10 @@ export class FileBackend implements CacheBackend {
     } catch (e) {
       throw new NarpushError('CACHE_NOT_FOUND', `cache directory ${this.dir} does not exist or is not a directory`, { cause: e });
     }
-    yield* this.walk('', prefix, opts.signal);
+    // From the deepest directory the prefix names: a look at `narpush-gc/` (the
+    // collectors' markers, read by every upload) must not read the whole cache.
+    const start = prefix.includes('/') ? prefix.slice(0, prefix.lastIndexOf('/')) : '';
+    yield* this.walk(start, prefix, opts.signal);
   }
 
   private async *walk(rel: string, prefix: string, signal: AbortSignal | undefined): AsyncGenerator<ListedObject> {

@@ -50,6 +50,8 @@ test('list: every object with its size, by prefix, never a temporary file', asyn
   assert.ok(listed.every((o) => o.lastModified.getTime() > 0));
   assert.deepEqual((await all(b.list('nar/'))).map((o) => o.key), ['nar/x.nar.xz']);
   assert.deepEqual((await all(b.list('n'))).map((o) => o.key), ['nar/x.nar.xz', 'nix-cache-info']);
+  assert.deepEqual((await all(b.list('nar/x'))).map((o) => o.key), ['nar/x.nar.xz']);
+  assert.deepEqual(await all(b.list('narpush-gc/')), [], 'a prefix naming a directory that is not there: nothing');
   await b.close();
 });
 
