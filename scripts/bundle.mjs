@@ -15,6 +15,10 @@
 //    NarpushError is recognised across the copies (errors.ts).
 //  - crypto-thread.js: the worker thread, alone, next to the code that
 //    starts it as thread-pool.ts expects.
+//  - hook.js: bin/narpush-hook's code (src/daemon/hook.ts and the four
+//    modules it needs) as one module: the hook holds up every build. Only
+//    when it spools does it load the store client, unbundled, from
+//    dist/src/daemon/hook-roots.js.
 // tsc still compiles every module to dist/src (tests and the hook use those).
 // Native addons, the AWS SDK and prom-client stay outside: loaded when used.
 import { rmSync } from 'node:fs';
@@ -52,3 +56,12 @@ await build({
 });
 await build({ ...common, entryPoints: { commands: 'dist/src/cli/commands.js' } });
 await build({ ...common, entryPoints: { 'crypto-thread': 'dist/src/cache/threads/crypto-thread.js' } });
+
+/** hook.ts's lazy import of './hook-roots.js' stays a lazy import of the unbundled module. */
+const hookRootsOutside = {
+  name: 'hook-roots-outside',
+  setup(b) {
+    b.onResolve({ filter: /^\.\/hook-roots\.js$/ }, () => ({ path: '../src/daemon/hook-roots.js', external: true }));
+  },
+};
+await build({ ...common, banner: {}, entryPoints: { hook: 'dist/src/daemon/hook.js' }, plugins: [hookRootsOutside] });

@@ -37,6 +37,10 @@ test('the bundle imports the AWS SDK and the native addons lazily, and carries t
     assert.match(all, new RegExp(`\\(["']${addon.replace(/[/.]/g, '\\$&')}["']\\)`), `${addon} is loaded at run time`);
   }
   assert.match(all, /new URL\(["']\.\/crypto-thread\.js["'], import\.meta\.url\)/);
+  // The hook is one module: node builtins, and the store client only when it spools.
+  assert.deepEqual(staticImports(files.get('hook.js')!).filter((m) => !m.startsWith('node:')), []);
+  assert.match(files.get('hook.js')!, /import\(["']\.\.\/src\/daemon\/hook-roots\.js["']\)/);
+  assert.match(await readFile(path.join(REPO_ROOT, 'bin', 'narpush-hook'), 'utf8'), /import\(['"]\.\.\/dist\/bundle\/hook\.js['"]\)/);
   // The thread is bundled alone: it imports nothing of the CLI's chunks.
   assert.deepEqual(staticImports(files.get('crypto-thread.js')!).filter((m) => !m.startsWith('node:')), []);
   // ...and bin/narpush runs it (the CLI tests then run the bundle).
