@@ -58,6 +58,10 @@ export interface SmallObject {
   readonly contentType: string;
 }
 
+export interface PutBytesOptions {
+  readonly contentEncoding?: string;
+}
+
 /** One object of a listing (see `list`). */
 
 export interface ListedObject {
@@ -95,8 +99,13 @@ export interface CacheBackend {
   getStream(key: string, opts?: { signal?: AbortSignal }): Promise<AsyncIterable<Uint8Array> | undefined>;
   /** Every object whose key starts with `prefix` ('' = all), in pages; never the backend's own temporary files. */
   list(prefix: string, opts?: { signal?: AbortSignal }): AsyncIterable<ListedObject>;
-  /** Write a small object in one request / one atomic rename; memory: the body the caller holds. */
-  putBytes(key: string, body: Uint8Array, contentType: string): Promise<void>;
+  /**
+   * Write a small object in one request / one atomic rename; memory: the body
+   * the caller holds. `contentEncoding` (S3 only: the object's
+   * Content-Encoding, which HTTP clients such as Nix undo) says how `body` is
+   * compressed; the file:// backend has no such metadata and refuses it.
+   */
+  putBytes(key: string, body: Uint8Array, contentType: string, opts?: PutBytesOptions): Promise<void>;
   /**
    * Stream a large object (a NAR). It becomes visible only when complete: if
    * `body` throws (even after its last byte) or `signal` aborts, nothing is

@@ -17,6 +17,8 @@
 import { spawn } from 'node:child_process';
 import { access, readFile } from 'node:fs/promises';
 import * as nodePath from 'node:path';
+import { promisify } from 'node:util';
+import { brotliCompress } from 'node:zlib';
 import { NarpushError, isErrnoException } from '../errors.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
@@ -95,12 +97,26 @@ export async function readBuildLog(logDir: string, drv: StorePath): Promise<Buff
   return undefined;
 }
 
+/**
+ * `log-compression` values narpush writes (an s3:// parameter, as in Nix):
+ * Brotli, the Nix manual's example (`log-compression=br`), which Nix undoes
+ * when it reads a log over HTTP.
+ */
+export const LOG_COMPRESSIONS = ['none', 'br'] as const;
+export type LogCompression = (typeof LOG_COMPRESSIONS)[number];
+
+const brotli = promisify(brotliCompress);
+
+export interface BuildLogOptions {
+  /** Nix's log directory (NIX_LOG_DIR, default /nix/var/log/nix). */
+  readonly logDir: string;
+  /** `log-compression` of an s3:// cache: the log is stored compressed, with that Content-Encoding. */
+  readonly compression?: LogCompression;
+  readonly concurrency?: number;
+}
+
 /** Upload the logs of `drvs` (a few at a time: each holds one log in memory). */
-export async function uploadBuildLogs(
-  backend: CacheBackend,
-  drvs: readonly StorePath[],
-  opts: { readonly logDir: string; readonly concurrency?: number },
-): Promise<BuildLogReport> {
+export async function uploadBuildLogs(backend: CacheBackend, drvs: readonly StorePath[], opts: BuildLogOptions): Promise<BuildLogReport> {
   const limit = createLimiter(opts.concurrency ?? 4);
   const written: StorePath[] = [];
   const missing: StorePath[] = [];
@@ -111,7 +127,11 @@ export async function uploadBuildLogs(
         try {
           const log = await readBuildLog(opts.logDir, drv);
           if (log === undefined) return void missing.push(drv);
-          await backend.putBytes(buildLogKey(drv), log, LOG_CONTENT_TYPE);
+          if (opts.compression === 'br') {
+            await backend.putBytes(buildLogKey(drv), await brotli(log), LOG_CONTENT_TYPE, { contentEncoding: 'br' });
+          } else {
+            await backend.putBytes(buildLogKey(drv), log, LOG_CONTENT_TYPE);
+          }
           written.push(drv);
         } catch (e) {
           const error =

@@ -42,7 +42,7 @@ import * as nodePath from 'node:path';
 import { NarpushError, isErrnoException } from '../errors.js';
 import {
   MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type IncompleteUpload, type ListedObject,
-  type ObjectStat, type PutStreamOptions, type SmallObject, type StagedObject,
+  type ObjectStat, type PutBytesOptions, type PutStreamOptions, type SmallObject, type StagedObject,
 } from './backend.js';
 import { MetadataCalls, WriteAhead, call, closeNow, writeAll, writeAllNow } from './file-ops.js';
 import { type Limiter, createLimiter } from './limit.js';
@@ -209,7 +209,10 @@ export class FileBackend implements CacheBackend {
     }
   }
 
-  async putBytes(key: string, body: Uint8Array, _contentType: string): Promise<void> {
+  async putBytes(key: string, body: Uint8Array, _contentType: string, opts: PutBytesOptions = {}): Promise<void> {
+    if (opts.contentEncoding !== undefined) {
+      throw new NarpushError('BAD_OPTION', `${this.description} cannot store ${key} with a Content-Encoding (${opts.contentEncoding})`);
+    }
     await publishDurably(await this.stage(key, body));
   }
 

@@ -13,6 +13,7 @@ import { NarpushError } from '../errors.js';
 
 import { COMPRESSIONS, LEVEL_RANGES, type Compression } from '../cache/compression.js';
 import { MAX_PART_SIZE, MIN_PART_SIZE } from '../s3/multipart.js';
+import { LOG_COMPRESSIONS, type LogCompression } from '../cache/build-logs.js';
 import { S3_CHECKSUM_MODES, STORAGE_CLASSES, type S3ChecksumMode, type S3Config, type StorageClass } from '../s3/s3-config.js';
 
 export { COMPRESSIONS, type Compression };
@@ -379,7 +380,9 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
   const lsC = q.get('ls-compression');
   if (lsC !== undefined) onlyNone(url, 'ls-compression', lsC, 'narpush writes .ls listings uncompressed');
   const logC = q.get('log-compression');
-  if (logC !== undefined) onlyNone(url, 'log-compression', logC, 'narpush uploads build logs uncompressed');
+  if (logC !== undefined && !(LOG_COMPRESSIONS as readonly string[]).includes(logC)) {
+    throw bad(url, `log-compression '${logC}' is not one of ${LOG_COMPRESSIONS.join(', ')}`);
+  }
 
   const connectRaw = q.get('connect-timeout');
   const connectTimeoutMs = connectRaw === undefined ? undefined : seconds(url, 'connect-timeout', connectRaw, 0.1, 3600);
@@ -408,6 +411,7 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
     ...(connectTimeoutMs !== undefined && { connectTimeoutMs }),
     ...(idleTimeoutMs !== undefined && { idleTimeoutMs }),
     ...(checksum !== undefined && { checksum: checksum as S3ChecksumMode }),
+    ...(logC !== undefined && logC !== 'none' && { logCompression: logC as LogCompression }),
     params: Object.freeze(parseCommon(url, q)),
     description,
   });

@@ -139,7 +139,14 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     compression: settings.compression,
     signingKeys: settings.signingKeys,
     ...(settings.listing ? { listing: settings.listing } : {}),
-    ...(flags.buildLogs === true ? { buildLogs: { logDir: env.NIX_LOG_DIR || DEFAULT_NIX_LOG_DIR } } : {}),
+    ...(flags.buildLogs === true
+      ? {
+          buildLogs: {
+            logDir: env.NIX_LOG_DIR || DEFAULT_NIX_LOG_DIR,
+            ...(config.kind === 's3' && config.logCompression !== undefined ? { compression: config.logCompression } : {}),
+          },
+        }
+      : {}),
     jobs: settings.jobs,
     ...(upstream ? { upstream } : {}),
     refreshAgeMs: settings.refreshAgeMs,

@@ -149,6 +149,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
     if (flags.buildLogs && !flags.dryRun && !abort.signal.aborted) {
       logs = await buildLogs.uploadBuildLogs(backend, buildLogs.derivationsOf(report.uploaded.map((u) => u.info)), {
         logDir: ctx.env.NIX_LOG_DIR || buildLogs.DEFAULT_NIX_LOG_DIR,
+        ...(config.kind === 's3' && config.logCompression !== undefined ? { compression: config.logCompression } : {}),
       });
     }
   } finally {

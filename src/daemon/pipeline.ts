@@ -17,7 +17,7 @@ import type { CacheBackend } from '../cache/backend.js';
 import { type CacheInfo, ensureCacheInfo } from '../cache/cache-info.js';
 import type { CompressionOptions } from '../cache/compression.js';
 import type { ListingOptions } from '../cache/nar-producers.js';
-import { derivationsOf, uploadBuildLogs } from '../cache/build-logs.js';
+import { type BuildLogOptions, derivationsOf, uploadBuildLogs } from '../cache/build-logs.js';
 import { resolvePaths } from '../store/arguments.js';
 import { ThreadPool } from '../cache/threads/thread-pool.js';
 import { type UploadEvent, uploadPaths } from '../cache/upload.js';
@@ -39,7 +39,7 @@ export interface PipelineOptions {
   readonly compression: CompressionOptions;
   readonly signingKeys: readonly SecretKey[];
   /** With --build-logs: upload the logs of the derivations of uploaded paths, from Nix's log directory. */
-  readonly buildLogs?: { readonly logDir: string };
+  readonly buildLogs?: BuildLogOptions;
   /** Write each path's `.ls` listing (`write-nar-listing=true`). */
   readonly listing?: ListingOptions;
   /** NARs uploaded at once. */
@@ -110,7 +110,7 @@ async function uploadLogs(
   uploaded: readonly PathInfo[],
   roots: ReadonlyMap<string, readonly StorePath[]>,
   ctx: UploadContext,
-  logDir: string,
+  logOptions: BuildLogOptions,
 ): Promise<void> {
   const drvs = new Map(derivationsOf(uploaded).map((d) => [d.path, d]));
   const done = new Set(uploaded.map((i) => i.path.path));
@@ -119,7 +119,7 @@ async function uploadLogs(
     if (outputs.some((o) => done.has(o.path))) drvs.set(queued, parseStorePath(queued, outputs[0]!.storeDir));
   }
   if (drvs.size === 0) return;
-  const r = await uploadBuildLogs(backend, [...drvs.values()], { logDir });
+  const r = await uploadBuildLogs(backend, [...drvs.values()], logOptions);
   for (const d of r.written) ctx.onEvent({ type: 'build-log', drv: d.path, outcome: 'written' });
   for (const d of r.missing) ctx.onEvent({ type: 'build-log', drv: d.path, outcome: 'missing' });
   for (const f of r.failed) ctx.onEvent({ type: 'build-log', drv: f.drv.path, outcome: 'failed', error: f.error.message });
@@ -211,7 +211,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
     } catch (e) {
       return failAll(message(e));
     }
-    if (opts.buildLogs && !ctx.signal.aborted) await uploadLogs(opts.backend, report.uploaded.map((u) => u.info), roots, ctx, opts.buildLogs.logDir);
+    if (opts.buildLogs && !ctx.signal.aborted) await uploadLogs(opts.backend, report.uploaded.map((u) => u.info), roots, ctx, opts.buildLogs);
     const failed = new Map(report.failed.map((f) => [f.info.path.baseName, f.error.message]));
     const codes = new Map(report.failed.map((f) => [f.info.path.baseName, f.error.code]));
     for (const [p, outputs] of roots) {

@@ -36,7 +36,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { NarpushError } from '../errors.js';
 import {
   MAX_DELETE_BATCH, MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type IncompleteUpload,
-  type ListedObject, type ObjectStat, type PutStreamOptions,
+  type ListedObject, type ObjectStat, type PutBytesOptions, type PutStreamOptions,
 } from '../cache/backend.js';
 import type { S3Config } from './s3-config.js';
 import { EtagTracker, choosePartSize } from './multipart.js';
@@ -261,11 +261,18 @@ class S3Backend implements CacheBackend {
     } while (token !== undefined);
   }
 
-  async putBytes(key: string, body: Uint8Array, contentType: string): Promise<void> {
+  async putBytes(key: string, body: Uint8Array, contentType: string, opts: PutBytesOptions = {}): Promise<void> {
     checkCacheKey(key);
     try {
       await this.client.send(
-        new this.sdk.PutObjectCommand({ Bucket: this.config.bucket, Key: key, Body: body, ContentType: contentType, ...this.storageClass() }),
+        new this.sdk.PutObjectCommand({
+          Bucket: this.config.bucket,
+          Key: key,
+          Body: body,
+          ContentType: contentType,
+          ...(opts.contentEncoding !== undefined && { ContentEncoding: opts.contentEncoding }),
+          ...this.storageClass(),
+        }),
       );
     } catch (e) {
       throw s3Error(e, this.ctx(`upload ${key}`));

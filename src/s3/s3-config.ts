@@ -5,6 +5,8 @@
  * URL parser asks S3 what it accepts, never the other way round.
  */
 
+import type { LogCompression } from '../cache/build-logs.js';
+
 /** S3 storage classes Nix documents for `storage-class`, plus the newer ones S3 accepts. */
 export const STORAGE_CLASSES = [
   'STANDARD', 'REDUCED_REDUNDANCY', 'STANDARD_IA', 'ONEZONE_IA', 'INTELLIGENT_TIERING',
@@ -39,6 +41,8 @@ export interface S3Config {
    * `when-supported`: on every request that can carry one (AWS S3 itself).
    */
   readonly checksum?: S3ChecksumMode;
+  /** `log-compression`: build logs (log/<drv>) uploaded compressed, with that Content-Encoding; default none. */
+  readonly logCompression?: LogCompression;
   /** For logs and messages; never contains secrets. */
   readonly description: string;
 }

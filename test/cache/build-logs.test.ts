@@ -7,7 +7,9 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { get } from 'node:http';
 import { tmpdir } from 'node:os';
+import { brotliDecompressSync } from 'node:zlib';
 import * as path from 'node:path';
 import { DEFAULT_NIX_LOG_DIR, derivationsOf } from '../../src/cache/build-logs.js';
 import type { PathInfo } from '../../src/store/path-info.js';
@@ -102,6 +104,32 @@ test('upload-path --build-logs to S3: text/plain; charset=utf-8, and nix log rea
   assert.match(await res.text(), new RegExp(`^${words}$`, 'm'));
   await rm(localLog(drv));
   const byHttp = await run('nix', ['log', out, '--option', 'substituters', s3.httpUrl], { env: nixEnv() });
+  assert.equal(byHttp.code, 0, byHttp.stderr.toString());
+  assert.match(byHttp.stdout.toString(), new RegExp(`^${words}$`, 'm'));
+});
+
+test('log-compression=br (s3): the log is stored Brotli-compressed with Content-Encoding: br, and nix log reads it', async () => {
+  s3 ??= await startS3rver();
+  const server = s3;
+  const words = `narpush-br-log-${randomUUID()}`;
+  const { out, drv } = await buildLogging(words);
+  const r = await narpush(['upload-path', '--to', `${server.url}&log-compression=br`, '--build-logs', out], {
+    env: nixEnv({ ...S3RVER_ENV, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' }),
+  });
+  assert.equal(r.code, 0, r.stderr);
+  // The stored bytes, not decoded (fetch would undo the encoding).
+  const raw = await new Promise<{ encoding: string | undefined; body: Buffer }>((resolve, reject) => {
+    get(`${server.httpUrl}/log/${path.basename(drv)}`, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ encoding: res.headers['content-encoding'], body: Buffer.concat(chunks) }));
+    }).on('error', reject);
+  });
+  assert.equal(raw.encoding, 'br');
+  assert.match(brotliDecompressSync(raw.body).toString(), new RegExp(`^${words}$`, 'm'));
+  assert.doesNotMatch(raw.body.toString('latin1'), new RegExp(words), 'the stored bytes are compressed');
+  await rm(localLog(drv));
+  const byHttp = await run('nix', ['log', out, '--option', 'substituters', server.httpUrl], { env: nixEnv() });
   assert.equal(byHttp.code, 0, byHttp.stderr.toString());
   assert.match(byHttp.stdout.toString(), new RegExp(`^${words}$`, 'm'));
 });

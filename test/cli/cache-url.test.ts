@@ -163,8 +163,10 @@ test('bad parameters', () => {
   bad('s3://nix?a%0Ab=1', /unknown parameter 'a\\x0ab'/); // still one line
   bad('file:///c?colour=blue', /unknown parameter 'colour' for a file:\/\/ cache/);
   bad('s3://nix?index-debug-info=true', /'index-debug-info' is not supported by narpush/);
-  bad('s3://nix?log-compression=br', /log-compression=br is not supported by narpush: narpush uploads build logs uncompressed/);
-  assert.equal(s3('s3://nix?log-compression=none').kind, 's3');
+  assert.equal(s3('s3://nix?log-compression=br').logCompression, 'br');
+  assert.equal(s3('s3://nix?log-compression=none').logCompression, undefined);
+  assert.equal(s3('s3://nix').logCompression, undefined);
+  bad('s3://nix?log-compression=xz', /log-compression 'xz' is not one of none, br/);
   bad('file:///c?log-compression=none', /'log-compression' only applies to s3:\/\/ caches/);
   bad('s3://nix?multipart-threshold=100', /not supported/);
   bad('s3://nix?compression=bzip2', /compression 'bzip2' is not supported by narpush \(use xz, zstd, none\)/);

@@ -8,7 +8,7 @@
  * (fast-check's scheduler) decides the order in which concurrent operations
  * take effect.
  */
-import type { CacheBackend, IncompleteUpload, ListedObject, ObjectStat, PutStreamOptions } from '../../src/cache/backend.js';
+import type { CacheBackend, IncompleteUpload, ListedObject, ObjectStat, PutBytesOptions, PutStreamOptions } from '../../src/cache/backend.js';
 
 export interface LoggedOp {
   readonly op: 'get' | 'getStream' | 'exists' | 'putBytes' | 'putStream-start' | 'putStream-done' | 'putStream-aborted' | 'stat' | 'touch' | 'delete' | 'list';
@@ -19,6 +19,7 @@ export interface StoredObject {
   body: Buffer;
   contentType: string;
   lastModified: Date;
+  contentEncoding?: string;
 }
 
 export class MemoryBackend implements CacheBackend {
@@ -56,11 +57,14 @@ export class MemoryBackend implements CacheBackend {
     return this.objects.has(key);
   }
 
-  async putBytes(key: string, body: Uint8Array, contentType: string): Promise<void> {
+  async putBytes(key: string, body: Uint8Array, contentType: string, opts: PutBytesOptions = {}): Promise<void> {
     await this.gate('putBytes', key);
     if (this.failPut(key)) throw new Error(`injected failure for ${key}`);
     this.log.push({ op: 'putBytes', key });
-    this.objects.set(key, { body: Buffer.from(body), contentType, lastModified: this.clock() });
+    this.objects.set(key, {
+      body: Buffer.from(body), contentType, lastModified: this.clock(),
+      ...(opts.contentEncoding !== undefined && { contentEncoding: opts.contentEncoding }),
+    });
   }
 
   async putStream(
