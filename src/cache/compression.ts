@@ -97,7 +97,7 @@ function encoderThreads(opts: CompressionOptions, sizeHint: number | undefined):
 /**
  * A fresh compressing Transform stream. One thread per NAR unless
  * `opts.threads` says otherwise (Nix's `parallel-compression`): paths
- * compress in parallel anyway, and on few cores zstd's worker threads cost
+ * compress in parallel anyway, and on two cores zstd's worker threads cost
  * more in hand-offs than they save; the cores are better spent on hashing (see
  * threads/thread-pool.ts). xz is narpush's own encoder (xz-encoder.ts), which
  * skips incompressible data and caps liblzma encoders at one per core; its
