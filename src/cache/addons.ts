@@ -2,10 +2,9 @@
  * The native addons narpush compresses with, loaded on first use (a command
  * that does not compress never loads them) through require(): both are
  * CommonJS packages, and Node's ES module loader, asked for them by
- * import(), first parses their source to find the exports. That cost 21-26
- * ms of the main thread per process for zstd-napi, where require() takes
- * 12-14 ms (Node 20, this repository's CI machine), and it comes before the
- * first byte of every zstd upload.
+ * import(), first parses their source to find the exports. For zstd-napi
+ * that parse costs the main thread more than the whole require(), once per
+ * process, before the first byte of every zstd upload.
  */
 import { createRequire } from 'node:module';
 import type LzmaNative from 'lzma-native';

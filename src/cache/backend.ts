@@ -220,7 +220,7 @@ export function abortedError(what: string, reason?: unknown): NarpushError {
  * Each wait races the source against a promise made for that wait alone. A
  * single long-lived abort promise raced against every chunk would collect one
  * reaction per chunk, each keeping that chunk alive: a leak as large as the
- * upload (1.4 GiB of RSS for a 1 GiB NAR before this was found).
+ * upload.
  */
 export async function* abortable(
   body: AsyncIterable<Uint8Array>,

@@ -98,8 +98,7 @@ function encoderThreads(opts: CompressionOptions, sizeHint: number | undefined):
  * A fresh compressing Transform stream. One thread per NAR unless
  * `opts.threads` says otherwise (Nix's `parallel-compression`): paths
  * compress in parallel anyway, and on two cores zstd's worker threads cost
- * more in hand-offs (0.1-0.2 s of system time on the 103 MiB benchmark
- * closure) than they saved; the cores are better spent on hashing (see
+ * more in hand-offs than they save; the cores are better spent on hashing (see
  * threads/thread-pool.ts). xz is narpush's own encoder (xz-encoder.ts), which
  * skips incompressible data and caps liblzma encoders at one per core; its
  * blocks (xzBlockSize) are encoded up to `threads` at once, which the

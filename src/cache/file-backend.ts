@@ -24,8 +24,8 @@
  * fsync after its rename has completed, so a crash in the gap is retried;
  * (3) the next upload of the closure checks each path's narinfo and puts
  * back any that is missing. Ordering every rename after its references'
- * fsyncs instead costs one journal commit per link of the longest chain
- * (120 links, ~0.5 s, for 1,000 small paths).
+ * fsyncs instead costs one journal commit per link of the longest chain,
+ * which dominates an upload of many small paths.
  *
  * Must never leave a temporary file behind on failure, abort or discard,
  * never write outside the cache directory (keys are checked), and never
@@ -469,8 +469,7 @@ export class FileBackend implements CacheBackend {
    * creations in one directory are queued here: the kernel serializes them
    * anyway (the directory's lock), and threads waiting for that lock spin
    * on it while ext4 searches its inode tables, burning the CPU the rest of
-   * the upload needs (12% of all CPU time, measured uploading 1,000 small
-   * paths on two cores).
+   * the upload needs.
    */
   private createIn(dir: string, file: string, flags: number): Promise<number> {
     return this.metadata.run(

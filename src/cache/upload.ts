@@ -48,8 +48,7 @@ export const LISTING_CONTENT_TYPE = 'application/json';
  * Small paths (see plan.ts) go up in batches of at most this many
  * paths and NAR bytes (held in memory at once), SMALL_BATCHES at once
  * (`jobs` if more): while one is built on this thread, the others wait for
- * the disk, the network or their signatures. (Four measured faster than
- * two, on 1,000 small paths.)
+ * the disk, the network or their signatures.
  */
 export const SMALL_BATCH_PATHS = 32;
 export const SMALL_BATCH_BYTES = 8 << 20;

@@ -2,8 +2,9 @@
  * bin/narpush's first step, before the rest of the CLI loads: for the
  * commands that read the Nix store at once, start opening the daemon's
  * stream (store/early-stream.ts), so that a `nix-daemon --stdio` we have to
- * start (~25 ms until it answers) gets ready while the command's modules
- * load. Its own entry in the bundle, kept small: it runs on every start.
+ * start (tens of milliseconds until it answers) gets ready while the
+ * command's modules load. Its own entry in the bundle, kept small: it runs
+ * on every start.
  */
 import { type EarlyStream, openStreamEarly } from '../store/early-stream.js';
 import { storeTransportFromEnv } from '../store/transport.js';

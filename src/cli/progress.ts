@@ -2,8 +2,9 @@
  * Showing an upload as it happens. On a terminal: one status line, redrawn at
  * most ten times a second (paths done/total, bytes, rate, current paths).
  * Elsewhere (CI logs, pipes): one line per path uploaded or failed, written
- * in batches (at most 100 ms late: a write per line cost 30 ms of 1,000 tiny
- * paths). Both go to stderr, so stdout stays free for `--json`.
+ * in batches (at most 100 ms late: a write per line would be a system call
+ * per path, which shows with thousands of tiny paths). Both go to stderr, so
+ * stdout stays free for `--json`.
  */
 import type { UploadEvent } from '../cache/upload.js';
 import { formatBytes, formatRate } from './format.js';

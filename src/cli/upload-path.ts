@@ -48,7 +48,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   // 2. The store (closure and GC roots, held until the client closes) and the
   // cache. While the daemon starts (another process) and the S3 SDK loads,
   // this thread loads the upload pipeline (in bin/narpush's bundle it is
-  // already parsed; unbundled, ~40 ms of module loading).
+  // already parsed; unbundled, it is dozens of modules to load).
   const opening = StoreClient.open({
     transport: storeTransportFromEnv(ctx.env),
     storeDir: ctx.storeDir,

@@ -8,8 +8,10 @@ import { createHash } from 'node:crypto';
 
 /**
  * Bytes per millisecond (1,100 MiB/s) above which hashing a NAR here costs
- * this thread less than copying and posting it to a thread (~0.9 ms per MiB,
- * measured on a 100 MiB NAR). With SHA extensions: ~1,700 MiB/s; without: ~400.
+ * this thread less than copying and posting it to a thread: at this rate,
+ * hashing a MiB takes about as long as handing it over. CPUs with SHA
+ * extensions hash well above it, CPUs without well below (the figures:
+ * docs/performance.md).
  */
 export const FAST_SHA256_BYTES_PER_MS = 1.1 * 1024 * 1024;
 

@@ -62,8 +62,9 @@ const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'he
 
 /**
  * The Ed25519 public key of a 32-byte seed, by OpenSSL (node:crypto): what
- * libsodium and tweetnacl store as a secret key's second half. (tweetnacl's
- * pure-JavaScript arithmetic took about 20 ms of every command's start.)
+ * libsodium and tweetnacl store as a secret key's second half. (OpenSSL, not
+ * a pure-JavaScript library: this runs at every command's start, where slow
+ * arithmetic would delay every command.)
  */
 export function publicKeyFromSeed(seed: Uint8Array): Buffer {
   const key = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, seed]), format: 'der', type: 'pkcs8' });

@@ -1,8 +1,9 @@
 /**
  * The Nix daemon's byte stream, opened before the command that needs it has
  * loaded. Without a running daemon narpush starts `nix-daemon --stdio`,
- * which takes ~25 ms to be ready: started as the command line is read, that
- * time passes while the command's own modules load instead of after.
+ * which takes tens of milliseconds to be ready: started as the command line
+ * is read, that time passes while the command's own modules load instead of
+ * after.
  *
  * Nothing is reported from here: a failure to open is kept and surfaces
  * when (and only if) the command takes the stream, in the command's own
