@@ -16,33 +16,37 @@
  * typical closure) go up in batches: their NARs built, checked and
  * compressed in one loop, written together, their narinfos signed together
  * (in one message when on the crypto thread: see plan.ts) and written
- * together; each path still
- * succeeds, fails and is published alone. Progress and results are reported
- * as events; nothing here prints. Beside `narpush gc`: a narinfo relied on
- * is renewed when old (refresh.ts) and none is shown if a collector ran
- * since the checks began (gc-fence.ts).
+ * together; each path still succeeds, fails and is published alone.
+ * Progress and results are reported as events; nothing here prints. Beside
+ * `narpush gc`: a narinfo relied on is renewed when old (refresh.ts) and
+ * none is shown if a collector ran since the checks began (gc-fence.ts).
+ *
+ * This file only assembles the steps, each in its own module:
+ * presence.ts (what is there already), batcher.ts (units of work),
+ * stage.ts (step 1: NAR, listing, narinfo staged), publisher.ts (step 2:
+ * shown in order, then durable; how each path ends).
  */
-import { NarpushError, isNarpushError } from '../errors.js';
-import type { NarInfo } from '../narinfo/narinfo.js';
-import { formatNarInfo } from '../narinfo/narinfo.js';
+import { NarpushError } from '../errors.js';
 import type { SecretKey } from '../signing/keys.js';
-import { signFingerprint, signNarInfoWith } from '../signing/sign.js';
+import { signFingerprint } from '../signing/sign.js';
 import type { PathInfo } from '../store/path-info.js';
-import type { StorePath } from '../store/store-path.js';
-import { type CacheBackend, type StagedObject, stageBatch, stageBytes } from './backend.js';
+import type { CacheBackend } from './backend.js';
+import { type UploadUnit, uploadUnits } from './batcher.js';
 import type { CompressionOptions } from './compression.js';
 import { type FenceOptions, GcFence } from './gc-fence.js';
-import { createLimiter } from './limit.js';
+import { type Limiter, createLimiter } from './limit.js';
 import type { ListingOptions } from './nar-producers.js';
-import { type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
-import { UploadPlanner, streamed } from './plan.js';
-import { type RefreshOptions, presentAndFresh } from './refresh.js';
+import type { UploadedNar } from './nar-upload.js';
+import { UploadPlanner } from './plan.js';
+import { checkPresence } from './presence.js';
+import { Publisher, type UploadedPath, asNarpushError } from './publisher.js';
+import type { RefreshOptions } from './refresh.js';
+import { type Signer, type StageContext, stageLarge, stageSmall } from './stage.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 import type { Upstream } from './upstream.js';
 
-export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
-/** What Nix 2.8 gives `.ls` listings (uncompressed, as on a file:// cache). */
-export const LISTING_CONTENT_TYPE = 'application/json';
+export type { UploadedPath } from './publisher.js';
+export { LISTING_CONTENT_TYPE, NARINFO_CONTENT_TYPE, type Signer, listingKey, makeNarInfo, narInfoKey } from './stage.js';
 
 /**
  * Small paths (see plan.ts) go up in batches of at most this many
@@ -53,14 +57,6 @@ export const LISTING_CONTENT_TYPE = 'application/json';
 export const SMALL_BATCH_PATHS = 32;
 export const SMALL_BATCH_BYTES = 8 << 20;
 export const SMALL_BATCHES = 4;
-
-export function narInfoKey(path: StorePath): string {
-  return `${path.hashPart}.narinfo`;
-}
-
-export function listingKey(path: StorePath): string {
-  return `${path.hashPart}.ls`;
-}
 
 export interface UploadOptions {
   readonly backend: CacheBackend;
@@ -101,13 +97,6 @@ export type UploadEvent =
   | { readonly type: 'upstream'; readonly info: PathInfo }
   | { readonly type: 'failed'; readonly info: PathInfo; readonly error: NarpushError };
 
-export interface UploadedPath {
-  readonly info: PathInfo;
-  /** `nar.listing`, when a listing was asked for, is 'written' or 'too-large' (none written). */
-  readonly nar: UploadedNar;
-  readonly seconds: number;
-}
-
 export interface UploadReport {
   readonly uploaded: readonly UploadedPath[];
   /** Already in the cache (or, with dryRun, what would be skipped). */
@@ -120,33 +109,6 @@ export interface UploadReport {
   readonly seconds: number;
 }
 
-function asNarpushError(e: unknown, info: PathInfo): NarpushError {
-  if (isNarpushError(e)) return e;
-  const message = e instanceof Error ? e.message : String(e);
-  return new NarpushError('UPLOAD_FAILED', `uploading '${info.path.path}' failed: ${message}`, { cause: e });
-}
-
-/** Makes `<key name>:<signature>` of a fingerprint (on the crypto thread or this one, as the planner chose). */
-export type Signer = (fingerprint: string, key: SecretKey) => Promise<string>;
-
-/** The narinfo for an uploaded path: what the store knows, where the NAR went, signed by `sign`. */
-export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readonly SecretKey[], sign: Signer): Promise<NarInfo> {
-  const unsigned: NarInfo = {
-    storePath: info.path,
-    url: nar.url,
-    compression: nar.compression,
-    fileHash: nar.fileHash,
-    fileSize: nar.fileSize,
-    narHash: info.narHash,
-    narSize: info.narSize,
-    references: info.references,
-    ...(info.deriver ? { deriver: info.deriver } : {}),
-    sigs: info.sigs,
-    ...(info.ca ? { ca: info.ca } : {}),
-  };
-  return keys.length > 0 ? signNarInfoWith(unsigned, keys, sign) : unsigned;
-}
-
 /**
  * Upload `infos` (any order; references outside the set must already be in
  * the cache), except those `upstream` serves. Never throws for a single
@@ -155,48 +117,44 @@ export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readon
 export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOptions): Promise<UploadReport> {
   const started = performance.now();
   const emit = opts.onEvent ?? (() => {});
-  const { backend } = opts;
-  const inSet = new Map(infos.map((i) => [i.path.baseName, i]));
+  const seconds = (): number => (performance.now() - started) / 1000;
   // Before anything is looked at: a collector that starts after this lists what we rely on as we left it.
-  const fence = new GcFence(backend, opts.gc);
+  const fence = new GcFence(opts.backend, opts.gc);
   if (!opts.dryRun) await fence.open();
-
-  // Signed by an upstream key: not ours to upload, and no request needed to know it.
-  const upstreamSigned = opts.upstream ? infos.filter((i) => opts.upstream!.signed(i)) : [];
-  const served = new Set(upstreamSigned.map((i) => i.path.baseName));
-  const own = served.size > 0 ? infos.filter((i) => !served.has(i.path.baseName)) : infos;
-
-  // Which narinfos exist: the paths themselves (unless forced) and any reference outside the set.
-  const check = createLimiter(opts.checkConcurrency ?? 32);
-  const outside = new Map<string, StorePath>();
-  for (const i of infos) for (const r of i.references) if (!inSet.has(r.baseName)) outside.set(r.baseName, r);
-  const toCheck = [...(opts.force ? [] : own.map((i) => i.path)), ...outside.values()];
-  const presence = new Map<string, boolean>();
-  // A dry run changes nothing, not even a narinfo's time.
-  const refresh = opts.dryRun ? {} : (opts.gc ?? {});
-  await Promise.all(
-    toCheck.map((p) =>
-      check(async () => presence.set(p.baseName, await presentAndFresh(backend, narInfoKey(p), NARINFO_CONTENT_TYPE, refresh))),
-    ),
-  );
-
-  const skipped = own.filter((i) => !opts.force && presence.get(i.path.baseName));
-  const missing = own.filter((i) => opts.force || !presence.get(i.path.baseName));
-  // Asked of the upstream caches only for what ours lacks.
-  for (const b of (await opts.upstream?.lookup(missing)) ?? []) served.add(b);
-  const upstream = infos.filter((i) => served.has(i.path.baseName));
-  const toUpload = missing.filter((i) => !served.has(i.path.baseName));
+  const found = await checkPresence(infos, {
+    backend: opts.backend,
+    ...(opts.force !== undefined ? { force: opts.force } : {}),
+    ...(opts.upstream ? { upstream: opts.upstream } : {}),
+    concurrency: opts.checkConcurrency ?? 32,
+    // A dry run changes nothing, not even a narinfo's time.
+    refresh: opts.dryRun ? {} : (opts.gc ?? {}),
+  });
+  const { skipped, upstream, toUpload } = found;
   emit({ type: 'planned', total: infos.length, toUpload, present: skipped.length, upstream: upstream.length });
   for (const info of skipped) emit({ type: 'skipped', info });
   for (const info of upstream) emit({ type: 'upstream', info });
-  if (opts.dryRun) {
-    return { uploaded: [], skipped, upstream, wouldUpload: toUpload, failed: [], seconds: (performance.now() - started) / 1000 };
-  }
+  if (opts.dryRun) return { uploaded: [], skipped, upstream, wouldUpload: toUpload, failed: [], seconds: seconds() };
 
-  // Large NARs hold compressor threads and upload buffers: `jobs` of them at
-  // once. Small ones are batched (see SMALL_BATCH_PATHS).
-  const jobs = createLimiter(opts.jobs);
-  const batches = createLimiter(Math.max(SMALL_BATCHES, opts.jobs));
+  const uploaded: UploadedPath[] = [];
+  const failed: { info: PathInfo; error: NarpushError }[] = [];
+  const publisher = new Publisher(toUpload, {
+    available: (ref) => found.available(ref),
+    fence,
+    onUploaded: (u) => {
+      uploaded.push(u);
+      emit({ type: 'uploaded', ...u });
+    },
+    onFailed: (info, error) => {
+      failed.push({ info, error });
+      emit({ type: 'failed', info, error });
+    },
+  });
+  await runUploads(toUpload, opts, emit, publisher);
+  return { uploaded, skipped, upstream, wouldUpload: [], failed, seconds: seconds() };
+}
+
+/** Step 1 of every path (stage.ts), a unit at a time (batcher.ts), each path then handed to the publisher. */
+async function runUploads(toUpload: readonly PathInfo[], opts: UploadOptions, emit: (e: UploadEvent) => void, publisher: Publisher): Promise<void> {
   // How each NAR is produced, and on which threads: see plan.ts.
   const planner = new UploadPlanner({
     compression: opts.compression,
@@ -210,197 +168,51 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
   const sign: Signer = planner.signOnThread()
     ? (fp, key) => opts.threads.sign(fp, key)
     : async (fp, key) => signFingerprint(fp, key);
-  const batchPaths = Math.max(1, opts.batchPaths ?? SMALL_BATCH_PATHS);
-  const uploaded: UploadedPath[] = [];
-  const failed: { info: PathInfo; error: NarpushError }[] = [];
-  // Per path being uploaded: true once its narinfo is visible, false when it will not be.
-  const visible = new Map<string, Promise<boolean>>();
-
-  const fail = (info: PathInfo, error: NarpushError): void => {
-    failed.push({ info, error });
-    emit({ type: 'failed', info, error });
+  const ctx: StageContext = {
+    backend: opts.backend,
+    compression: opts.compression,
+    ...(opts.listing ? { listing: opts.listing } : {}),
+    threads: opts.threads,
+    planner,
+    signingKeys: opts.signingKeys,
+    sign,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    onStarted: (info) => emit({ type: 'started', info }),
+    onProgress: (info, narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
   };
+  // Large NARs hold compressor threads and upload buffers: `jobs` of them at
+  // once. Small ones are batched (see SMALL_BATCH_PATHS).
+  const limits: Record<UploadUnit['kind'], Limiter> = { large: createLimiter(opts.jobs), batch: createLimiter(Math.max(SMALL_BATCHES, opts.jobs)) };
   const failure = (e: unknown, info: PathInfo): NarpushError =>
     opts.signal?.aborted
       ? new NarpushError('UPLOAD_ABORTED', `upload of '${info.path.path}' was interrupted`, { cause: e })
       : asNarpushError(e, info);
 
-  /** Whether every reference's narinfo is visible (waiting for those in the set), or the error why not. */
-  const referencesVisible = async (info: PathInfo): Promise<NarpushError | undefined> => {
-    for (const ref of info.references) {
-      if (ref.baseName === info.path.baseName) continue;
-      const pending = visible.get(ref.baseName);
-      // An upstream reference is satisfied: clients get it from the upstream, not from us.
-      if (pending ? await pending : presence.get(ref.baseName) === true || served.has(ref.baseName)) continue;
-      const why = pending ? 'failed to upload' : 'is not in the cache (upload it, or leave out --no-closure)';
-      return new NarpushError('REFERENCE_MISSING', `not publishing '${info.path.path}': its reference '${ref.path}' ${why}`);
-    }
-    return undefined;
-  };
-
-  /** GC_CONFLICT if a collector ran since the checks began (see gc-fence.ts), or the error listing its markers. */
-  const collectorRan = async (info: PathInfo): Promise<NarpushError | undefined> => {
-    try {
-      return await fence.check();
-    } catch (e) {
-      return asNarpushError(e, info);
-    }
-  };
-
-  interface Upload {
-    readonly info: PathInfo;
-    readonly shown: (ok: boolean) => void;
-  }
-
-  /** After step 1 (the NAR, and the narinfo staged): make the narinfo visible, then durable. */
-  const show = async ({ info, shown }: Upload, nar: UploadedNar, staged: StagedObject, t0: number): Promise<void> => {
-    // 2. Visible only after the narinfos of its references: the one step on the chain.
-    const missing = (await referencesVisible(info)) ?? (await collectorRan(info));
-    if (missing) {
-      shown(false);
-      await staged.discard();
-      return fail(info, missing);
-    }
-    try {
-      await staged.publish();
-    } catch (e) {
-      shown(false);
-      return fail(info, asNarpushError(e, info));
-    }
-    shown(true);
-    // 3. Reported uploaded only once it survives a crash (the daemon's journal relies on it).
-    try {
-      await staged.durable();
-    } catch (e) {
-      return fail(info, asNarpushError(e, info));
-    }
-    const seconds = (performance.now() - t0) / 1000;
-    uploaded.push({ info, nar, seconds });
-    emit({ type: 'uploaded', info, nar, seconds });
-  };
-
-  /** Step 1b: the listing, before the narinfo is staged; the NAR record keeps only whether it was written. */
-  const writeListing = async (info: PathInfo, nar: UploadedNar): Promise<UploadedNar> => {
-    if (!Buffer.isBuffer(nar.listing)) return nar;
-    await backend.putBytes(listingKey(info.path), nar.listing, LISTING_CONTENT_TYPE);
-    return { ...nar, listing: 'written' };
-  };
-
-  const narInfoBody = async (info: PathInfo, nar: UploadedNar): Promise<Buffer> =>
-    Buffer.from(formatNarInfo(await makeNarInfo(info, nar, opts.signingKeys, sign)));
-
-  /** A large path: its NAR streamed, then its narinfo. */
-  const upload = async (u: Upload): Promise<void> => {
-    const { info } = u;
+  const run = async (unit: UploadUnit): Promise<void> => {
     const t0 = performance.now();
-    // 1. The NAR, complete and durable; then the narinfo, written and durable
-    // but not visible (off the chain of references, in parallel).
-    let nar: UploadedNar;
-    let staged: StagedObject;
+    const infos = unit.kind === 'large' ? [unit.info] : unit.infos;
+    let outcomes;
     try {
-      ({ nar, staged } = await jobs(async () => {
-        opts.signal?.throwIfAborted();
-        emit({ type: 'started', info });
-        const produced = await uploadNar(backend, info, {
-          compression: planner.compression(info.narSize),
-          threads: opts.threads,
-          ...(opts.listing ? { listing: opts.listing } : {}),
-          production: streamed(planner.production(info.narSize)),
-          ...(opts.signal ? { signal: opts.signal } : {}),
-          onProgress: (narBytes, fileBytes) => emit({ type: 'progress', info, narBytes, fileBytes }),
-        });
-        const done = await writeListing(info, produced);
-        return { nar: done, staged: await stageBytes(backend, narInfoKey(info.path), await narInfoBody(info, done), NARINFO_CONTENT_TYPE) };
-      }));
+      outcomes = await limits[unit.kind](async () =>
+        unit.kind === 'large' ? [{ info: unit.info, result: { status: 'fulfilled' as const, value: await stageLarge(ctx, unit.info) } }] : stageSmall(ctx, unit.infos),
+      );
     } catch (e) {
-      u.shown(false);
-      return fail(info, failure(e, info));
-    }
-    await show(u, nar, staged, t0);
-  };
-
-  /** Small paths: step 1 for the whole batch, then each path is shown on its own. */
-  const uploadBatch = async (batch: readonly Upload[]): Promise<void> => {
-    const t0 = performance.now();
-    let done: PromiseSettledResult<{ nar: UploadedNar; staged: StagedObject }>[];
-    try {
-      done = await batches(async () => {
-        opts.signal?.throwIfAborted();
-        for (const { info } of batch) emit({ type: 'started', info });
-        const nars = await uploadSmallNars(
-          backend,
-          batch.map((u) => u.info),
-          { compression: opts.compression, ...(opts.listing ? { listing: opts.listing } : {}), ...(opts.signal ? { signal: opts.signal } : {}) },
-        );
-        // Asked for in one tick: the crypto thread gets the batch's signatures in one message.
-        // Each listing is written beside its signature, and both before the narinfo is staged.
-        const listed: UploadedNar[] = [];
-        const bodies = await Promise.allSettled(
-          nars.map(async (n, k) => {
-            if (n.status === 'rejected') throw n.reason;
-            const info = batch[k]!.info;
-            emit({ type: 'progress', info, narBytes: n.value.narSize, fileBytes: n.value.fileSize });
-            const [nar, body] = await Promise.all([writeListing(info, n.value), narInfoBody(info, n.value)]);
-            listed[k] = nar;
-            return body;
-          }),
-        );
-        const ok = batch.flatMap((u, k) => (bodies[k]!.status === 'fulfilled' ? [k] : []));
-        const staged = await stageBatch(
-          backend,
-          ok.map((k) => ({
-            key: narInfoKey(batch[k]!.info.path),
-            body: (bodies[k] as PromiseFulfilledResult<Buffer>).value,
-            contentType: NARINFO_CONTENT_TYPE,
-          })),
-        );
-        // `staged` follows `ok`: one entry for each path that got this far.
-        let j = 0;
-        return bodies.map((b, k): PromiseSettledResult<{ nar: UploadedNar; staged: StagedObject }> => {
-          if (b.status === 'rejected') return b;
-          const s = staged[j++]!;
-          if (s.status === 'rejected') return s;
-          return { status: 'fulfilled', value: { nar: listed[k]!, staged: s.value } };
-        });
-      });
-    } catch (e) {
-      for (const u of batch) {
-        u.shown(false);
-        fail(u.info, failure(e, u.info));
-      }
+      for (const info of infos) publisher.failed(info, failure(e, info));
       return;
     }
     await Promise.all(
-      batch.map((u, k) => {
-        const r = done[k]!;
-        if (r.status === 'fulfilled') return show(u, r.value.nar, r.value.staged, t0);
-        u.shown(false);
-        fail(u.info, failure(r.reason, u.info));
+      outcomes.map(({ info, result }) => {
+        if (result.status === 'fulfilled') return publisher.staged(info, result.value, t0);
+        publisher.failed(info, failure(result.reason, info));
         return undefined;
       }),
     );
   };
 
   const running: Promise<void>[] = [];
-  let batch: Upload[] = [];
-  let batchBytes = 0;
-  for (const info of toUpload) {
-    let shown!: (ok: boolean) => void;
-    visible.set(info.path.baseName, new Promise<boolean>((resolve) => (shown = resolve)));
-    if (planner.production(info.narSize) !== 'memory') {
-      running.push(upload({ info, shown }));
-      continue;
-    }
-    if (batch.length > 0 && (batch.length >= batchPaths || batchBytes + info.narSize > SMALL_BATCH_BYTES)) {
-      running.push(uploadBatch(batch));
-      batch = [];
-      batchBytes = 0;
-    }
-    batch.push({ info, shown });
-    batchBytes += info.narSize;
-  }
-  if (batch.length > 0) running.push(uploadBatch(batch));
-  // `upload` and `uploadBatch` record every failure themselves: a rejection here is a bug, raised once all have settled.
+  const small = (info: PathInfo): boolean => planner.production(info.narSize) === 'memory';
+  const batchPaths = Math.max(1, opts.batchPaths ?? SMALL_BATCH_PATHS);
+  for (const unit of uploadUnits(toUpload, small, { paths: batchPaths, bytes: SMALL_BATCH_BYTES })) running.push(run(unit));
+  // `run` hands every path's end to the publisher: a rejection here is a bug, raised once all have settled.
   for (const r of await Promise.allSettled(running)) if (r.status === 'rejected') throw r.reason;
-  return { uploaded, skipped, upstream, wouldUpload: [], failed, seconds: (performance.now() - started) / 1000 };
 }

@@ -17,20 +17,25 @@
  */
 import type { StorePath } from '../store/store-path.js';
 import { type RetryPolicy, DEFAULT_RETRY_POLICY } from './backoff.js';
-import { Journal, type JournalRecord } from './journal.js';
-import type { ListenAddress } from './listen-address.js';
-import type { DaemonLogger } from './log.js';
-import { type EnqueueAnswer, type ErrorAnswer, MAX_LINE_BYTES, type RejectedPath } from './protocol.js';
-import { WorkQueue } from './queue.js';
+import { type DaemonStatus, daemonStatus, queueCounts } from './daemon-status.js';
+import { pipelineEventSink, workerLogger } from './event-log.js';
 import { gcRootsDir } from './gc-roots.js';
-import { RootKeeper, type RootStore } from './root-keeper.js';
-import { type ParsedRequest, parseRequest } from './request.js';
-import { startServer, type SocketServer } from './server.js';
-import { listSpool, markSpoolFileRejected, readSpoolFile, removeSpoolFile, removeStaleTempFiles } from './spool.js';
-import { type StateDirLayout, claimStateDir, releaseStateDir, unusable } from './state-dir.js';
-import { type BuildLogCounts, DaemonStats, HOOK_SOURCES } from './stats.js';
+import { DaemonHealth } from './health.js';
+import { Intake } from './intake.js';
+import type { Journal } from './journal.js';
+import type { ListenAddress } from './listen-address.js';
+import { type DaemonLogger, errorLine } from './log.js';
 import type { MetricsServer } from './metrics.js';
-import { type PipelineEvent, type UploadBatch, Worker } from './worker.js';
+import { WorkQueue } from './queue.js';
+import { RootKeeper, type RootStore } from './root-keeper.js';
+import { startServer, type SocketServer } from './server.js';
+import { SpoolIngester } from './spool-ingest.js';
+import { openJournal, reconcileRoots } from './startup.js';
+import { type StateDirLayout, claimStateDir, releaseStateDir } from './state-dir.js';
+import { DaemonStats } from './stats.js';
+import { type UploadBatch, Worker } from './worker.js';
+
+export type { DaemonStatus, FailingPath } from './daemon-status.js';
 
 export interface DaemonConfig {
   readonly stateDir: string;
@@ -69,47 +74,6 @@ export interface DaemonDeps {
   readonly random?: () => number;
 }
 
-export interface FailingPath {
-  readonly path: string;
-  readonly attempts: number;
-  readonly lastError: string;
-  /** Seconds until the next attempt; 0 when it is queued or uploading now. */
-  readonly nextRetryInSeconds: number;
-}
-
-/** What `narpush status` shows. Counts of `uploaded`/`skipped` are of closure paths; the rest are of queued paths. */
-export interface DaemonStatus {
-  readonly pid: number;
-  readonly socket: string;
-  readonly stateDir: string;
-  readonly cache: string;
-  readonly startedAt: string;
-  readonly uptimeSeconds: number;
-  /** Waiting to be uploaded (including those waiting for a retry). */
-  readonly queued: number;
-  readonly inFlight: readonly string[];
-  readonly waitingRetry: number;
-  readonly uploaded: number;
-  readonly skipped: number;
-  /** Not uploaded because an upstream cache serves them. */
-  readonly skippedUpstream: number;
-  /** Queued paths given up on because they left the store. */
-  readonly dropped: number;
-  /** Paths refused at the socket or in the spool. */
-  readonly rejected: number;
-  /** Failed attempts since start. */
-  readonly failures: number;
-  /** With --build-logs: derivations whose log was written, not kept locally, or not uploaded. */
-  readonly buildLogs: BuildLogCounts;
-  readonly failing: readonly FailingPath[];
-  readonly narBytes: number;
-  readonly fileBytes: number;
-  /** Time spent uploading. */
-  readonly busySeconds: number;
-  /** NAR bytes per second of busy time. */
-  readonly narBytesPerSecond: number;
-}
-
 export interface RunningDaemon {
   readonly address: string;
   /** The metrics endpoint's host:port, when `metricsListen` was given. */
@@ -123,8 +87,125 @@ export interface RunningDaemon {
   stop(): Promise<void>;
 }
 
-function message(e: unknown): string {
-  return (e instanceof Error ? e.message : String(e)).split('\n')[0]!;
+
+/** The daemon's parts, wired to each other; nothing started yet. */
+interface Parts {
+  readonly queue: WorkQueue;
+  readonly roots: RootKeeper | undefined;
+  readonly intake: Intake;
+  readonly spool: SpoolIngester;
+  readonly stats: DaemonStats;
+  readonly health: DaemonHealth;
+  readonly worker: Worker;
+  readonly status: () => DaemonStatus;
+}
+
+interface Opened {
+  readonly layout: StateDirLayout;
+  readonly journal: Journal;
+  readonly replayed: Awaited<ReturnType<typeof openJournal>>['replayed'];
+  readonly started: number;
+  readonly now: () => number;
+  /** The socket's address once it listens. */
+  readonly socket: () => string;
+}
+
+function assemble(config: DaemonConfig, deps: DaemonDeps, o: Opened): Parts {
+  const { log } = deps;
+  const health = new DaemonHealth();
+  // Roots are kept while the queue has their path or a request is queueing it (RootKeeper's inUse).
+  const roots: RootKeeper | undefined = deps.roots
+    ? new RootKeeper(gcRootsDir(config.stateDir), deps.roots, log, (p): boolean => queue.has(p) || intake.isEnqueuing(p))
+    : undefined;
+  const releaseRoots = (paths: readonly string[]): void => {
+    if (roots && paths.length > 0) {
+      void roots.release(paths).catch((e: unknown) => log({ event: 'warning', detail: `cannot remove GC roots: ${errorLine(e)}` }));
+    }
+  };
+  const queue = new WorkQueue(health.journalSink(o.journal), {
+    retry: config.retry ?? DEFAULT_RETRY_POLICY,
+    now: o.now,
+    ...(deps.random ? { random: deps.random } : {}),
+    onFinished: (p) => releaseRoots([p]),
+  });
+  queue.restore(o.replayed.pending.values());
+  const stats = new DaemonStats(o.now);
+  const status = (): DaemonStatus =>
+    daemonStatus({ stateDir: config.stateDir, cache: config.cache, socket: o.socket, started: o.started, now: o.now, queue, stats });
+  const intake: Intake = new Intake({ storeDir: config.storeDir, validPaths: deps.validPaths, queue, ...(roots ? { roots } : {}), releaseRoots, stats, health, status, log });
+  const spool = new SpoolIngester({ dir: o.layout.spool, storeDir: config.storeDir, intake, stats, log });
+  const worker = new Worker(queue, {
+    upload: deps.upload,
+    ...(config.maxBatch !== undefined ? { maxBatch: config.maxBatch } : {}),
+    log: workerLogger(stats, log),
+    onEvent: pipelineEventSink(stats, log),
+    ...(deps.onIdle ? { onIdle: deps.onIdle } : {}),
+    onBatch: (s) => stats.batchFinished(s),
+  });
+  return { queue, roots, intake, spool, stats, health, worker, status };
+}
+
+/**
+ * Start-up, in the order that keeps roots and hooks safe: the roots' listing
+ * before the spool is ingested, the metrics address bound before the socket
+ * (one that cannot be bound stops the start before any hook is answered).
+ * On failure everything opened is closed and the state directory released.
+ */
+async function listen(config: DaemonConfig, deps: DaemonDeps, o: Opened, p: Parts): Promise<{ server: SocketServer; metrics?: MetricsServer }> {
+  let metrics: MetricsServer | undefined;
+  try {
+    const listed = p.roots ? await p.roots.snapshot() : [];
+    await p.spool.ingest();
+    if (config.metricsListen) {
+      const { startMetricsServer } = await import('./metrics.js');
+      metrics = await startMetricsServer({
+        listen: config.metricsListen,
+        stats: p.stats,
+        queue: () => queueCounts(p.queue.list()),
+        health: () => p.health.reason(),
+      });
+    }
+    if (p.roots) {
+      await reconcileRoots(p.roots, listed, { queue: p.queue, store: deps.roots!, spoolDir: o.layout.spool, storeDir: config.storeDir, log: deps.log });
+    }
+    const server = await startServer({
+      ...(config.listenFd !== undefined ? { listenFd: config.listenFd } : { socketPath: config.socketPath! }),
+      ...(config.idleTimeoutMs !== undefined ? { idleTimeoutMs: config.idleTimeoutMs } : {}),
+      handle: (line) => p.intake.handleLine(line),
+      log: deps.log,
+    });
+    return { server, ...(metrics ? { metrics } : {}) };
+  } catch (e) {
+    await metrics?.close();
+    await o.journal.close().catch(() => {});
+    await releaseStateDir(o.layout);
+    throw e;
+  }
+}
+
+/** Stop: no new requests, uploads in flight get the grace period, then everything is closed in order. A second call aborts them at once. */
+function stopper(config: DaemonConfig, log: DaemonLogger, o: Opened, p: Parts, s: { server: SocketServer; metrics?: MetricsServer; poll: NodeJS.Timeout }): () => Promise<void> {
+  let stopping: Promise<void> | undefined;
+  return () => {
+    if (stopping) {
+      p.worker.abortNow();
+      return stopping;
+    }
+    p.health.markStopping();
+    stopping = (async () => {
+      log({ event: 'stopping', detail: `waiting up to ${((config.shutdownGraceMs ?? 10_000) / 1000).toFixed(0)} s for uploads in flight` });
+      clearInterval(s.poll);
+      await s.server.close();
+      await p.spool.settled();
+      await p.worker.stop(config.shutdownGraceMs ?? 10_000);
+      await s.metrics?.close();
+      await p.roots?.settled();
+      await o.journal.close();
+      await releaseStateDir(o.layout);
+      log({ event: 'stopped', detail: `${p.queue.size} path(s) left in the queue for the next start` });
+    })();
+    return stopping;
+  };
 }
 
 export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promise<RunningDaemon> {
@@ -132,328 +213,28 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
   const now = deps.now ?? Date.now;
   const started = now();
   const layout: StateDirLayout = await claimStateDir(config.stateDir);
-  let opened;
-  try {
-    opened = await Journal.open(layout.journal, { compactAtBytes: config.compactAtBytes });
-  } catch (e) {
-    await releaseStateDir(layout);
-    throw unusable(config.stateDir, e);
-  }
-  const { journal, replayed } = opened;
-  if (replayed.tornTail) log({ event: 'warning', detail: 'the queue journal ended in a partial line (a crash mid-write); ignored it' });
-  if (replayed.badLines > 0) log({ event: 'warning', detail: `skipped ${replayed.badLines} unreadable line(s) of the queue journal` });
-
-  // Health: from a request that could not be queued (its GC roots or its journal record not written)
-  // until the next journal write succeeds, the daemon cannot take work (hooks are answered with an
-  // error and spool). Writes come with every request, so it recovers by itself.
-  let journalError: string | undefined;
-  const journalSink = {
-    append: (records: readonly JournalRecord[]): Promise<void> =>
-      journal.append(records).then(
-        () => void (journalError = undefined),
-        (e: unknown) => {
-          journalError = message(e);
-          throw e;
-        },
-      ),
-  };
-  // Paths between their roots and their journal record (see RootKeeper's inUse).
-  const enqueuing = new Map<string, number>();
-  const roots = deps.roots
-    ? new RootKeeper(gcRootsDir(config.stateDir), deps.roots, log, (p) => queue.has(p) || enqueuing.has(p))
-    : undefined;
-  const releaseRoots = (paths: readonly string[]): void => {
-    if (roots && paths.length > 0) {
-      void roots.release(paths).catch((e: unknown) => log({ event: 'warning', detail: `cannot remove GC roots: ${message(e)}` }));
-    }
-  };
-  const queue = new WorkQueue(journalSink, {
-    retry: config.retry ?? DEFAULT_RETRY_POLICY,
-    now,
-    ...(deps.random ? { random: deps.random } : {}),
-    onFinished: (p) => releaseRoots([p]),
-  });
-  queue.restore(replayed.pending.values());
-
-  const stats = new DaemonStats(now);
-  const onEvent = (e: PipelineEvent): void => {
-    stats.pipelineEvent(e);
-    if (e.type === 'uploaded') {
-      log({ event: 'uploaded', subject: e.path, detail: `(${e.narSize} bytes -> ${e.fileSize} bytes, ${e.seconds.toFixed(2)} s)` });
-      if (e.listingTooLarge) log({ event: 'warning', subject: e.path, detail: 'no listing (.ls) written: it has too many entries' });
-    } else if (e.type === 'skipped') {
-      log({ event: 'skipped', subject: e.path, detail: '(already in the cache)' });
-    } else if (e.type === 'upstream') {
-      log({ event: 'skipped', subject: e.path, detail: '(served upstream)' });
-    } else if (e.type === 'build-log') {
-      // A missing log is normal (keep-build-log off, or removed): counted, not logged.
-      if (e.outcome === 'written') log({ event: 'uploaded', subject: `log/${e.drv.slice(e.drv.lastIndexOf('/') + 1)}`, detail: '(build log)' });
-      if (e.outcome === 'failed') log({ event: 'warning', subject: e.drv, detail: `build log not uploaded: ${e.error ?? ''}` });
-    } else {
-      log({ event: 'failed', subject: e.path, detail: e.error });
-    }
-  };
-  const worker = new Worker(queue, {
-    upload: deps.upload,
-    ...(config.maxBatch !== undefined ? { maxBatch: config.maxBatch } : {}),
-    log: (e) => {
-      if (e.event === 'retry') stats.attemptFailed();
-      if (e.event === 'dropped') stats.pathDropped();
-      log(e);
-    },
-    onEvent,
-    ...(deps.onIdle ? { onIdle: deps.onIdle } : {}),
-    onBatch: (s) => stats.batchFinished(s),
-  });
-
-  const done = (paths: readonly string[]): void => {
-    for (const p of paths) {
-      const n = (enqueuing.get(p) ?? 1) - 1;
-      if (n > 0) enqueuing.set(p, n);
-      else enqueuing.delete(p);
-    }
-  };
-
-  /** Validate against the store, hold GC roots, queue durably. Throws only when the roots or the journal cannot be written. */
-  const enqueue = async (req: Extract<ParsedRequest, { op: 'enqueue' }>, source: string): Promise<EnqueueAnswer> => {
-    const rejected: RejectedPath[] = [...req.rejected];
-    let targets = req.targets;
-    if (targets.length > 0) {
-      try {
-        const valid = await deps.validPaths(targets);
-        for (const t of targets) if (!valid.has(t.path)) rejected.push({ path: t.path, reason: 'not valid in the local store' });
-        targets = targets.filter((t) => valid.has(t.path));
-      } catch (e) {
-        // Queue them anyway: the worker checks again before uploading, and a path must not be lost to a store hiccup.
-        log({ event: 'warning', detail: `cannot check paths against the store (${message(e)}); queueing them unchecked` });
-      }
-    }
-    for (const r of rejected) log({ event: 'rejected', subject: r.path, detail: `${r.reason} (from ${source})` });
-    stats.pathsRejected(rejected.length);
-    // A hook that spooled made roots for these too; a path given up keeps none.
-    const given = rejected.map((r) => r.path).filter((p) => p.startsWith(`${config.storeDir}/`) && !p.slice(config.storeDir.length + 1).includes('/'));
-    releaseRoots(given);
-    // The roots exist before the journal has the paths, and so before any acknowledgement.
-    const paths = targets.map((t) => t.path);
-    for (const p of paths) enqueuing.set(p, (enqueuing.get(p) ?? 0) + 1);
-    let r;
-    let fresh: string[] = [];
-    try {
-      fresh = roots ? await roots.hold(paths) : [];
-      r = await queue.enqueue(paths);
-    } catch (e) {
-      done(paths);
-      releaseRoots(fresh);
-      throw e;
-    }
-    done(paths);
-    const via = req.drv && !r.queued.includes(req.drv.path) ? `from ${source}, ${req.drv.path}` : `from ${source}`;
-    for (const p of r.queued) log({ event: 'queued', subject: p, detail: `(${via})` });
-    return { ok: true, queued: r.queued.length, duplicates: r.duplicates.length, rejected };
-  };
-
-  const handle = async (line: string): Promise<unknown> => {
-    const parsed = parseRequest(line, config.storeDir);
-    if (!parsed.ok) {
-      stats.hookRequest('socket', 'rejected');
-      log({ event: 'rejected', subject: 'a request', detail: parsed.error });
-      return { ok: false, code: 'BAD_REQUEST', error: parsed.error } satisfies ErrorAnswer;
-    }
-    if (parsed.request.op === 'status') return { ok: true, status: status() };
-    try {
-      const answer = await enqueue(parsed.request, 'the socket');
-      stats.hookRequest('socket', 'ok');
-      return answer;
-    } catch (e) {
-      stats.hookRequest('socket', 'error');
-      journalError ??= message(e);
-      log({ event: 'warning', detail: `cannot queue the request (GC roots or journal): ${message(e)}` });
-      return { ok: false, code: 'QUEUE_UNAVAILABLE', error: `the daemon cannot write its queue: ${message(e)}` } satisfies ErrorAnswer;
-    }
-  };
-
-  // Spool ingestion runs one pass at a time; a pass asked for meanwhile runs after it.
-  let ingesting: Promise<void> = Promise.resolve();
-  const ingestOnce = async (): Promise<void> => {
-    await removeStaleTempFiles(layout.spool, 10 * 60_000).catch(() => 0);
-    for (const name of await listSpool(layout.spool)) {
-      let line: string;
-      try {
-        line = (await readSpoolFile(layout.spool, name, MAX_LINE_BYTES + 1)).replace(/\n$/, '');
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
-        stats.hookRequest('spool', 'rejected');
-        log({ event: 'rejected', subject: name, detail: `unreadable spool file (${message(e)}); kept as ${name}.rejected` });
-        await markSpoolFileRejected(layout.spool, name).catch(() => {});
-        continue;
-      }
-      const parsed = parseRequest(line, config.storeDir);
-      if (!parsed.ok || parsed.request.op !== 'enqueue') {
-        stats.hookRequest('spool', 'rejected');
-        log({ event: 'rejected', subject: name, detail: `${parsed.ok ? 'not an enqueue request' : parsed.error}; kept as ${name}.rejected` });
-        await markSpoolFileRejected(layout.spool, name).catch(() => {});
-        continue;
-      }
-      try {
-        await enqueue(parsed.request, 'the spool');
-        stats.hookRequest('spool', 'ok');
-      } catch (e) {
-        stats.hookRequest('spool', 'error');
-        log({ event: 'warning', detail: `cannot queue spool file ${name} (${message(e)}); will try again` });
-        return;
-      }
-      await removeSpoolFile(layout.spool, name).catch(() => {});
-    }
-  };
-  const ingestSpool = (): Promise<void> => {
-    ingesting = ingesting.then(ingestOnce).catch((e: unknown) => log({ event: 'warning', detail: `spool: ${message(e)}` }));
-    return ingesting;
-  };
-
-  const queueCounts = (items = queue.list()): { queued: number; inFlight: number; waitingRetry: number } => {
-    let inFlight = 0;
-    let waitingRetry = 0;
-    for (const i of items) {
-      if (i.state === 'running') inFlight++;
-      else if (i.state === 'waiting') waitingRetry++;
-    }
-    return { queued: items.length - inFlight, inFlight, waitingRetry };
-  };
-
-  const status = (): DaemonStatus => {
-    const t = now();
-    const items = queue.list();
-    const counts = queueCounts(items);
-    const s = stats.snapshot();
-    const rejectedRequests = HOOK_SOURCES.reduce((n, source) => n + stats.hookRequests(source, 'rejected'), 0);
-    const failing = items
-      .filter((i) => i.attempts > 0)
-      .slice(0, 100)
-      .map((i) => ({
-        path: i.path,
-        attempts: i.attempts,
-        lastError: i.lastError ?? '',
-        nextRetryInSeconds: i.state === 'waiting' ? Math.max(0, Math.round((i.notBefore - t) / 1000)) : 0,
-      }));
-    return {
-      pid: process.pid,
-      socket: server?.address ?? '',
-      stateDir: config.stateDir,
-      cache: config.cache,
-      startedAt: new Date(started).toISOString(),
-      uptimeSeconds: Math.round((t - started) / 1000),
-      queued: counts.queued,
-      inFlight: items.filter((i) => i.state === 'running').map((i) => i.path),
-      waitingRetry: counts.waitingRetry,
-      uploaded: s.uploaded,
-      skipped: s.skipped,
-      skippedUpstream: s.skippedUpstream,
-      dropped: s.dropped,
-      rejected: s.rejectedPaths + rejectedRequests,
-      failures: s.failures,
-      buildLogs: s.buildLogs,
-      failing,
-      narBytes: s.narBytes,
-      fileBytes: s.fileBytes,
-      busySeconds: Number(s.busySeconds.toFixed(3)),
-      narBytesPerSecond: s.busySeconds > 0 ? Math.round(s.narBytes / s.busySeconds) : 0,
-    };
-  };
-
-  let stopping: Promise<void> | undefined;
-  /** Why the daemon cannot take work now, or undefined (GET /healthz). */
-  const health = (): string | undefined => {
-    if (stopping) return 'stopping';
-    if (journalError !== undefined) return `the queue cannot be written (${journalError})`;
-    return undefined;
-  };
-
-  /**
-   * At start: roots for everything the journal holds (state directories from
-   * before roots existed have none), and no root for anything else. The
-   * listing is taken before the spool is ingested (see RootKeeper.reconcile).
-   */
-  const reconcileRoots = async (keeper: RootKeeper, listed: readonly string[]): Promise<void> => {
-    await keeper.hold(queue.list().map((i) => i.path));
-    const leftover: string[] = [];
-    for (const name of await listSpool(layout.spool)) {
-      const line = await readSpoolFile(layout.spool, name, MAX_LINE_BYTES + 1).catch(() => '');
-      const parsed = parseRequest(line.replace(/\n$/, ''), config.storeDir);
-      if (parsed.ok && parsed.request.op === 'enqueue') leftover.push(...parsed.request.targets.map((t) => t.path));
-    }
-    const keep: string[] = [];
-    for (const p of leftover) {
-      try {
-        keep.push(...(await deps.roots!.expand(p)));
-      } catch (e) {
-        // Not knowing what a spool file needs kept, remove nothing.
-        log({ event: 'warning', detail: `cannot check the GC roots in ${keeper.dir} (${message(e)}); left them as they are` });
-        return;
-      }
-    }
-    const removed = await keeper.reconcile(listed, keep);
-    if (removed > 0) log({ event: 'warning', detail: `removed ${removed} GC root(s) in ${keeper.dir} that no queued path needs` });
-  };
-
+  const { journal, replayed } = await openJournal(config.stateDir, layout, config.compactAtBytes, log);
   let server: SocketServer | undefined;
-  let metrics: MetricsServer | undefined;
-  try {
-    const listed = roots ? await roots.snapshot() : [];
-    await ingestSpool();
-    // Before the socket: a metrics address that cannot be bound stops the start, before any hook is answered.
-    if (config.metricsListen) {
-      const { startMetricsServer } = await import('./metrics.js');
-      metrics = await startMetricsServer({ listen: config.metricsListen, stats, queue: () => queueCounts(), health });
-    }
-    if (roots) await reconcileRoots(roots, listed);
-    server = await startServer({
-      ...(config.listenFd !== undefined ? { listenFd: config.listenFd } : { socketPath: config.socketPath! }),
-      ...(config.idleTimeoutMs !== undefined ? { idleTimeoutMs: config.idleTimeoutMs } : {}),
-      handle,
-      log,
-    });
-  } catch (e) {
-    await metrics?.close();
-    await journal.close().catch(() => {});
-    await releaseStateDir(layout);
-    throw e;
-  }
+  const opened: Opened = { layout, journal, replayed, started, now, socket: () => server?.address ?? '' };
+  const parts = assemble(config, deps, opened);
+  const listening = await listen(config, deps, opened, parts);
+  server = listening.server;
+  const { metrics } = listening;
   const poll = setInterval(() => {
-    void ingestSpool();
-    void roots?.retry();
+    void parts.spool.ingest();
+    void parts.roots?.retry();
   }, config.spoolPollMs ?? 1000);
-  worker.start();
+  parts.worker.start();
   log({
     event: 'started',
     detail: `listening on ${server.address}${metrics ? `, metrics at http://${metrics.address}/metrics` : ''}, state in ${config.stateDir}, uploading to ${config.cache}; ${replayed.pending.size} path(s) resumed from the journal`,
   });
-
-  const stop = (): Promise<void> => {
-    if (stopping) {
-      worker.abortNow();
-      return stopping;
-    }
-    stopping = (async () => {
-      log({ event: 'stopping', detail: `waiting up to ${((config.shutdownGraceMs ?? 10_000) / 1000).toFixed(0)} s for uploads in flight` });
-      clearInterval(poll);
-      await server!.close();
-      await ingesting;
-      await worker.stop(config.shutdownGraceMs ?? 10_000);
-      await metrics?.close();
-      await roots?.settled();
-      await journal.close();
-      await releaseStateDir(layout);
-      log({ event: 'stopped', detail: `${queue.size} path(s) left in the queue for the next start` });
-    })();
-    return stopping;
-  };
-
   return {
     address: server.address,
     ...(metrics ? { metricsAddress: metrics.address } : {}),
     resumed: replayed.pending.size,
-    status,
-    ingestSpool,
-    stop,
+    status: parts.status,
+    ingestSpool: () => parts.spool.ingest(),
+    stop: stopper(config, log, opened, parts, { server, ...(metrics ? { metrics } : {}), poll }),
   };
 }

@@ -47,3 +47,8 @@ export function formatLogEvent(e: LogEvent): string {
   if (e.detail !== undefined) line += e.subject !== undefined && e.detail.startsWith('(') ? ` ${sanitize(e.detail)}` : `: ${sanitize(e.detail)}`;
   return line;
 }
+
+/** An error's first line, for a log detail or an answer. */
+export function errorLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0]!;
+}
