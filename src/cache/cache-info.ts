@@ -43,11 +43,17 @@ export function formatCacheInfo(info: CacheInfo): string {
  * cache for another store. Returns what the cache says.
  */
 export async function ensureCacheInfo(backend: CacheBackend, wanted: CacheInfo): Promise<Partial<CacheInfo>> {
+  return (await checkCacheInfo(backend, wanted)) ?? createCacheInfo(backend, wanted);
+}
+
+/**
+ * The read-only half of ensureCacheInfo: what the cache's `nix-cache-info`
+ * says, undefined when it has none; a cache for another store is refused.
+ * Writes nothing, so it may run before the paths to upload are known good.
+ */
+export async function checkCacheInfo(backend: CacheBackend, wanted: CacheInfo): Promise<Partial<CacheInfo> | undefined> {
   const existing = await backend.get(CACHE_INFO_KEY);
-  if (existing === undefined) {
-    await backend.putBytes(CACHE_INFO_KEY, Buffer.from(formatCacheInfo(wanted)), CACHE_INFO_CONTENT_TYPE);
-    return wanted;
-  }
+  if (existing === undefined) return undefined;
   const info = parseCacheInfo(existing.toString('utf8'));
   if (info.storeDir === undefined) {
     throw new NarpushError(
@@ -62,4 +68,10 @@ export async function ensureCacheInfo(backend: CacheBackend, wanted: CacheInfo):
     );
   }
   return info;
+}
+
+/** Write the `nix-cache-info` of a new cache; returns what it says. */
+export async function createCacheInfo(backend: CacheBackend, wanted: CacheInfo): Promise<CacheInfo> {
+  await backend.putBytes(CACHE_INFO_KEY, Buffer.from(formatCacheInfo(wanted)), CACHE_INFO_CONTENT_TYPE);
+  return wanted;
 }

@@ -74,7 +74,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   }
   const store = (storeOpened as PromiseFulfilledResult<StoreClient>).value;
   const backend = (backendOpened as PromiseFulfilledResult<CacheBackend>).value;
-  const [{ uploadPaths }, { UploadPlanner }, { ThreadPool }, { resolvePaths }, { ensureCacheInfo }, { createProgress }, buildLogs] = (
+  const [{ uploadPaths }, { UploadPlanner }, { ThreadPool }, { resolvePaths }, { checkCacheInfo, createCacheInfo }, { createProgress }, buildLogs] = (
     loaded as PromiseFulfilledResult<Awaited<typeof pipeline>>
   ).value;
 
@@ -114,10 +114,13 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
   let report: UploadReport;
   let logs: BuildLogReport | undefined;
   try {
+    // The cache's nix-cache-info is read (one round trip) while the store
+    // answers the closure query; a new cache's is written only once the
+    // paths are known good, so a failed command leaves no cache behind.
+    const cacheInfo = flags.dryRun ? undefined : checkCacheInfo(backend, settings.cacheInfo);
+    cacheInfo?.catch(() => {}); // awaited below, after the closure: a bad path is said first
     const infos = await resolvePaths(store, storePaths, flags.closure, onInfo);
-    if (!flags.dryRun) {
-      await ensureCacheInfo(backend, settings.cacheInfo);
-    }
+    if (cacheInfo && (await cacheInfo) === undefined) await createCacheInfo(backend, settings.cacheInfo);
     const progress = createProgress(ctx.stderr as NodeJS.WriteStream, flags.json);
     const upload = (force: boolean) =>
       uploadPaths(infos, {
