@@ -1,5 +1,6 @@
 /**
- * Every command's implementation, behind the one lazy import in main.ts.
+ * Every command's implementation but upload-path's (upload-command.ts),
+ * behind one lazy import in main.ts.
  * In bin/narpush's bundle (scripts/bundle.mjs) this is a file of its own,
  * loaded whole when a command runs: one file to read instead of dozens of
  * small chunks, and `--version` or `--help` load none of it.
@@ -10,5 +11,4 @@ export { gc } from './gc.js';
 export { generateKey } from './generate-key.js';
 export { pathInfo } from './path-info.js';
 export { status } from './status.js';
-export { uploadPath } from './upload-path.js';
 export { verify } from './verify.js';

@@ -126,7 +126,7 @@ async function run(argv: string[], env: NodeJS.ProcessEnv, debugFlag: boolean, e
     .option('--build-logs', "also upload the build logs of uploaded paths built here, for 'nix log' (log/<drv>)")
     .option('--narinfo-refresh-age <duration>', 'renew a narinfo this upload relies on once it is this old, for narpush gc (default 1d)'))
     .action(async (paths: string[], opts: Record<string, unknown>) => {
-      const { uploadPath } = await import('./commands.js');
+      const { uploadPath } = await import('./upload-command.js');
       exitCode = await uploadPath(ctx(), paths, {
         to: opts.to as string,
         secretKeyFile: opts.secretKeyFile as string[],
