@@ -1,7 +1,9 @@
 /**
  * Before an upload: which of its paths the cache already has, which an
  * upstream cache serves (upstream.ts), and so which to upload; and whether
- * each reference outside the upload is there for clients. The only write it
+ * each reference outside the upload (`--no-closure`) is there for clients:
+ * in the cache, or served upstream (judged as any path is, from its local
+ * info when `referenceInfo` gives it). The only write it
  * may cause is renewing an old narinfo it relies on (refresh.ts), and with a
  * dry run (an empty `refresh`) not even that.
  */
@@ -18,6 +20,12 @@ export interface PresenceOptions {
   /** Upload even when the narinfo exists (then only references outside the set are checked). */
   readonly force?: boolean;
   readonly upstream?: Upstream;
+  /**
+   * The local store's info of a reference outside the set, for upstream
+   * filtering: without it, such a reference is there only when the cache
+   * has it (its signatures and NarHash are what an upstream is judged by).
+   */
+  readonly referenceInfo?: (path: StorePath) => Promise<PathInfo | undefined>;
   /** Existence checks at once. */
   readonly concurrency: number;
   readonly refresh: RefreshOptions;
@@ -54,12 +62,32 @@ export async function checkPresence(infos: readonly PathInfo[], opts: PresenceOp
 
   const skipped = own.filter((i) => !opts.force && presence.get(i.path.baseName));
   const missing = own.filter((i) => opts.force || !presence.get(i.path.baseName));
+  // References outside the set that ours lacks: judged upstream as the set's paths are.
+  const outsideMissing = await outsideInfos(
+    [...outside.values()].filter((p) => !presence.get(p.baseName)),
+    opts,
+    check,
+  );
+  for (const i of outsideMissing) if (opts.upstream!.signed(i)) served.add(i.path.baseName);
   // Asked of the upstream caches only for what ours lacks.
-  for (const b of (await opts.upstream?.lookup(missing)) ?? []) served.add(b);
+  const ask = [...missing, ...outsideMissing.filter((i) => !served.has(i.path.baseName))];
+  for (const b of (await opts.upstream?.lookup(ask)) ?? []) served.add(b);
   return {
     skipped,
     upstream: infos.filter((i) => served.has(i.path.baseName)),
     toUpload: missing.filter((i) => !served.has(i.path.baseName)),
     available: (p) => presence.get(p.baseName) === true || served.has(p.baseName),
   };
+}
+
+/** The local info of `refs`, when an upstream could serve them and the caller can say. */
+async function outsideInfos(
+  refs: readonly StorePath[],
+  opts: PresenceOptions,
+  limit: ReturnType<typeof createLimiter>,
+): Promise<PathInfo[]> {
+  const { referenceInfo, upstream } = opts;
+  if (refs.length === 0 || !referenceInfo || !upstream?.enabled) return [];
+  const infos = await Promise.all(refs.map((p) => limit(() => referenceInfo(p))));
+  return infos.filter((i): i is PathInfo => i !== undefined);
 }

@@ -30,6 +30,7 @@ import { NarpushError } from '../errors.js';
 import type { SecretKey } from '../signing/keys.js';
 import { signFingerprint } from '../signing/sign.js';
 import type { PathInfo } from '../store/path-info.js';
+import type { StorePath } from '../store/store-path.js';
 import type { CacheBackend } from './backend.js';
 import { type UploadUnit, uploadUnits } from './batcher.js';
 import type { CompressionOptions } from './compression.js';
@@ -78,6 +79,8 @@ export interface UploadOptions {
   readonly smallNarBytes?: number;
   /** Paths an upstream cache serves are not uploaded (see upstream.ts); their narinfos count as present. */
   readonly upstream?: Upstream;
+  /** The local info of a reference outside `infos` (--no-closure), so that an upstream may serve it (presence.ts). */
+  readonly referenceInfo?: (path: StorePath) => Promise<PathInfo | undefined>;
   /** Tests: whether large NARs are hashed on this thread (see UploadWork.hashHere); measured unless set. */
   readonly hashHere?: boolean;
   /** Existence checks at once (they are small requests). */
@@ -125,6 +128,7 @@ export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOption
     backend: opts.backend,
     ...(opts.force !== undefined ? { force: opts.force } : {}),
     ...(opts.upstream ? { upstream: opts.upstream } : {}),
+    ...(opts.referenceInfo ? { referenceInfo: opts.referenceInfo } : {}),
     concurrency: opts.checkConcurrency ?? 32,
     // A dry run changes nothing, not even a narinfo's time.
     refresh: opts.dryRun ? {} : (opts.gc ?? {}),

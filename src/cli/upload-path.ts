@@ -133,6 +133,8 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
         force,
         dryRun: flags.dryRun,
         ...(upstream ? { upstream } : {}),
+        // --no-closure: a reference left out may still be served upstream.
+        ...(upstream && !flags.closure ? { referenceInfo: (p: StorePath) => store.queryPathInfo(p) } : {}),
         signal: abort.signal,
         onEvent: progress,
         gc: { refreshAgeMs: settings.refreshAgeMs },

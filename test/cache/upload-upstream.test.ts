@@ -141,6 +141,41 @@ test('--no-upstream uploads the signed paths; --upstream-key replaces the defaul
   assert.deepEqual(names(d.report.skippedUpstream), ['base', 'big']);
 });
 
+test('--no-closure: a reference signed by an upstream key or served by an --upstream cache counts as there; one in neither holds its referrer back', async () => {
+  const { top, byName, closure } = await buildClosure();
+  // base: signed locally by the upstream key. big (and base): in a file:// upstream.
+  await nix('nix', ['store', 'sign', '--key-file', upstreamKey.secret, byName.get('base')!]);
+  const up = path.join(work, `nc-up-${randomUUID()}`);
+  await upload(['--to', `file://${up}`, '--secret-key-file', upstreamKey.secret, '--no-upstream', byName.get('big')!]);
+  const oursDir = path.join(work, `nc-ours-${randomUUID()}`);
+  const to = `file://${oursDir}`;
+
+  // selfref's one reference besides itself is base, which the upstream key signed.
+  const a = await upload(['--to', to, '--secret-key-file', ours.secret, '--no-closure', byName.get('selfref')!]);
+  assert.deepEqual(names(a.report.uploaded.map((u) => u.path)), ['selfref']);
+
+  // Without upstream filtering, base is a reference nobody serves: big is held back, nothing of it published.
+  const held = await narpush(['upload-path', '--compression', 'none', '--to', to, '--no-upstream', '--no-closure', byName.get('big')!], { env: env() });
+  assert.equal(held.code, 1, held.stderr);
+  assert.match(held.stderr, /its reference '[^']*-np-base' is not in the cache/);
+  assert.doesNotMatch(held.stderr, /\n\s+at /, 'no stack trace');
+  const bigHash = path.basename(byName.get('big')!).slice(0, 32);
+  assert.equal(await readFile(path.join(oursDir, `${bigHash}.narinfo`)).catch(() => 'absent'), 'absent');
+
+  // top: big is served by the --upstream cache (same NarHash), base signed upstream, selfref in ours.
+  const b = await upload(['--to', to, '--secret-key-file', ours.secret, '--upstream', `file://${up}`, '--no-closure', top]);
+  assert.deepEqual(names(b.report.uploaded.map((u) => u.path)), ['top']);
+
+  // Nix gets the whole closure back from the two caches, signatures required.
+  await nix('nix-store', ['--delete', ...closure]);
+  const r = await run(
+    'nix-store',
+    ['-r', top, '--option', 'substituters', `${to} file://${up}`, '--option', 'trusted-public-keys', `${ours.pub} ${upstreamKey.pub}`, '--option', 'require-sigs', 'true'],
+    { env: nixEnv() },
+  );
+  assert.equal(r.code, 0, `substitution failed: ${r.stderr}`);
+});
+
 test('an http:// upstream (s3rver over plain HTTP, as Nix reads it): what it serves is skipped, what it lacks is uploaded', async () => {
   const { top, byName } = await buildClosure();
   const seed = await upload(['--to', s3.url, '--no-upstream', byName.get('big')!]);
