@@ -1,11 +1,18 @@
 /**
  * Multipart arithmetic: the part size for an object of a given size, and the
- * ETag S3 gives the object, computed as the bytes stream past, so that an
- * upload whose final answer was lost (a reset after CompleteMultipartUpload
- * took effect) can be recognised as complete by a HEAD instead of failing.
- * Pure apart from hashing; never buffers data.
+ * ETag S3 gives the object, so that an upload whose final answer was lost (a
+ * reset after CompleteMultipartUpload took effect) can be recognised as
+ * complete instead of failing. Pure apart from hashing; never buffers data.
+ *
+ * S3, MinIO and Ceph RGW give a single PUT the ETag `md5(body)` and a
+ * multipart object `md5(md5(part1) … md5(partN))-N`, where each md5(part) is
+ * the ETag the server answered that UploadPart with: the object's ETag is
+ * predicted from those answers, without hashing the body here. s3rver gives
+ * every object `md5(body)`; for such a server the object is read back and
+ * each part's bytes compared with its ETag (`partsMatch`), which is the rare
+ * recovery path only.
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 
 /** S3's limits on a multipart upload: parts per object, and the size of one part. */
 export const MAX_PARTS = 10_000;
@@ -30,46 +37,81 @@ export function choosePartSize(sizeHint: number | undefined, minPartSize: number
   return Math.min(MAX_PART_SIZE, Math.max(floor, Math.ceil(needed / MiB) * MiB));
 }
 
+/** An ETag as a bare string: servers quote it (`"…"`), some also prefix `W/`. */
+export function unquoteEtag(etag: string | undefined): string {
+  return (etag ?? '').replace(/^W\//, '').replace(/"/g, '');
+}
+
+const MD5_HEX = /^[0-9a-f]{32}$/i;
+
 /**
- * MD5 of the whole stream and of each `partSize` slice, as lib-storage cuts
- * them. S3, MinIO and most servers give a multipart object the ETag
- * `md5(md5(part1) … md5(partN))-N` and a single PUT `md5(body)`; s3rver
- * gives every object `md5(body)`. Both are offered.
+ * The ETag of a multipart object whose parts the server answered with
+ * `partEtags` (in part order, quoted or not): `md5(concat(md5 of each
+ * part))-N`. Undefined when a part's ETag is not an MD5 (encrypted objects on
+ * AWS): then nothing can be predicted.
  */
-export class EtagTracker {
-  private readonly whole: Hash = createHash('md5');
-  private part: Hash = createHash('md5');
-  private inPart = 0;
-  private readonly partDigests: Buffer[] = [];
-  bytes = 0;
+export function multipartEtag(partEtags: readonly string[]): string | undefined {
+  const digests: Buffer[] = [];
+  for (const e of partEtags) {
+    const hex = unquoteEtag(e);
+    if (!MD5_HEX.test(hex)) return undefined;
+    digests.push(Buffer.from(hex, 'hex'));
+  }
+  return `${createHash('md5').update(Buffer.concat(digests)).digest('hex')}-${digests.length}`;
+}
 
-  constructor(private readonly partSize: number) {}
+/** One part of an upload as the server acknowledged it. */
+export interface UploadedPart {
+  readonly size: number;
+  /** The ETag the server answered the UploadPart with (MD5 of the part's bytes on S3 and its kin). */
+  readonly etag: string;
+}
 
-  update(chunk: Uint8Array): void {
-    this.whole.update(chunk);
-    this.bytes += chunk.byteLength;
+/**
+ * What an upload would have made, had its final request (PutObject or
+ * CompleteMultipartUpload) taken effect: what a HEAD of the key is compared
+ * with when that request's answer was lost.
+ */
+export interface ExpectedObject {
+  readonly size: number;
+  /** The ETag (bare) S3 gives it; undefined when it cannot be predicted. */
+  readonly etag: string | undefined;
+  /** Multipart only: the parts, in order. */
+  readonly parts?: readonly UploadedPart[];
+}
+
+/**
+ * Whether `body` is exactly the parts, in order: each slice of a part's size
+ * has the MD5 its ETag says and nothing is left over. Hashes as the bytes
+ * stream past, one part at a time.
+ */
+export async function partsMatch(body: AsyncIterable<Uint8Array>, parts: readonly UploadedPart[]): Promise<boolean> {
+  let i = 0;
+  let inPart = 0;
+  let hash = createHash('md5');
+  const closePart = (): boolean => {
+    const ok = hash.digest('hex') === unquoteEtag(parts[i]!.etag).toLowerCase();
+    i++;
+    inPart = 0;
+    hash = createHash('md5');
+    return ok;
+  };
+  // Empty parts (there are none but the single part of an empty body) close at once.
+  const skipEmpty = (): boolean => {
+    while (i < parts.length && parts[i]!.size === 0) if (!closePart()) return false;
+    return true;
+  };
+  if (!skipEmpty()) return false;
+  for await (const chunk of body) {
     let off = 0;
     while (off < chunk.byteLength) {
-      const n = Math.min(chunk.byteLength - off, this.partSize - this.inPart);
-      this.part.update(chunk.subarray(off, off + n));
-      this.inPart += n;
+      if (i >= parts.length) return false; // longer than our parts
+      const n = Math.min(chunk.byteLength - off, parts[i]!.size - inPart);
+      hash.update(chunk.subarray(off, off + n));
+      inPart += n;
       off += n;
-      if (this.inPart === this.partSize) {
-        this.partDigests.push(this.part.digest());
-        this.part = createHash('md5');
-        this.inPart = 0;
-      }
+      if (inPart === parts[i]!.size && (!closePart() || !skipEmpty())) return false;
     }
   }
-
-  /** The ETags (without quotes) the finished object may carry. Call once, at the end of the stream. */
-  finish(): string[] {
-    const wholeHex = this.whole.digest('hex');
-    if (this.inPart > 0) this.partDigests.push(this.part.digest());
-    const parts = this.partDigests.length;
-    // lib-storage sends a body of at most one part as a single PUT.
-    if (parts <= 1) return [wholeHex];
-    const multi = `${createHash('md5').update(Buffer.concat(this.partDigests)).digest('hex')}-${parts}`;
-    return [multi, wholeHex];
-  }
+  return i === parts.length && inPart === 0;
 }

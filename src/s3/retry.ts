@@ -7,7 +7,7 @@
  *
  * `SdkRetryStrategy` plugs this policy into the AWS SDK (its RetryStrategyV2
  * hooks), so every request the client sends gets it, including the part
- * uploads lib-storage makes. Classification and delays are pure functions.
+ * uploads of part-upload.ts. Classification and delays are pure functions.
  * Must never sleep itself or retry anything after an abort.
  */
 

@@ -7,8 +7,9 @@
  *   config/credentials files with `profile`, SSO, container and instance
  *   metadata) unless the caller passes some: narpush itself never reads
  *   process.env, the SDK does so at the edge.
- * - Small objects go in one PutObject; NARs stream through lib-storage's
- *   Upload. Memory per putStream is bounded by (queueSize + 1) x partSize:
+ * - Small objects go in one PutObject; NARs stream through part-upload.ts
+ *   (one PutObject when they fit in one part, else a multipart upload).
+ *   Memory per putStream is bounded by (queueSize + 1) x partSize:
  *   queueSize parts in flight plus the one being filled (4 x 5 MiB parts ~ 25 MiB
  *   for NARs up to 48 GiB).
  * - Every request, multipart parts included, is retried by SdkRetryStrategy
@@ -20,7 +21,7 @@
  *   slow but live link must not fail. URL parameters `connect-timeout` and
  *   `idle-timeout` override the defaults.
  * - A failed or aborted putStream waits for its in-flight parts, then aborts
- *   the multipart upload (leavePartsOnError false) before it settles.
+ *   the multipart upload before it settles.
  *
  * - Listing is ListObjectsV2 / ListMultipartUploads, page by page; deleting
  *   (for `narpush gc` only) is DeleteObjects, up to 1,000 keys a request,
@@ -30,7 +31,7 @@
  * a published narinfo uses) and never put credentials into messages or
  * `description`.
  */
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { NarpushError } from '../errors.js';
@@ -39,7 +40,8 @@ import {
   type ListedObject, type ObjectStat, type PutBytesOptions, type PutStreamOptions,
 } from '../cache/backend.js';
 import type { S3Config } from './s3-config.js';
-import { EtagTracker, choosePartSize } from './multipart.js';
+import { choosePartSize, partsMatch, unquoteEtag, type ExpectedObject } from './multipart.js';
+import { PartUpload } from './part-upload.js';
 import { DEFAULT_RETRY_POLICY, SdkRetryStrategy, backoffDelay, classifyFailure, isTimeout, type RetryEvent, type RetryPolicy } from './retry.js';
 import { s3Error, type S3ErrorContext } from './s3-errors.js';
 
@@ -69,7 +71,6 @@ export interface S3BackendOptions {
 }
 
 type ClientS3 = typeof import('@aws-sdk/client-s3');
-type UploadCtor = (typeof import('@aws-sdk/lib-storage'))['Upload'];
 
 const SILENT = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
 // A connection that takes longer than this on a working network is not coming.
@@ -82,8 +83,7 @@ const SMITHY_CONTEXT_KEY = '__smithy_context';
 
 /** Open an S3 backend. No request is made until the first operation. */
 export async function openS3Backend(config: S3Config, opts: S3BackendOptions = {}): Promise<CacheBackend> {
-  const [sdk, storage] = await Promise.all([import('@aws-sdk/client-s3'), import('@aws-sdk/lib-storage')]);
-  return new S3Backend(config, opts, sdk, storage.Upload);
+  return new S3Backend(config, opts, await import('@aws-sdk/client-s3'));
 }
 
 class S3Backend implements CacheBackend {
@@ -94,14 +94,13 @@ class S3Backend implements CacheBackend {
   private readonly queueSize: number;
   private readonly idleTimeoutMs: number;
   private readonly connectTimeoutMs: number;
-  // Upload's requests are checked against the abort signal of the putStream that made them.
+  // A putStream's requests are checked against its upload's stop signal (part-upload.ts) before each attempt.
   private readonly signals = new WeakMap<object, AbortSignal>();
 
   constructor(
     private readonly config: S3Config,
     private readonly opts: S3BackendOptions,
     private readonly sdk: ClientS3,
-    private readonly Upload: UploadCtor,
   ) {
     this.description = config.description;
     this.policy = { ...DEFAULT_RETRY_POLICY, ...opts.retry };
@@ -289,59 +288,34 @@ class S3Backend implements CacheBackend {
     const what = `${key} to ${this.description}`;
     const { signal } = opts;
     if (signal?.aborted) throw abortedError(what, signal.reason);
-    const partSize = choosePartSize(opts.sizeHint, this.config.minPartSize);
-    const etags = new EtagTracker(partSize);
-    let ended = false;
-    let bodyError: unknown;
-    const source = abortable(body, signal, what);
-    // Only an error of the body itself counts as bodyError: when lib-storage
-    // gives up (a part failed), it destroys the Readable, which throws an
-    // AbortError in at the `yield`; that one must not hide the part's error.
-    async function* tracked(): AsyncGenerator<Uint8Array> {
-      const it = source[Symbol.asyncIterator]();
-      let finished = false;
-      try {
-        for (;;) {
-          let r: IteratorResult<Uint8Array>;
-          try {
-            r = await it.next();
-          } catch (e) {
-            finished = true;
-            bodyError = e;
-            throw e;
-          }
-          if (r.done) break;
-          etags.update(r.value);
-          yield r.value;
-        }
-        finished = true;
-      } finally {
-        if (!finished) await it.return?.();
-      }
-      ended = true;
-    }
-    // highWaterMark 1: no read-ahead beyond the part lib-storage is filling.
-    const readable = Readable.from(tracked(), { objectMode: true, highWaterMark: 1 });
-    const upload = new this.Upload({
-      client: this.scopedClient(signal),
+    const upload = new PartUpload({
+      sdk: this.sdk,
+      send: (cmd, cmdSignal) => {
+        if (cmdSignal) this.signals.set(cmd, cmdSignal);
+        return this.client.send(cmd as Parameters<S3Client['send']>[0]);
+      },
+      bucket: this.config.bucket,
+      key,
+      contentType,
+      ...(this.config.storageClass !== undefined && { storageClass: this.config.storageClass }),
+      partSize: choosePartSize(opts.sizeHint, this.config.minPartSize),
       queueSize: this.queueSize,
-      partSize,
-      leavePartsOnError: false,
-      params: { Bucket: this.config.bucket, Key: key, Body: readable, ContentType: contentType, ...this.storageClass() },
+      checksums: this.config.checksum === 'when-supported',
+      ...(signal && { signal }),
+      what,
     });
     try {
-      await upload.done();
-      return { bytes: etags.bytes };
+      await upload.run(body);
+      return { bytes: upload.bytes };
     } catch (e) {
       if (signal?.aborted) throw abortedError(what, signal.reason);
-      if (bodyError !== undefined) throw bodyError;
+      // The body's own error, as it threw it; a failure of ours that stopped the body is not one.
+      if (upload.bodyFailed) throw upload.bodyError;
       const err = s3Error(e, this.ctx(`upload ${key}`));
       // Only a failure that may hide a success is worth a look (not a missing bucket or bad credentials).
       const unclear = err.code === 'S3_UNAVAILABLE' || err.code === 'S3_ERROR';
-      if (ended && unclear && (await this.completedDespite(key, etags))) return { bytes: etags.bytes };
+      if (upload.unsettled && unclear && (await this.completedDespite(key, upload.unsettled))) return { bytes: upload.bytes };
       throw err;
-    } finally {
-      readable.destroy();
     }
   }
 
@@ -462,30 +436,30 @@ class S3Backend implements CacheBackend {
     return this.config.storageClass !== undefined ? { StorageClass: this.config.storageClass } : {};
   }
 
-  /** The client as lib-storage sees it: every command it sends is tied to this upload's signal. */
-  private scopedClient(signal: AbortSignal | undefined): S3Client {
-    const scoped = Object.create(this.client) as S3Client;
-    const send = this.client.send.bind(this.client) as (cmd: object) => Promise<unknown>;
-    // Aborting the multipart upload is the clean-up itself and must still go out.
-    (scoped as { send: unknown }).send = (cmd: object) => {
-      if (signal && !(cmd instanceof this.sdk.AbortMultipartUploadCommand)) this.signals.set(cmd, signal);
-      return send(cmd);
-    };
-    return scoped;
-  }
-
   /**
-   * After an upload failed with its whole body sent: did it take effect
-   * anyway? A CompleteMultipartUpload whose answer was lost and whose retry
-   * was refused (NoSuchUpload, or s3rver's 500) leaves a complete object.
-   * Only an object of our length and our ETag counts.
+   * After an upload's final request (PutObject, CompleteMultipartUpload)
+   * failed: did it take effect anyway? A Complete whose answer was lost and
+   * whose retry was refused (NoSuchUpload, or s3rver's 500) leaves a complete
+   * object. Only an object of our length and our content counts: its ETag is
+   * the one predicted, or, from a server that gives multipart objects
+   * md5(body) (s3rver: an ETag without the `-N` of a part count), it reads
+   * back as our parts.
    */
-  private async completedDespite(key: string, etags: EtagTracker): Promise<boolean> {
-    const expected = etags.finish();
+  private async completedDespite(key: string, expected: ExpectedObject): Promise<boolean> {
     try {
       const head = await this.client.send(new this.sdk.HeadObjectCommand({ Bucket: this.config.bucket, Key: key }));
-      const etag = (head.ETag ?? '').replace(/"/g, '');
-      return head.ContentLength === etags.bytes && expected.includes(etag);
+      if (head.ContentLength !== expected.size) return false;
+      const etag = unquoteEtag(head.ETag);
+      if (expected.etag !== undefined && etag === expected.etag) return true;
+      if (expected.parts === undefined || /-\d+$/.test(etag)) return false;
+      const out = await this.client.send(new this.sdk.GetObjectCommand({ Bucket: this.config.bucket, Key: key }));
+      const got = out.Body as (Readable & AsyncIterable<Uint8Array>) | undefined;
+      if (!got) return expected.size === 0;
+      try {
+        return await partsMatch(got, expected.parts);
+      } finally {
+        got.destroy();
+      }
     } catch {
       return false;
     }

@@ -29,3 +29,21 @@ export function stallingBody(first: Uint8Array): AsyncIterable<Uint8Array> & { r
   };
   return body;
 }
+
+/**
+ * `data` in chunks of 1..maxChunk bytes, each lent: a view of one scratch
+ * buffer that is scribbled over as soon as the next chunk is asked for, as a
+ * producer that reuses its buffers does. A consumer that keeps a chunk
+ * instead of copying it before asking for the next sends garbage.
+ */
+export async function* lentChunks(data: Buffer, maxChunk = 64 * 1024, random: () => number = Math.random): AsyncGenerator<Uint8Array> {
+  const scratch = Buffer.alloc(maxChunk);
+  let off = 0;
+  while (off < data.length) {
+    const n = Math.min(data.length - off, 1 + Math.floor(random() * maxChunk));
+    data.copy(scratch, 0, off, off + n);
+    yield scratch.subarray(0, n);
+    scratch.fill(0xa5);
+    off += n;
+  }
+}
