@@ -107,6 +107,13 @@ export interface CacheBackend {
    */
   putBytes(key: string, body: Uint8Array, contentType: string, opts?: PutBytesOptions): Promise<void>;
   /**
+   * Optional: true when `putStream` is done with each chunk of its body
+   * (has copied it) before it asks for the next one. A producer may then
+   * lend its buffers: reuse a chunk's memory once the next chunk is asked
+   * for, instead of handing out a fresh copy of every byte.
+   */
+  readonly putStreamCopies?: boolean;
+  /**
    * Stream a large object (a NAR). It becomes visible only when complete: if
    * `body` throws (even after its last byte) or `signal` aborts, nothing is
    * left behind (the multipart upload is aborted / the temp file removed)

@@ -63,7 +63,8 @@ export interface NarDigests {
 /** One NAR being produced. */
 export interface ProducedNar {
   /**
-   * The compressed pieces, in order, each the consumer's to keep. Throws
+   * The compressed pieces, in order, each the consumer's to keep (unless
+   * ProduceOptions.lendPieces: then only until it asks for the next). Throws
    * (before the last piece ends) when the NAR is not what the store
    * recorded or the work failed; returning early cancels the work.
    */
@@ -85,6 +86,12 @@ export interface ProduceOptions {
   readonly listing?: ListingOptions;
   /** Called as bytes flow, with totals so far (uncompressed, compressed). */
   readonly onProgress?: (narBytes: number, fileBytes: number) => void;
+  /**
+   * The consumer is done with each piece before it asks for the next
+   * (CacheBackend.putStreamCopies): uncompressed pieces may then be the NAR
+   * reader's reused buffers rather than fresh ones. Streamed producers only.
+   */
+  readonly lendPieces?: boolean;
 }
 
 /** Whether `produceWhole` can take this compression (zstd on one encoder thread is what a NAR job runs). */
@@ -204,8 +211,9 @@ function produceStreamed(src: NarSource, opts: ProduceOptions, narHasher: NarHas
     digests = checked(src, narDigest, narSize, fileDigest, fileSize, listed(lister));
   }
 
-  async function* tappedNar(): AsyncGenerator<Buffer> {
-    for await (const chunk of dumpNar(src.path.path)) {
+  // Lent chunks are valid until the next is asked for: the hashers and the lister copy what they keep before that.
+  async function* tappedNar(lend = false): AsyncGenerator<Buffer> {
+    for await (const chunk of dumpNar(src.path.path, { reuseBuffers: lend })) {
       const wait = narHasher.update(chunk);
       lister?.update(chunk);
       if (wait) await wait;
@@ -236,9 +244,10 @@ function produceStreamed(src: NarSource, opts: ProduceOptions, narHasher: NarHas
     await finish();
   }
 
-  // Uncompressed, the pieces are the NAR's own chunks (fresh buffers, the consumer's to keep): no stream to pass them through.
+  // Uncompressed, the pieces are the NAR's own chunks: no stream to pass them through. Fresh buffers, the
+  // consumer's to keep, unless it copies them anyway (lendPieces): then the reader's reused ones, not copied twice.
   async function* narPieces(): AsyncGenerator<Buffer> {
-    for await (const chunk of tappedNar()) {
+    for await (const chunk of tappedNar(opts.lendPieces === true)) {
       fileSize += chunk.length;
       opts.onProgress?.(narSize, fileSize);
       yield chunk;

@@ -78,6 +78,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
     threads: opts.threads,
     ...(opts.listing ? { listing: opts.listing } : {}),
     ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+    lendPieces: backend.putStreamCopies === true,
   });
   try {
     await backend.putStream(url, produced.pieces, NAR_CONTENT_TYPE, {

@@ -88,6 +88,8 @@ export async function openS3Backend(config: S3Config, opts: S3BackendOptions = {
 
 class S3Backend implements CacheBackend {
   readonly description: string;
+  // part-upload.ts copies each chunk into a part buffer before it asks for the next.
+  readonly putStreamCopies = true;
   private readonly client: S3Client;
   private readonly policy: RetryPolicy;
   private readonly random: () => number;

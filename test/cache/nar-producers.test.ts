@@ -1,5 +1,6 @@
 // Every way plan.ts may choose to produce a NAR (in memory, split with the
-// crypto thread, inline, whole on a worker) must give the same object, the same
+// crypto thread, inline, whole on a worker; split and inline also lending
+// their buffers to a backend that copies) must give the same object, the same
 // record and so the same narinfo, for any tree and every compression. One
 // known exception, kept as it was: zstd in memory is one-shot, and a
 // one-shot zstd frame records the content size in its header where a
@@ -85,7 +86,17 @@ async function produceEveryWay(info: PathInfo, method: Compression): Promise<Mad
     const backend = new MemoryBackend();
     await record(production, backend, await uploadNar(backend, info, { compression, threads, production }));
   }
+  // A backend that copies each piece before asking for the next is lent the NAR reader's buffers (uncompressed).
+  for (const production of ['split', 'inline'] as const) {
+    const backend = new CopyingMemoryBackend();
+    await record(`${production}, lent`, backend, await uploadNar(backend, info, { compression, threads, production }));
+  }
   return made;
+}
+
+/** MemoryBackend copies every chunk (Buffer.from) before it asks for the next: it may say so. */
+class CopyingMemoryBackend extends MemoryBackend {
+  readonly putStreamCopies = true;
 }
 
 test('producers: in memory, split, inline and whole give the same object, record and narinfo (property)', async () => {
