@@ -11,9 +11,10 @@
  *   waits for one of them.
  * - A body of at most one part is sent as one PutObject, and only once it
  *   has ended: the multipart upload is created when a second part begins.
- *   Parts go out as they fill, at most queueSize at once;
- *   CompleteMultipartUpload names them in order once the body has ended
- *   without error and every part was acknowledged.
+ *   A full part goes out once the next byte arrives (only then is it known
+ *   not to be the whole body), at most queueSize at once;
+ *   CompleteMultipartUpload names the parts in order once the body has
+ *   ended without error and every part was acknowledged.
  * - On any failure (the body throws, even after its last byte; a part
  *   fails; the signal aborts) reading stops (the producer is told with
  *   `return()`), parts in flight are waited for, the multipart upload is
