@@ -8,8 +8,8 @@
 // FileHash and FileSize differ.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
@@ -99,6 +99,18 @@ class CopyingMemoryBackend extends MemoryBackend {
   readonly putStreamCopies = true;
 }
 
+/** Says it copies, but keeps the chunks it is lent (what a wrong putStreamCopies would do). */
+class KeepingMemoryBackend extends MemoryBackend {
+  readonly putStreamCopies = true;
+  body = Buffer.alloc(0);
+  override async putStream(_key: string, body: AsyncIterable<Uint8Array>): Promise<{ bytes: number }> {
+    const kept: Uint8Array[] = [];
+    for await (const c of body) kept.push(c);
+    this.body = Buffer.concat(kept);
+    return { bytes: this.body.length };
+  }
+}
+
 test('producers: in memory, split, inline and whole give the same object, record and narinfo (property)', async () => {
   const root = await mkdtemp(path.join(tmpdir(), 'narpush-producers-'));
   let n = 0;
@@ -136,6 +148,34 @@ test('producers: in memory, split, inline and whole give the same object, record
       }),
       { numRuns: 40 },
     );
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+test('lent pieces: a NAR of many chunks reaches a copying backend intact, and the buffers really are lent', async () => {
+  // The property test's trees fit in one chunk, where lending changes nothing; this NAR spans many.
+  const root = await mkdtemp(path.join(tmpdir(), 'narpush-lent-'));
+  try {
+    const name = 'p';
+    const dir = path.join(root, `${nix32Encode(createHash('sha1').update(`${root}/${name}`).digest())}-${name}`);
+    await mkdir(dir);
+    await writeFile(path.join(dir, 'big.bin'), randomBytes(5 * 1024 * 1024 + 17));
+    for (let i = 0; i < 8; i++) await writeFile(path.join(dir, `f${i}`), randomBytes(100_000 + i));
+    const info = await pathOf(root, name);
+    const nar = await narOf(info.path.path);
+    for (const production of ['split', 'inline'] as const) {
+      const copying = new CopyingMemoryBackend();
+      const made = await uploadNar(copying, info, { compression: { method: 'none' }, threads, production });
+      assert.ok(copying.objects.get(made.url)!.body.equals(nar), `${production}: the object is the NAR`);
+      // A backend that claims to copy but keeps the chunks it was lent ends up with overwritten bytes:
+      // proof that the reader's buffers were lent, not fresh copies.
+      const keeping = new KeepingMemoryBackend();
+      const kept = await uploadNar(keeping, info, { compression: { method: 'none' }, threads, production });
+      assert.equal(kept.narHash.digest.equals(info.narHash.digest), true, `${production}: hashed before reuse`);
+      assert.equal(keeping.body.length, nar.length);
+      assert.ok(!keeping.body.equals(nar), `${production}: the pieces were the reader's reused buffers`);
+    }
   } finally {
     await rm(root, { recursive: true, force: true });
   }

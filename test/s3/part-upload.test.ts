@@ -237,16 +237,19 @@ test('an abort signal while waiting for the body: UPLOAD_ABORTED, parts in fligh
   assert.deepEqual(await s3.pendingUploads(), []);
 });
 
+/** `command` takes effect on the server, but its answer is lost on the way back (a reset). */
+function loseAnswerTo(command: string): (s: Sent, real: () => Promise<unknown>) => Promise<unknown> {
+  return async (s, real) => {
+    const r = await real();
+    if (s.name === command) throw Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' });
+    return r;
+  };
+}
+
 test('a lost answer to Complete: the object it made is predicted (s3rver: read back as our parts)', async () => {
   const key = 'nar/lost-complete.nar';
   const data = randomBytes(4 * P + 99);
-  const h = harness(key, {
-    around: async (s, real) => {
-      const r = await real();
-      if (s.name === 'CompleteMultipartUpload') throw Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' });
-      return r;
-    },
-  });
+  const h = harness(key, { around: loseAnswerTo('CompleteMultipartUpload') });
   await assert.rejects(h.upload.run(chunked(data, P)), { code: 'ECONNRESET' });
   const u = h.upload.unsettled!;
   assert.equal(u.size, data.length);
@@ -266,13 +269,7 @@ test('a lost answer to Complete: the object it made is predicted (s3rver: read b
 test('a lost answer to a single PutObject: the ETag predicted is the one the server gives', async () => {
   const key = 'nar/lost-put.nar';
   const data = randomBytes(P - 3);
-  const h = harness(key, {
-    around: async (s, real) => {
-      const r = await real();
-      if (s.name === 'PutObject') throw Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' });
-      return r;
-    },
-  });
+  const h = harness(key, { around: loseAnswerTo('PutObject') });
   await assert.rejects(h.upload.run(chunked(data, P)), { code: 'ECONNRESET' });
   const head = await client.send(new S3.HeadObjectCommand({ Bucket: s3.bucket, Key: key }));
   assert.deepEqual(h.upload.unsettled, { size: data.length, etag: unquoteEtag(head.ETag) });
