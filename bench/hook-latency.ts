@@ -23,7 +23,7 @@ import { runHook } from '../src/daemon/hook.js';
 import { sendRequest } from '../src/daemon/client.js';
 import { nixBuildExpr, nixEnv } from '../test/helpers/nix.js';
 import { REPO_ROOT } from '../test/helpers/run.js';
-import { median, narpushCommand, percentile, timeRun } from './lib.js';
+import { alternate, median, narpushCommand, percentile, timeRun } from './lib.js';
 
 const HOOK = path.join(REPO_ROOT, 'bin', 'narpush-hook');
 
@@ -73,16 +73,19 @@ async function main(): Promise<void> {
     console.log(`hook latency over ${runs} calls each (${out})`);
     for (const [suffix, env] of envs) {
       timeRun(HOOK, [], { env: hookEnv(env, socket, stateDir) }); // warm the page cache
-      const up: number[] = [];
-      for (let i = 0; i < runs; i++) up.push(timeRun(HOOK, [], { env: hookEnv(env, socket, stateDir) }).ms);
+      // The hook with the daemon up alternates with `node -e 0`, so that the
+      // machine's noise hits both alike: their ratio is the figure to quote.
+      const { up, floor } = alternate(runs, {
+        up: () => timeRun(HOOK, [], { env: hookEnv(env, socket, stateDir) }).ms,
+        floor: () => timeRun(process.execPath, ['-e', '0'], { env }).ms,
+      });
       const down: number[] = [];
       const downState = path.join(dir, `spool-state${suffix ? '-bare' : ''}`);
       for (let i = 0; i < runs; i++) down.push(timeRun(HOOK, [], { env: hookEnv(env, path.join(dir, 'nobody.sock'), downState) }).ms);
-      const floor: number[] = [];
-      for (let i = 0; i < Math.min(runs, 30); i++) floor.push(timeRun(process.execPath, ['-e', '0'], { env }).ms);
       console.log(summary(`hook process, daemon up${suffix}`, up));
-      console.log(summary(`hook process, daemon down (spools)${suffix}`, down));
       console.log(summary(`node -e 0 (start-up floor)${suffix}`, floor));
+      console.log(`hook / node -e 0${suffix}: ${(median(up) / median(floor)).toFixed(2)}x (medians of alternating runs)`);
+      console.log(summary(`hook process, daemon down (spools)${suffix}`, down));
     }
     const inProc: number[] = [];
     for (let i = 0; i < runs; i++) {

@@ -20,10 +20,10 @@
 //    in commands.js too; one process loads one of the two.
 //  - crypto-thread.js: the worker thread, alone, next to the code that
 //    starts it as thread-pool.ts expects.
-//  - hook.js: bin/narpush-hook's code (src/daemon/hook.ts and the four
-//    modules it needs) as one module: the hook holds up every build. Only
-//    when it spools does it load the store client, unbundled, from
-//    dist/src/daemon/hook-roots.js.
+//  - hook.cjs: bin/narpush-hook's code (src/daemon/hook.ts and the modules
+//    it needs) as one CommonJS file: the hook holds up every build. Only
+//    when it spools does it run the spool module's code and load the store
+//    client, unbundled, from dist/src/daemon/hook-roots.js.
 // tsc still compiles every module to dist/src (tests and the hook use those).
 // Native addons, the AWS SDK and prom-client stay outside: loaded when used.
 import { rmSync } from 'node:fs';
@@ -71,4 +71,15 @@ const hookRootsOutside = {
     b.onResolve({ filter: /^\.\/hook-roots\.js$/ }, () => ({ path: '../src/daemon/hook-roots.js', external: true }));
   },
 };
-await build({ ...common, banner: {}, entryPoints: { hook: 'dist/src/daemon/hook.js' }, plugins: [hookRootsOutside] });
+// CommonJS, like bin/narpush-hook that loads it (bin/package.json): a
+// process whose first module is an ES module starts Node's ES module loader
+// first, ~9 ms of the hook's ~40 (docs/performance.md). Its one import() (the
+// store client, when it spools) stays an import() of the ES module.
+await build({
+  ...common,
+  format: 'cjs',
+  outExtension: { '.js': '.cjs' },
+  banner: {},
+  entryPoints: { hook: 'dist/src/daemon/hook.js' },
+  plugins: [hookRootsOutside],
+});

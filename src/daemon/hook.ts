@@ -4,14 +4,15 @@
  * daemon, and spool them when the daemon does not answer in time. It must
  * never fail a build nor hold it up for long: it never throws (the outcome
  * says what happened), and its imports are node builtins plus the tiny
- * protocol, client and spool modules, so that it starts in milliseconds.
- * Only when it spools does it load the store client (hook-roots.ts), to hold
- * GC roots for the spooled paths; when the daemon answers, the daemon does.
+ * protocol and client modules, so that it starts in milliseconds. Only when
+ * it spools does it load the spool module (it needs node:fs/promises, which
+ * pulls in ten more of Node's own modules) and the store client
+ * (hook-roots.ts), to hold GC roots for the spooled paths; when the daemon
+ * answers, the daemon does both.
  */
 import type { HookRootStore } from './hook-roots.js';
 import { sendRequest } from './client.js';
 import { type EnqueueRequest, MAX_PATHS_PER_REQUEST, encodeLine } from './protocol.js';
-import { spoolDir, writeSpoolFile } from './spool.js';
 
 export const DEFAULT_SOCKET = '/run/narpush/narpush.sock';
 export const DEFAULT_STATE_DIR = '/var/lib/narpush';
@@ -91,8 +92,10 @@ async function one(req: EnqueueRequest, ctx: HookContext): Promise<HookOutcome> 
   } catch (e) {
     why = firstLine(e);
   }
-  const dir = spoolDir(stateDir);
+  let dir = stateDir;
   try {
+    const { spoolDir, writeSpoolFile } = await import('./spool.js');
+    dir = spoolDir(stateDir);
     await writeSpoolFile(dir, encodeLine(req));
   } catch (e) {
     return { result: 'lost', message: `${why}; and cannot spool to ${dir}: ${firstLine(e)}; these paths will not be uploaded` };

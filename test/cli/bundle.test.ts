@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import * as path from 'node:path';
@@ -38,10 +39,11 @@ test('the bundle imports the AWS SDK and the native addons lazily, and carries t
     assert.match(all, new RegExp(`\\(["']${addon.replace(/[/.]/g, '\\$&')}["']\\)`), `${addon} is loaded at run time`);
   }
   assert.match(all, /new URL\(["']\.\/crypto-thread\.js["'], import\.meta\.url\)/);
-  // The hook is one module: node builtins, and the store client only when it spools.
-  assert.deepEqual(staticImports(files.get('hook.js')!).filter((m) => !m.startsWith('node:')), []);
-  assert.match(files.get('hook.js')!, /import\(["']\.\.\/src\/daemon\/hook-roots\.js["']\)/);
-  assert.match(await readFile(path.join(REPO_ROOT, 'bin', 'narpush-hook'), 'utf8'), /import\(['"]\.\.\/dist\/bundle\/hook\.js['"]\)/);
+  // The hook is one CommonJS file (what it loads: the test below); the store
+  // client, an ES module, by import() when it spools.
+  const hook = await readFile(path.join(bundle, 'hook.cjs'), 'utf8');
+  assert.match(hook, /import\(["']\.\.\/src\/daemon\/hook-roots\.js["']\)/);
+  assert.match(await readFile(path.join(REPO_ROOT, 'bin', 'narpush-hook'), 'utf8'), /require\(['"]\.\.\/dist\/bundle\/hook\.cjs['"]\)/);
   // The thread is bundled alone: it imports nothing of the CLI's chunks.
   assert.deepEqual(staticImports(files.get('crypto-thread.js')!).filter((m) => !m.startsWith('node:')), []);
   // ...and bin/narpush runs it (the CLI tests then run the bundle).
@@ -138,6 +140,43 @@ test('prom-client is loaded only when a metrics server starts', async () => {
     const seen = await promClient(['--input-type=module', '-e', start]);
     assert.ok(seen.length > 0, 'prom-client seen once loaded');
   } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('the hook runs as CommonJS and, when the daemon answers, loads no file-system code', async () => {
+  // A preload reports, as the process exits, the CommonJS files loaded and
+  // whether Node's node:fs/promises (ten more of Node's own modules, needed
+  // only to spool) was.
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-bundle-'));
+  const socket = path.join(dir, 'd.sock');
+  const server = createServer((c) => {
+    c.once('data', () => c.end('{"ok":true}\n'));
+    c.on('error', () => {});
+  });
+  try {
+    const report = path.join(dir, 'loaded.cjs');
+    await writeFile(
+      report,
+      "process.on('exit', () => process.stdout.write(JSON.stringify({ cjs: Object.keys(require.cache), fsPromises: process.moduleLoadList.includes('NativeModule fs/promises') })));\n",
+    );
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+    const hookRun = async (sock: string): Promise<{ cjs: string[]; fsPromises: boolean; stderr: string }> => {
+      const env = { ...process.env, OUT_PATHS: '/nix/store/00000000000000000000000000000000-x', NARPUSH_SOCKET: sock, NARPUSH_STATE_DIR: path.join(dir, 'state'), NARPUSH_HOOK_TIMEOUT: '5' };
+      const r = await run(process.execPath, ['--require', report, path.join(REPO_ROOT, 'bin', 'narpush-hook')], { env });
+      assert.equal(r.code, 0, r.stderr);
+      return { ...(JSON.parse(r.stdout.toString()) as { cjs: string[]; fsPromises: boolean }), stderr: r.stderr };
+    };
+    const up = await hookRun(socket);
+    assert.equal(up.stderr, '', 'queued: nothing to say');
+    for (const f of [path.join(REPO_ROOT, 'bin', 'narpush-hook'), path.join(bundle, 'hook.cjs')]) assert.ok(up.cjs.includes(f), `${f} is loaded as CommonJS`);
+    assert.equal(up.fsPromises, false, 'node:fs/promises is not loaded when the daemon answers');
+    // The check sees it once the hook spools (nothing listens there).
+    const down = await hookRun(path.join(dir, 'nobody.sock'));
+    assert.match(down.stderr, /spooled the request/);
+    assert.equal(down.fsPromises, true);
+  } finally {
+    server.close();
     await rm(dir, { recursive: true, force: true });
   }
 });
