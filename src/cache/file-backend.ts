@@ -56,6 +56,8 @@ const CREATE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants
 const READ_CHUNK = 64 * 1024;
 /** A stream's bytes in flight to the page cache at once (see WriteAhead). */
 const WRITE_AHEAD_BYTES = 8 << 20;
+/** A stream's bytes are flushed to the disk behind its writes every this many (see WriteAhead). */
+const FLUSH_BEHIND_BYTES = 8 << 20;
 // Where the platform has no O_DSYNC, whole bodies are fsynced like streams.
 const DSYNC: number | undefined = fs.constants.O_DSYNC;
 
@@ -395,7 +397,7 @@ export class FileBackend implements CacheBackend {
         await io('write', key, this.description, () => writeAll(fd, body));
         bytes = body.byteLength;
       } else {
-        const ahead = new WriteAhead(fd, WRITE_AHEAD_BYTES);
+        const ahead = new WriteAhead(fd, WRITE_AHEAD_BYTES, FLUSH_BEHIND_BYTES);
         try {
           // Errors from `body` (the caller's stream) pass through unchanged; only our own I/O is wrapped.
           for await (const chunk of body instanceof Uint8Array ? [body] : body) {
