@@ -18,7 +18,6 @@ import { spawn } from 'node:child_process';
 import { access, readFile } from 'node:fs/promises';
 import * as nodePath from 'node:path';
 import { promisify } from 'node:util';
-import { brotliCompress } from 'node:zlib';
 import { NarpushError, isErrnoException } from '../errors.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
@@ -105,7 +104,10 @@ export async function readBuildLog(logDir: string, drv: StorePath): Promise<Buff
 export const LOG_COMPRESSIONS = ['none', 'br'] as const;
 export type LogCompression = (typeof LOG_COMPRESSIONS)[number];
 
-const brotli = promisify(brotliCompress);
+/** Brotli, with node:zlib loaded on first use (most uploads upload no log; see xz-format.ts crc32). */
+function brotli(data: Buffer): Promise<Buffer> {
+  return promisify(process.getBuiltinModule('node:zlib').brotliCompress)(data);
+}
 
 export interface BuildLogOptions {
   /** Nix's log directory (NIX_LOG_DIR, default /nix/var/log/nix). */

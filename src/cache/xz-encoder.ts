@@ -25,7 +25,6 @@
 import { once } from 'node:events';
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
-import { crc32 } from 'node:zlib';
 import type lzmaTypes from 'lzma-native';
 import { lzmaNative, zstdNapi } from './addons.js';
 import { Slots } from './limit.js';
@@ -34,6 +33,7 @@ import {
   blockHeader,
   blockRecord,
   blockTrailer,
+  crc32,
   lzma2DictProperty,
   lzma2End,
   storedChunks,

@@ -9,7 +9,15 @@
  * read. Every function here is pure and returns bytes; nothing here
  * compresses. Checks are CRC32 (check type 1), computed by zlib.
  */
-import { crc32 } from 'node:zlib';
+
+/**
+ * zlib's CRC32, with node:zlib loaded on first use: it is a dozen of Node's
+ * own modules, which an upload that is not xz never needs (start-up is most
+ * of a small job's time).
+ */
+export function crc32(data: Uint8Array, value?: number): number {
+  return process.getBuiltinModule('node:zlib').crc32(data, value);
+}
 
 const MAGIC = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
 const FOOTER_MAGIC = Buffer.from([0x59, 0x5a]);

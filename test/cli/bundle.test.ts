@@ -9,7 +9,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import * as path from 'node:path';
-import { REPO_ROOT, run } from '../helpers/run.js';
+import { nixBuildExpr, nixEnv } from '../helpers/nix.js';
+import { NARPUSH_BIN, REPO_ROOT, run } from '../helpers/run.js';
 
 const bundle = path.join(REPO_ROOT, 'dist', 'bundle');
 
@@ -177,6 +178,46 @@ test('the hook runs as CommonJS and, when the daemon answers, loads no file-syst
     assert.equal(down.fsPromises, true);
   } finally {
     server.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('upload-path loads node:zlib only for xz and node:worker_threads only when it starts a thread', async () => {
+  // Each is a dozen of Node's own modules, loaded at start-up if imported
+  // statically: small jobs, where start-up is most of the time, need neither.
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-bundle-'));
+  try {
+    const salt = `${process.pid}-${Date.now()}`;
+    const [small] = await nixBuildExpr(`lib.mk { name = "np-bundle-small"; salt = "${salt}"; script = "echo small > $out"; }`);
+    // Two NARs over the in-memory size (plan.ts): each goes whole to a worker thread.
+    const large = await Promise.all(
+      [1, 2].map(async (i) => (await nixBuildExpr(`lib.mk { name = "np-bundle-large-${i}"; salt = "${salt}"; script = "head -c 700000 /dev/urandom > $out"; }`))[0]!),
+    );
+    const report = path.join(dir, 'loaded.cjs');
+    await writeFile(
+      report,
+      "process.on('exit', () => require('fs').writeFileSync(process.env.LOADED_REPORT, JSON.stringify(process.moduleLoadList)));\n",
+    );
+    await run(process.execPath, [NARPUSH_BIN, 'generate-key', 'bundle-test-1', path.join(dir, 'sk'), path.join(dir, 'pk')]);
+    let n = 0;
+    const loaded = async (compression: string, paths: readonly string[]): Promise<{ zlib: boolean; threads: boolean }> => {
+      const out = path.join(dir, `loaded-${n++}.json`);
+      const cache = `file://${path.join(dir, `cache-${n}`)}`;
+      const r = await run(
+        process.execPath,
+        ['--require', report, NARPUSH_BIN, 'upload-path', '--to', cache, '--compression', compression, '--secret-key-file', path.join(dir, 'sk'), ...paths],
+        { env: nixEnv({ LOADED_REPORT: out }) },
+      );
+      assert.equal(r.code, 0, r.stderr);
+      const list = JSON.parse(await readFile(out, 'utf8')) as string[];
+      return { zlib: list.includes('NativeModule zlib'), threads: list.includes('NativeModule worker_threads') };
+    };
+    assert.deepEqual(await loaded('zstd', [small!]), { zlib: false, threads: false });
+    assert.deepEqual(await loaded('none', [small!]), { zlib: false, threads: false });
+    // The checks see both once they are needed.
+    assert.equal((await loaded('xz', [small!])).zlib, true, 'xz needs CRC32 from node:zlib');
+    assert.deepEqual(await loaded('zstd', large), { zlib: false, threads: true });
+  } finally {
     await rm(dir, { recursive: true, force: true });
   }
 });

@@ -30,7 +30,7 @@
  * without a copy, at most NAR_JOB_AHEAD bytes ahead of the consumer.
  */
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { isErrorCode } from '../../error-codes.js';
 import { NarpushError } from '../../errors.js';
 import type { SecretKey } from '../../signing/keys.js';
@@ -121,6 +121,8 @@ class CryptoThread {
 
   private start(): Live {
     if (this.live) return this.live;
+    // node:worker_threads is loaded with the first thread: most small jobs start none.
+    const { Worker } = process.getBuiltinModule('node:worker_threads');
     const worker = new Worker(new URL('./crypto-thread.js', import.meta.url));
     worker.on('message', (m: CryptoReply) => {
       if (this.live?.worker === worker) this.onReply(m);
