@@ -33,6 +33,12 @@ export interface PutStreamOptions {
   readonly sizeHint?: number;
   /** Aborting stops reading `body` at once and cleans up; the promise rejects with UPLOAD_ABORTED. */
   readonly signal?: AbortSignal;
+  /**
+   * Called when the backend no longer needs a chunk of `body` (written out,
+   * or copied), so that its producer may fill the memory again. Optional for
+   * backends: one that never calls it only costs the producer fresh buffers.
+   */
+  readonly chunkDone?: (chunk: Uint8Array) => void;
 }
 
 /**

@@ -290,7 +290,7 @@ export class FileBackend implements CacheBackend {
     opts: PutStreamOptions = {},
   ): Promise<{ bytes: number }> {
     if (opts.signal?.aborted) throw abortedError(`${key} to ${this.description}`, opts.signal.reason);
-    const staged = await this.stage(key, abortable(body, opts.signal, `${key} to ${this.description}`));
+    const staged = await this.stage(key, abortable(body, opts.signal, `${key} to ${this.description}`), opts.chunkDone);
     await publishDurably(staged);
     return { bytes: staged.bytes };
   }
@@ -385,7 +385,11 @@ export class FileBackend implements CacheBackend {
    * O_DSYNC (the write returns once the bytes are on disk, as write + fdatasync
    * would, in one request less); a stream is fsynced after its last chunk.
    */
-  private async stage(key: string, body: Uint8Array | AsyncIterable<Uint8Array>): Promise<{ object: StagedObject; bytes: number }> {
+  private async stage(
+    key: string,
+    body: Uint8Array | AsyncIterable<Uint8Array>,
+    chunkDone?: (chunk: Uint8Array) => void,
+  ): Promise<{ object: StagedObject; bytes: number }> {
     const { target, dir, tmp } = this.tempFor(key);
     const whole = body instanceof Uint8Array && DSYNC !== undefined;
     await this.ensureDir(key, dir);
@@ -397,7 +401,7 @@ export class FileBackend implements CacheBackend {
         await io('write', key, this.description, () => writeAll(fd, body));
         bytes = body.byteLength;
       } else {
-        const ahead = new WriteAhead(fd, WRITE_AHEAD_BYTES, FLUSH_BEHIND_BYTES);
+        const ahead = new WriteAhead(fd, WRITE_AHEAD_BYTES, FLUSH_BEHIND_BYTES, chunkDone);
         try {
           // Errors from `body` (the caller's stream) pass through unchanged; only our own I/O is wrapped.
           for await (const chunk of body instanceof Uint8Array ? [body] : body) {

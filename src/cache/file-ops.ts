@@ -74,6 +74,8 @@ export class WriteAhead {
     private readonly maxBytes: number,
     /** Flush behind the writes every this many bytes; 0: never (the caller syncs). */
     private readonly flushEvery = 0,
+    /** Called with each chunk once it is written (its memory may then be reused); not for a chunk whose write failed. */
+    private readonly written?: (chunk: Uint8Array) => void,
   ) {}
 
   /** Bytes handed to the kernel so far. */
@@ -92,6 +94,7 @@ export class WriteAhead {
         this.writes.delete(w);
         this.completed += chunk.byteLength;
         this.flushBehind();
+        this.written?.(chunk);
       },
       (e: unknown) => {
         this.inFlight -= chunk.byteLength;

@@ -73,6 +73,13 @@ export interface ProducedNar {
   digests(): NarDigests;
   /** Let go of what the work holds (a thread's hash); harmless once it ended. */
   release(): void;
+  /**
+   * Where a producer can fill a piece's memory again: give the piece back
+   * once the consumer is done with it (see ChunkCompressor.recycle). A
+   * consumer that lends (ProduceOptions.lendPieces) need not: the producer
+   * takes each piece back when the next is asked for.
+   */
+  readonly recycle?: (piece: Uint8Array) => void;
 }
 
 /** A NAR listing to build beside the NAR (`write-nar-listing`). */
@@ -224,12 +231,15 @@ function produceStreamed(src: NarSource, opts: ProduceOptions, narHasher: NarHas
 
   // zstd: compressed on this thread by direct calls, from lent buffers (see ChunkCompressor).
   async function* chunkPieces(compressor: ChunkCompressor): AsyncGenerator<Buffer> {
+    recycler = compressor;
     const out = function* (pieces: Buffer[]): Generator<Buffer> {
       for (const piece of pieces) {
         fileHasher!.update(piece);
         fileSize += piece.length;
         opts.onProgress?.(narSize, fileSize);
         yield piece;
+        // The consumer asked for the next piece: one that lends is done with this one.
+        if (opts.lendPieces === true) compressor.recycle(piece);
       }
     };
     for await (const chunk of dumpNar(src.path.path, { reuseBuffers: true })) {
@@ -278,7 +288,13 @@ function produceStreamed(src: NarSource, opts: ProduceOptions, narHasher: NarHas
     await finish();
   }
 
-  return { pieces: pieces(), digests: () => ended(digests), release: () => narHasher.drop() };
+  let recycler: ChunkCompressor | undefined;
+  return {
+    pieces: pieces(),
+    digests: () => ended(digests),
+    release: () => narHasher.drop(),
+    recycle: (piece) => recycler?.recycle(piece),
+  };
 }
 
 /** Whole on a worker thread (see canProduceWhole): this thread only passes the pieces on. */

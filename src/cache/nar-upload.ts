@@ -84,6 +84,7 @@ export async function uploadNar(backend: CacheBackend, src: NarSource, opts: Nar
     await backend.putStream(url, produced.pieces, NAR_CONTENT_TYPE, {
       sizeHint: src.narSize,
       ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(produced.recycle ? { chunkDone: produced.recycle } : {}),
     });
   } finally {
     produced.release();

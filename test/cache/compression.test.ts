@@ -155,3 +155,77 @@ for (const method of ['xz', 'zstd'] as const) {
     }
   });
 }
+
+test('zstd by direct calls: giving pieces back, at any lag, changes nothing in the output and never hands out memory still held', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.integer({ min: 1, max: 1_500_000 }), { minLength: 1, maxLength: 8 }),
+      // After each update: how many of the oldest pieces still held to give back (the consumer's lag).
+      fc.array(fc.nat({ max: 4 }), { minLength: 8, maxLength: 8 }),
+      fc.integer({ min: 1, max: 1 << 30 }),
+      async (sizes, lags, seed) => {
+        const input = sizes.map((size, i) => {
+          const b = randomBytes(size);
+          // Half random, half text: pieces of both kinds.
+          if ((seed >> i) & 1) b.write('narpush '.repeat(Math.ceil(size / 8)).slice(0, size));
+          return b;
+        });
+        const plain = (await createChunkCompressor({ method: 'zstd' }, 8 << 20))!;
+        const expected = Buffer.concat([...input.flatMap((b) => plain.update(b)), ...plain.end()]);
+
+        const c = (await createChunkCompressor({ method: 'zstd' }, 8 << 20))!;
+        const copies: Buffer[] = [];
+        const held: Buffer[] = [];
+        const live = new Set<ArrayBufferLike>();
+        const take = (pieces: Buffer[]): void => {
+          for (const p of pieces) {
+            // No piece handed out may share memory with one still held.
+            assert.ok(!live.has(p.buffer) || p.length < COMPRESSED_PIECE_BYTES, 'a piece reuses memory still held');
+            copies.push(Buffer.from(p));
+            held.push(p);
+            live.add(p.buffer);
+          }
+        };
+        input.forEach((b, i) => {
+          const pieces = c.update(b);
+          take(pieces);
+          while (held.length > lags[i]!) {
+            const p = held.shift()!;
+            live.delete(p.buffer);
+            c.recycle(p);
+            c.recycle(p); // twice: ignored
+          }
+          c.recycle(Buffer.alloc(COMPRESSED_PIECE_BYTES)); // not one of its pieces: ignored
+        });
+        take(c.end());
+        assert.ok(Buffer.concat(copies).equals(expected), 'the same output as without giving pieces back');
+      },
+    ),
+    { numRuns: 25 },
+  );
+});
+
+test('zstd by direct calls: with every piece given back, a NAR of many pieces goes round a few buffers', async () => {
+  const c = (await createChunkCompressor({ method: 'zstd' }, 16 << 20))!;
+  const buffers = new Set<ArrayBufferLike>();
+  let pieces = 0;
+  for (let i = 0; i < 12; i++) {
+    for (const p of c.update(randomBytes(1 << 20))) {
+      buffers.add(p.buffer);
+      pieces++;
+      c.recycle(p);
+    }
+  }
+  for (const p of c.end()) buffers.add(p.buffer);
+  assert.ok(pieces >= 10, `pieces: ${pieces}`);
+  assert.ok(buffers.size <= 3, `${buffers.size} buffers for ${pieces} pieces`);
+
+  // A piece given back twice is filled once: two pieces never share memory.
+  const d = (await createChunkCompressor({ method: 'zstd' }, 16 << 20))!;
+  const first = d.update(randomBytes(1 << 20))[0] ?? d.update(randomBytes(1 << 20))[0]!;
+  d.recycle(first);
+  d.recycle(first);
+  const next: Buffer[] = [];
+  while (next.length < 3) next.push(...d.update(randomBytes(1 << 20)));
+  assert.equal(new Set(next.map((p) => p.buffer)).size, next.length, 'every piece its own memory');
+});

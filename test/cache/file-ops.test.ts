@@ -159,3 +159,45 @@ test('WriteAhead: without flushEvery nothing is flushed; a failed flush fails th
     );
   });
 });
+
+test('WriteAhead: each chunk is handed back once its bytes are in the file, in no particular order, and never after a failed write', async () => {
+  await withDir(async (dir) => {
+    const file = path.join(dir, 'out');
+    const fd = fs.openSync(file, 'w');
+    const reader = fs.openSync(file, 'r');
+    const chunks = Array.from({ length: 40 }, (_, i) => randomBytes(1_000 + i * 997));
+    const offsets = new Map<Uint8Array, number>();
+    const handedBack: Uint8Array[] = [];
+    const ahead = new WriteAhead(fd, 20_000, 0, (chunk) => {
+      // Called with the very chunk, once the file holds it.
+      const at = offsets.get(chunk);
+      assert.ok(at !== undefined, 'one of the chunks written');
+      const there = Buffer.alloc(chunk.byteLength);
+      fs.readSync(reader, there, 0, there.length, at);
+      assert.ok(there.equals(chunk), 'its bytes are in the file when it comes back');
+      handedBack.push(chunk);
+    });
+    let off = 0;
+    for (const c of chunks) {
+      offsets.set(c, off);
+      off += c.length;
+      await ahead.write(c);
+    }
+    await ahead.drain();
+    fs.closeSync(fd);
+    fs.closeSync(reader);
+    assert.equal(handedBack.length, chunks.length);
+    assert.deepEqual(new Set(handedBack), new Set(chunks));
+
+    // Writes that fail hand nothing back.
+    const ro = path.join(dir, 'ro');
+    fs.writeFileSync(ro, '');
+    const rfd = fs.openSync(ro, 'r');
+    let back = 0;
+    const failing = new WriteAhead(rfd, 1 << 20, 0, () => back++);
+    await failing.write(Buffer.alloc(1000)).catch(() => {});
+    await assert.rejects(failing.drain(), { code: 'EBADF' });
+    fs.closeSync(rfd);
+    assert.equal(back, 0);
+  });
+});

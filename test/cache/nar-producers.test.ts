@@ -9,11 +9,13 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
-import { type Compression, createDecompressor } from '../../src/cache/compression.js';
+import { COMPRESSED_PIECE_BYTES, type Compression, createDecompressor } from '../../src/cache/compression.js';
+import { FileBackend } from '../../src/cache/file-backend.js';
+import type { PutStreamOptions } from '../../src/cache/backend.js';
 import { canProduceWhole } from '../../src/cache/nar-producers.js';
 import { type UploadedNar, uploadNar, uploadSmallNars } from '../../src/cache/nar-upload.js';
 import { SIGN_HERE_MAX, UploadPlanner } from '../../src/cache/plan.js';
@@ -175,6 +177,66 @@ test('lent pieces: a NAR of many chunks reaches a copying backend intact, and th
       assert.equal(kept.narHash.digest.equals(info.narHash.digest), true, `${production}: hashed before reuse`);
       assert.equal(keeping.body.length, nar.length);
       assert.ok(!keeping.body.equals(nar), `${production}: the pieces were the reader's reused buffers`);
+    }
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+/** Hands every chunk back (chunkDone) as soon as it has it, yet keeps it: what a backend calling chunkDone too early would do. */
+class EarlyReturningMemoryBackend extends MemoryBackend {
+  body = Buffer.alloc(0);
+  handedBack = 0;
+  override async putStream(_key: string, body: AsyncIterable<Uint8Array>, _type: string, opts: PutStreamOptions = {}): Promise<{ bytes: number }> {
+    const kept: Uint8Array[] = [];
+    for await (const c of body) {
+      kept.push(c);
+      opts.chunkDone?.(c);
+      this.handedBack++;
+    }
+    this.body = Buffer.concat(kept);
+    return { bytes: this.body.length };
+  }
+}
+
+test('recycled pieces: a zstd NAR of many pieces is intact through the file backend and a copying one, and the pieces really go round', async () => {
+  const root = await mkdtemp(path.join(tmpdir(), 'narpush-recycled-'));
+  try {
+    const name = 'p';
+    const dir = path.join(root, `${nix32Encode(createHash('sha1').update(`${root}/${name}`).digest())}-${name}`);
+    await mkdir(dir);
+    // Random, so that the .zst is as large as the NAR: several pieces.
+    await writeFile(path.join(dir, 'big.bin'), randomBytes(6 * 1024 * 1024 + 17));
+    for (let i = 0; i < 8; i++) await writeFile(path.join(dir, `f${i}`), 'narpush '.repeat(20_000 + i));
+    const info = await pathOf(root, name);
+    const nar = await narOf(info.path.path);
+    const compression = { method: 'zstd' as const };
+    for (const production of ['split', 'inline'] as const) {
+      // The reference: a backend that copies each piece and gives none back.
+      const plain = new MemoryBackend();
+      const made = await uploadNar(plain, info, { compression, threads, production });
+      const expected = plain.objects.get(made.url)!.body;
+      assert.ok(expected.length > 4 * COMPRESSED_PIECE_BYTES, 'several pieces');
+      assert.ok((await decompress('zstd', expected)).equals(nar));
+      // The file backend gives each piece back once written: the same bytes.
+      const cacheDir = path.join(root, `cache-${production}`);
+      const file = new FileBackend(cacheDir);
+      const viaFile = await uploadNar(file, info, { compression, threads, production });
+      assert.deepEqual(viaFile, made, `${production}: the same record through the file backend`);
+      assert.ok((await readFile(path.join(cacheDir, made.url))).equals(expected), `${production}: the same .zst on disk`);
+      // A backend that copies each piece before asking for the next is lent them: the same bytes.
+      const copying = new CopyingMemoryBackend();
+      await uploadNar(copying, info, { compression, threads, production });
+      assert.ok(copying.objects.get(made.url)!.body.equals(expected), `${production}: intact when lent`);
+      // Proof that pieces are filled again: a backend keeping what it gave back (or was lent) ends up with other bytes.
+      const early = new EarlyReturningMemoryBackend();
+      const e = await uploadNar(early, info, { compression, threads, production });
+      assert.deepEqual(e, made, `${production}: the record is made before any reuse`);
+      assert.ok(early.handedBack > 4);
+      assert.ok(!early.body.equals(expected), `${production}: pieces given back were filled again`);
+      const keeping = new KeepingMemoryBackend();
+      await uploadNar(keeping, info, { compression, threads, production });
+      assert.ok(!keeping.body.equals(expected), `${production}: lent pieces were filled again`);
     }
   } finally {
     await rm(root, { recursive: true, force: true });
