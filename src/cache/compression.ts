@@ -8,6 +8,7 @@
 import { PassThrough, type Transform } from 'node:stream';
 import { availableParallelism } from 'node:os';
 import { NarpushError } from '../errors.js';
+import { BufferPool } from '../nar/buffer-pool.js';
 import { lzmaNative, zstdBinding, zstdNapi } from './addons.js';
 import { XzEncoder, xzCompressBuffer } from './xz-encoder.js';
 
@@ -142,8 +143,8 @@ export interface ChunkCompressor {
   end(): Buffer[];
   /**
    * Give back a piece this compressor returned, whose bytes nobody needs any
-   * more. Anything else (a piece given back twice, the shorter last piece,
-   * another buffer) is ignored.
+   * more (see BufferPool: anything else, or a piece given back twice, is
+   * ignored).
    */
   recycle(piece: Uint8Array): void;
 }
@@ -165,11 +166,8 @@ export async function createChunkCompressor(opts: CompressionOptions, sizeHint?:
   cctx.setParameter(zstd.CParameter.compressionLevel, compressionLevel('zstd', opts.level));
   cctx.setParameter(zstd.CParameter.checksumFlag, 1);
   if (threads > 1) cctx.setParameter(zstd.CParameter.nbWorkers, threads);
-  // Full pieces handed out and not yet given back; given back and free to fill.
-  const handedOut = new WeakSet<Uint8Array>();
-  const free: Buffer[] = [];
-  const fresh = (): Buffer => free.pop() ?? Buffer.allocUnsafe(COMPRESSED_PIECE_BYTES);
-  let out = fresh();
+  const pool = new BufferPool(COMPRESSED_PIECE_BYTES, RECYCLED_PIECES_MAX);
+  let out = pool.take();
   let pos = 0;
   const run = (input: Uint8Array, op: number): Buffer[] => {
     const pieces: Buffer[] = [];
@@ -178,8 +176,8 @@ export async function createChunkCompressor(opts: CompressionOptions, sizeHint?:
       pos += produced;
       if (pos === out.length) {
         pieces.push(out);
-        handedOut.add(out);
-        out = fresh();
+        pool.handOut(out, out);
+        out = pool.take();
         pos = 0;
       }
       input = input.subarray(consumed);
@@ -191,14 +189,14 @@ export async function createChunkCompressor(opts: CompressionOptions, sizeHint?:
     update: (chunk) => run(chunk, zstd.EndDirective.continue),
     end: () => {
       const pieces = run(new Uint8Array(0), zstd.EndDirective.end);
-      if (pos > 0) pieces.push(out.subarray(0, pos));
+      if (pos > 0) {
+        const last = out.subarray(0, pos);
+        pool.handOut(last, out);
+        pieces.push(last);
+      }
       return pieces;
     },
-    recycle: (piece) => {
-      if (!handedOut.has(piece)) return;
-      handedOut.delete(piece);
-      if (free.length < RECYCLED_PIECES_MAX) free.push(piece as Buffer);
-    },
+    recycle: (piece) => pool.give(piece),
   };
 }
 

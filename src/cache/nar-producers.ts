@@ -26,8 +26,10 @@ import { createHash } from 'node:crypto';
 import { Readable, pipeline } from 'node:stream';
 import { NarpushError } from '../errors.js';
 import { type Hash, formatHash } from '../hash/hash.js';
+import { BufferPool } from '../nar/buffer-pool.js';
 import { dumpNar, dumpNarSync } from '../nar/dump.js';
 import { NarLister, listNar } from '../nar/listing.js';
+import { DEFAULT_READ_CHUNK_SIZE } from '../nar/walk.js';
 import type { StorePath } from '../store/store-path.js';
 import {
   type ChunkCompressor,
@@ -38,6 +40,9 @@ import {
   createCompressor,
 } from './compression.js';
 import type { ThreadPool } from './threads/thread-pool.js';
+
+/** Chunks of a NAR read uncompressed kept for reading into again (the file backend has up to 8 MiB of them in flight). */
+const RECYCLED_CHUNKS_MAX = 8;
 
 export interface NarSource {
   readonly path: StorePath;
@@ -219,8 +224,8 @@ function produceStreamed(src: NarSource, opts: ProduceOptions, narHasher: NarHas
   }
 
   // Lent chunks are valid until the next is asked for: the hashers and the lister copy what they keep before that.
-  async function* tappedNar(lend = false): AsyncGenerator<Buffer> {
-    for await (const chunk of dumpNar(src.path.path, { reuseBuffers: lend })) {
+  async function* tappedNar(lend = false, pool?: BufferPool): AsyncGenerator<Buffer> {
+    for await (const chunk of dumpNar(src.path.path, lend ? { reuseBuffers: true } : pool ? { pool } : {})) {
       const wait = narHasher.update(chunk);
       lister?.update(chunk);
       if (wait) await wait;
@@ -257,7 +262,10 @@ function produceStreamed(src: NarSource, opts: ProduceOptions, narHasher: NarHas
   // Uncompressed, the pieces are the NAR's own chunks: no stream to pass them through. Fresh buffers, the
   // consumer's to keep, unless it copies them anyway (lendPieces): then the reader's reused ones, not copied twice.
   async function* narPieces(): AsyncGenerator<Buffer> {
-    for await (const chunk of tappedNar(opts.lendPieces === true)) {
+    // A consumer that does not lend may give the file contents' chunks back (ProducedNar.recycle) to be read into again.
+    const pool = opts.lendPieces === true ? undefined : new BufferPool(DEFAULT_READ_CHUNK_SIZE, RECYCLED_CHUNKS_MAX);
+    recycler = pool && { recycle: (piece) => pool.give(piece) };
+    for await (const chunk of tappedNar(opts.lendPieces === true, pool)) {
       fileSize += chunk.length;
       opts.onProgress?.(narSize, fileSize);
       yield chunk;
@@ -288,7 +296,7 @@ function produceStreamed(src: NarSource, opts: ProduceOptions, narHasher: NarHas
     await finish();
   }
 
-  let recycler: ChunkCompressor | undefined;
+  let recycler: Pick<ChunkCompressor, 'recycle'> | undefined;
   return {
     pieces: pieces(),
     digests: () => ended(digests),

@@ -20,6 +20,7 @@
  */
 import * as fs from 'node:fs';
 import { NarpushError, isErrnoException } from '../errors.js';
+import type { BufferPool } from './buffer-pool.js';
 import type { NarEvent, RegularEvent } from './events.js';
 
 export interface WalkOptions {
@@ -34,6 +35,13 @@ export interface WalkOptions {
    * consumers that copy or write out each chunk before pulling again.
    */
   readonly reuseBuffers?: boolean;
+  /**
+   * Without reuseBuffers: large files' whole chunks are read into buffers
+   * taken from this pool (its size must be readChunkSize) and handed out as
+   * the pool's, so that a consumer that gives a chunk back once done
+   * (BufferPool.give) has it filled again instead of a fresh one.
+   */
+  readonly pool?: BufferPool;
 }
 
 export const DEFAULT_SMALL_FILE_SIZE = 64 * 1024;
@@ -81,6 +89,8 @@ interface Walker {
   readonly chunk: number;
   /** The lent scratch buffer (reuseBuffers only). */
   scratch: Buffer | undefined;
+  /** Where large files' chunks come from without reuseBuffers (WalkOptions.pool). */
+  readonly pool: BufferPool | undefined;
 }
 
 function scratchFor(w: Walker, n: number): Buffer {
@@ -178,7 +188,8 @@ async function* readLarge(w: Walker, path: Buffer, size: number, lend: boolean):
   const issue = (): void => {
     while (queue.length < READ_AHEAD && issued < size) {
       const len = Math.min(w.chunk, size - issued);
-      const buf = ring ? ring[turn++ % ring.length]! : Buffer.allocUnsafe(len);
+      // Only whole chunks come from the pool: a short one would hold a whole buffer for a few bytes.
+      const buf = ring ? ring[turn++ % ring.length]! : w.pool !== undefined && len === w.chunk ? w.pool.take() : Buffer.allocUnsafe(len);
       queue.push({ buf, len, pos: issued, done: readAt(fd, buf, 0, len, issued) });
       issued += len;
     }
@@ -200,7 +211,9 @@ async function* readLarge(w: Walker, path: Buffer, size: number, lend: boolean):
       }
       if (got < head.len) throw changed(path, size, head.pos + got);
       issue();
-      yield head.len === head.buf.length ? head.buf : head.buf.subarray(0, head.len);
+      const chunk = head.len === head.buf.length ? head.buf : head.buf.subarray(0, head.len);
+      if (ring === undefined && head.len === w.chunk) w.pool?.handOut(chunk, head.buf);
+      yield chunk;
     }
   } finally {
     // Reads still in flight must finish before their descriptor is closed.
@@ -265,7 +278,9 @@ export function* walkNar(root: string | Buffer, opts: WalkOptions = {}): Generat
     small: opts.smallFileSize ?? DEFAULT_SMALL_FILE_SIZE,
     chunk: opts.readChunkSize ?? DEFAULT_READ_CHUNK_SIZE,
     scratch: lend ? Buffer.allocUnsafe(opts.smallFileSize ?? DEFAULT_SMALL_FILE_SIZE) : undefined,
+    pool: lend ? undefined : opts.pool,
   };
+  if (w.pool !== undefined && w.pool.size !== w.chunk) throw new Error(`walkNar: a pool of ${w.pool.size}-byte buffers for ${w.chunk}-byte reads`);
   const rootPath = typeof root === 'string' ? Buffer.from(root) : root;
   const stack: Frame[] = [];
   const st = lstat(rootPath);

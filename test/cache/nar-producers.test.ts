@@ -199,44 +199,44 @@ class EarlyReturningMemoryBackend extends MemoryBackend {
   }
 }
 
-test('recycled pieces: a zstd NAR of many pieces is intact through the file backend and a copying one, and the pieces really go round', async () => {
+test('recycled pieces: a NAR of many pieces (zstd, none) is intact through the file backend and a copying one, and the pieces really go round', async () => {
   const root = await mkdtemp(path.join(tmpdir(), 'narpush-recycled-'));
   try {
     const name = 'p';
     const dir = path.join(root, `${nix32Encode(createHash('sha1').update(`${root}/${name}`).digest())}-${name}`);
     await mkdir(dir);
     // Random, so that the .zst is as large as the NAR: several pieces.
-    await writeFile(path.join(dir, 'big.bin'), randomBytes(6 * 1024 * 1024 + 17));
+    await writeFile(path.join(dir, 'big.bin'), randomBytes(12 * 1024 * 1024 + 17));
     for (let i = 0; i < 8; i++) await writeFile(path.join(dir, `f${i}`), 'narpush '.repeat(20_000 + i));
     const info = await pathOf(root, name);
     const nar = await narOf(info.path.path);
-    const compression = { method: 'zstd' as const };
-    for (const production of ['split', 'inline'] as const) {
+    for (const [method, production] of [['zstd', 'split'], ['zstd', 'inline'], ['none', 'split'], ['none', 'inline']] as const) {
+      const compression = { method };
       // The reference: a backend that copies each piece and gives none back.
       const plain = new MemoryBackend();
       const made = await uploadNar(plain, info, { compression, threads, production });
       const expected = plain.objects.get(made.url)!.body;
       assert.ok(expected.length > 4 * COMPRESSED_PIECE_BYTES, 'several pieces');
-      assert.ok((await decompress('zstd', expected)).equals(nar));
+      assert.ok((await decompress(method, expected)).equals(nar));
       // The file backend gives each piece back once written: the same bytes.
       const cacheDir = path.join(root, `cache-${production}`);
       const file = new FileBackend(cacheDir);
       const viaFile = await uploadNar(file, info, { compression, threads, production });
-      assert.deepEqual(viaFile, made, `${production}: the same record through the file backend`);
-      assert.ok((await readFile(path.join(cacheDir, made.url))).equals(expected), `${production}: the same .zst on disk`);
+      assert.deepEqual(viaFile, made, `${method} ${production}: the same record through the file backend`);
+      assert.ok((await readFile(path.join(cacheDir, made.url))).equals(expected), `${method} ${production}: the same .zst on disk`);
       // A backend that copies each piece before asking for the next is lent them: the same bytes.
       const copying = new CopyingMemoryBackend();
       await uploadNar(copying, info, { compression, threads, production });
-      assert.ok(copying.objects.get(made.url)!.body.equals(expected), `${production}: intact when lent`);
+      assert.ok(copying.objects.get(made.url)!.body.equals(expected), `${method} ${production}: intact when lent`);
       // Proof that pieces are filled again: a backend keeping what it gave back (or was lent) ends up with other bytes.
       const early = new EarlyReturningMemoryBackend();
       const e = await uploadNar(early, info, { compression, threads, production });
-      assert.deepEqual(e, made, `${production}: the record is made before any reuse`);
+      assert.deepEqual(e, made, `${method} ${production}: the record is made before any reuse`);
       assert.ok(early.handedBack > 4);
-      assert.ok(!early.body.equals(expected), `${production}: pieces given back were filled again`);
+      assert.ok(!early.body.equals(expected), `${method} ${production}: pieces given back were filled again`);
       const keeping = new KeepingMemoryBackend();
       await uploadNar(keeping, info, { compression, threads, production });
-      assert.ok(!keeping.body.equals(expected), `${production}: lent pieces were filled again`);
+      assert.ok(!keeping.body.equals(expected), `${method} ${production}: lent pieces were filled again`);
     }
   } finally {
     await rm(root, { recursive: true, force: true });

@@ -9,6 +9,7 @@ import fc from 'fast-check';
 import { dumpNar, dumpNarSync, narStream } from '../../src/nar/dump.js';
 import { encodeNar, encodeNarSync } from '../../src/nar/encode.js';
 import type { NarEvent } from '../../src/nar/events.js';
+import { BufferPool } from '../../src/nar/buffer-pool.js';
 import { walkNar } from '../../src/nar/walk.js';
 import { runOk } from '../helpers/run.js';
 import { nixDump } from './fixtures.js';
@@ -50,6 +51,53 @@ test('property: a random tree written to disk walks to the same bytes as the in-
       }),
       { numRuns: 150 },
     );
+  });
+});
+
+test('property: with a pool, chunks given back (at any lag) are read into again and the bytes stay the same', async () => {
+  await withTemp(async (dir) => {
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(treeArb(), fc.constantFrom(5, 64, 4096), fc.nat({ max: 3 }), async (tree, chunk, lag) => {
+        const root = Buffer.from(path.join(dir, `p${n++}`));
+        writeTree(root, tree);
+        const pool = new BufferPool(chunk, 4);
+        const held: Uint8Array[] = [];
+        const parts: Buffer[] = [];
+        for await (const c of dumpNar(root, { smallFileSize: 8, readChunkSize: chunk, pool })) {
+          // A chunk still held is never overwritten: compared when given back.
+          parts.push(Buffer.from(c));
+          held.push(c);
+          while (held.length > lag) {
+            const back = held.shift()!;
+            assert.ok(Buffer.from(back).equals(parts[parts.length - 1 - held.length]!), 'a chunk held was overwritten');
+            pool.give(back);
+          }
+        }
+        assert.deepEqual(Buffer.concat(parts), encodeNarSync(treeEvents(tree)));
+      }),
+      { numRuns: 100 },
+    );
+  });
+});
+
+test('with a pool: a large file goes round a few buffers when each chunk is given back, and the sizes must match', async () => {
+  await withTemp(async (dir) => {
+    const file = path.join(dir, 'big');
+    const data = Buffer.alloc(10 * 4096 + 100);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 7919) % 251;
+    fs.writeFileSync(file, data);
+    const pool = new BufferPool(4096, 4);
+    const buffers = new Set<ArrayBufferLike>();
+    const parts: Buffer[] = [];
+    for await (const c of dumpNar(file, { readChunkSize: 4096, smallFileSize: 1024, pool })) {
+      parts.push(Buffer.from(c));
+      if (c.length === 4096) buffers.add(c.buffer);
+      pool.give(c);
+    }
+    assert.deepEqual(Buffer.concat(parts), await collect(dumpNar(file)));
+    assert.ok(buffers.size <= 5, `${buffers.size} buffers for ten chunks`);
+    assert.throws(() => [...walkNar(file, { readChunkSize: 4096, pool: new BufferPool(8192, 1) })], /pool of 8192-byte buffers for 4096-byte reads/);
   });
 });
 
