@@ -17,7 +17,6 @@
 import { spawn } from 'node:child_process';
 import { access, readFile } from 'node:fs/promises';
 import * as nodePath from 'node:path';
-import { promisify } from 'node:util';
 import { NarpushError, isErrnoException } from '../errors.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
@@ -104,9 +103,16 @@ export async function readBuildLog(logDir: string, drv: StorePath): Promise<Buff
 export const LOG_COMPRESSIONS = ['none', 'br'] as const;
 export type LogCompression = (typeof LOG_COMPRESSIONS)[number];
 
-/** Brotli, with node:zlib loaded on first use (most uploads upload no log; see xz-format.ts crc32). */
+/**
+ * Brotli, with node:zlib loaded on first use (most uploads upload no log; see
+ * xz-format.ts crc32). Not util.promisify: importing node:util as an ES
+ * module makes Node 24 load node:worker_threads and a dozen more of its
+ * modules at the start of every upload.
+ */
 function brotli(data: Buffer): Promise<Buffer> {
-  return promisify(process.getBuiltinModule('node:zlib').brotliCompress)(data);
+  return new Promise((resolve, reject) => {
+    process.getBuiltinModule('node:zlib').brotliCompress(data, (e, out) => (e ? reject(e) : resolve(out)));
+  });
 }
 
 export interface BuildLogOptions {
