@@ -89,16 +89,23 @@ rec {
           metricsListen
         ]
     )
-    # No keys and no caches: no filtering at all. (Keys are always given:
-    # the CLI's default list is replaced by what the module says.)
+    # No keys and no caches: no filtering at all; no keys but caches: the
+    # caches alone (--no-upstream-keys, or the CLI would apply its default
+    # key list). Keys are otherwise always given: the CLI's default list is
+    # replaced by what the module says.
     ++ (
       if upstreamKeys == [ ] && upstreamCaches == [ ] then
         [ "--no-upstream" ]
       else
-        builtins.concatMap (k: [
-          "--upstream-key"
-          k
-        ]) upstreamKeys
+        (
+          if upstreamKeys == [ ] then
+            [ "--no-upstream-keys" ]
+          else
+            builtins.concatMap (k: [
+              "--upstream-key"
+              k
+            ]) upstreamKeys
+        )
         ++ builtins.concatMap (u: [
           "--upstream"
           u

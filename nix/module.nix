@@ -189,9 +189,11 @@ in
         Paths the local store holds signed by one of these keys (a key name,
         the part before `:`, or a whole public key) are served by that
         upstream and not uploaded (`narpush daemon --upstream-key`); they
-        stay in the References of what is uploaded. With `[ ]` and no
-        `upstreamCaches`, every path of each closure is uploaded, as
-        `nix copy` does. Clients need the upstream among their substituters.
+        stay in the References of what is uploaded. With `[ ]`, no key is
+        trusted (`--no-upstream-keys`) and only `upstreamCaches` decide; with
+        `[ ]` and no `upstreamCaches`, every path of each closure is
+        uploaded, as `nix copy` does. Clients need the upstream among their
+        substituters.
       '';
     };
 
@@ -322,11 +324,6 @@ in
             cfg.compressionLevel >= r.min && cfg.compressionLevel <= r.max
           );
         message = "services.narpush.compressionLevel is out of range for ${cfg.compression} (xz: 0-9, zstd: 1-22).";
-      }
-      {
-        # The CLI has no flag for "no key names but these caches"; it would need one.
-        assertion = cfg.upstreamKeys != [ ] || cfg.upstreamCaches == [ ];
-        message = "services.narpush.upstreamKeys = [ ] with upstreamCaches is not supported: keep the default key list, or give key names, when you give upstream caches.";
       }
       {
         assertion = cfg.metricsListen == null || narpushLib.isListenAddress cfg.metricsListen;

@@ -27,14 +27,16 @@ function upstreamOptions(command: Command): Command {
   return command
     .option('--upstream-key <name>', 'paths signed by this key (name, or name:base64 public key) are not uploaded (repeatable; default cache.nixos.org-1)', collect, [])
     .option('--upstream <url>', 'paths this cache (https://, http://, file://, s3://) serves with the same NarHash are not uploaded (repeatable)', collectUpstream, [])
+    .option('--no-upstream-keys', 'trust no signing key, not even the default cache.nixos.org-1: only --upstream caches keep paths from being uploaded')
     .option('--no-upstream', 'upload every path of the closure, whatever an upstream serves (as nix copy does)');
 }
 
-function upstreamFlags(opts: Record<string, unknown>): { upstreamKey: string[]; upstream: string[]; noUpstream: boolean } {
+function upstreamFlags(opts: Record<string, unknown>): { upstreamKey: string[]; upstream: string[]; noUpstream: boolean; noUpstreamKeys: boolean } {
   return {
     upstreamKey: opts.upstreamKey as string[],
     upstream: opts.upstream === false ? [] : (opts.upstream as string[]),
     noUpstream: opts.upstream === false,
+    noUpstreamKeys: opts.upstreamKeys === false,
   };
 }
 

@@ -1,5 +1,5 @@
 /**
- * `--upstream-key`, `--upstream` and `--no-upstream` (upload-path and
+ * `--upstream-key`, `--no-upstream-keys`, `--upstream` and `--no-upstream` (upload-path and
  * daemon): parsed once here into a read-only record, each problem a one-line
  * BAD_OPTION error before anything is uploaded; and the one place that opens
  * the upstream caches by URL (http(s):// with fetch, file:// and s3:// as
@@ -18,6 +18,8 @@ export interface UpstreamFlags {
   readonly upstream?: readonly string[];
   /** --no-upstream: no filtering at all, whatever else is given. */
   readonly noUpstream?: boolean;
+  /** --no-upstream-keys: no key, not even the default; the caches alone decide. */
+  readonly noUpstreamKeys?: boolean;
 }
 
 export type UpstreamCache = { readonly kind: 'http'; readonly url: string } | { readonly kind: 'backend'; readonly config: CacheConfig };
@@ -83,7 +85,11 @@ export function upstreamSettings(flags: UpstreamFlags, cwd: string): UpstreamSet
   // Checked even with --no-upstream: a typo is reported, not hidden.
   const given = (flags.upstreamKey ?? []).map(upstreamKeyName);
   const caches = (flags.upstream ?? []).map((u) => upstreamCache(u, cwd));
+  if (flags.noUpstreamKeys && given.length > 0) {
+    throw new NarpushError('BAD_OPTION', '--no-upstream-keys and --upstream-key contradict each other: give one or the other');
+  }
   if (flags.noUpstream) return { keyNames: [], caches: [] };
+  if (flags.noUpstreamKeys) return { keyNames: [], caches };
   return { keyNames: [...new Set(given.length > 0 ? given : DEFAULT_UPSTREAM_KEYS)], caches };
 }
 

@@ -121,7 +121,7 @@ test('signed by cache.nixos.org-1 or served by a file:// upstream: not uploaded;
   assert.equal((await run('nix-store', ['--verify-path', ...closure], { env: nixEnv() })).code, 0);
 });
 
-test('--no-upstream uploads the signed paths; --upstream-key replaces the default list', async () => {
+test('--no-upstream uploads the signed paths; --upstream-key replaces the default list; --no-upstream-keys leaves the caches alone to decide', async () => {
   const { top, byName } = await buildClosure();
   await nix('nix', ['store', 'sign', '--key-file', upstreamKey.secret, byName.get('base')!, byName.get('big')!]);
   const aDir = `file://${path.join(work, `a-${randomUUID()}`)}`;
@@ -139,6 +139,17 @@ test('--no-upstream uploads the signed paths; --upstream-key replaces the defaul
   assert.equal(c.report.uploaded.length, 4);
   const d = await upload(['--to', `file://${path.join(work, `d-${randomUUID()}`)}`, '--upstream-key', 'someone-else-1', '--upstream-key', upstreamKey.pub, top]);
   assert.deepEqual(names(d.report.skippedUpstream), ['base', 'big']);
+
+  // --no-upstream-keys trusts no key, not even the default: the signed paths are uploaded...
+  const e = await upload(['--to', `file://${path.join(work, `e-${randomUUID()}`)}`, '--no-upstream-keys', top]);
+  assert.deepEqual(e.report.skippedUpstream, []);
+  assert.equal(e.report.uploaded.length, 4);
+  // ...unless an --upstream cache serves them: there only the caches decide (base is there, big is not).
+  const upDir = `file://${path.join(work, `up-${randomUUID()}`)}`;
+  await upload(['--to', upDir, '--no-upstream', byName.get('base')!]);
+  const f = await upload(['--to', `file://${path.join(work, `f-${randomUUID()}`)}`, '--no-upstream-keys', '--upstream', upDir, top]);
+  assert.deepEqual(names(f.report.skippedUpstream), ['base']);
+  assert.deepEqual(names(f.report.uploaded.map((u) => u.path)), ['big', 'selfref', 'top']);
 });
 
 test('--no-closure: a reference signed by an upstream key or served by an --upstream cache counts as there; one in neither holds its referrer back', async () => {
@@ -238,6 +249,7 @@ test('bad upstream flags: one line, exit 2 (bad usage), nothing uploaded', async
     [['--upstream', 'cache.nixos.org'], /--upstream takes an https:\/\/, http:\/\/, file:\/\/ or s3:\/\/ URL, not 'cache.nixos.org'/],
     [['--upstream-key', 'two words'], /--upstream-key 'two words' is not a key name/],
     [['--upstream-key', 'k:AAAA'], /has 3 bytes, expected 32/],
+    [['--no-upstream-keys', '--upstream-key', 'a-1'], /--no-upstream-keys and --upstream-key contradict each other/],
   ] as const) {
     const r = await narpush(['upload-path', '--to', `file://${dir}`, ...args, top], { env: env() });
     assert.equal(r.code, 2, r.stderr);

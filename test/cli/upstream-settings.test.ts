@@ -57,3 +57,12 @@ test('defaults, replacement of the default list, and --no-upstream', () => {
   // A typo is reported even when filtering is off.
   oneLineError(() => upstreamSettings({ noUpstream: true, upstreamKey: ['a b'] }, '/'), /whitespace/);
 });
+
+test('--no-upstream-keys: no key, not even the default, and the caches alone; never with --upstream-key', () => {
+  assert.deepEqual(upstreamSettings({ noUpstreamKeys: true }, '/'), { keyNames: [], caches: [] });
+  const caches = upstreamSettings({ noUpstreamKeys: true, upstream: ['https://x.example', 'file:///srv/c'] }, '/');
+  assert.deepEqual(caches.keyNames, []);
+  assert.deepEqual(caches.caches.map((c) => c.kind), ['http', 'backend']);
+  assert.deepEqual(upstreamSettings({ noUpstreamKeys: true, noUpstream: true, upstream: ['https://x.example'] }, '/'), { keyNames: [], caches: [] });
+  oneLineError(() => upstreamSettings({ noUpstreamKeys: true, upstreamKey: ['a-1'] }, '/'), /--no-upstream-keys and --upstream-key contradict each other/);
+});

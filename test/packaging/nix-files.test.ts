@@ -174,7 +174,7 @@ describe('nix/lib.nix agrees with the CLI', () => {
     assert.deepEqual(d.upstreamKeys, DEFAULT_UPSTREAM_KEYS);
   });
 
-  it('upstream: the default key list, keys and caches as flags, and --no-upstream when both lists are empty', async () => {
+  it('upstream: the default key list, keys and caches as flags, --no-upstream-keys for caches alone, and --no-upstream when both lists are empty', async () => {
     const argsOf = async (extra: string): Promise<string[]> =>
       (await nixEval(`(import ${NIX_LIB}).daemonArgs { uploadTo = "s3://b"; ${extra} }`)) as string[];
     const pairs = (args: string[], flag: string): string[] => args.flatMap((a, i) => (a === flag ? [args[i + 1]!] : []));
@@ -184,11 +184,16 @@ describe('nix/lib.nix agrees with the CLI', () => {
     const both = await argsOf('upstreamKeys = [ "a-1" "b-1" ]; upstreamCaches = [ "https://cache.nixos.org" "file:///srv/c" ];');
     assert.deepEqual(pairs(both, '--upstream-key'), ['a-1', 'b-1']);
     assert.deepEqual(pairs(both, '--upstream'), ['https://cache.nixos.org', 'file:///srv/c']);
+    assert.ok(!both.includes('--no-upstream-keys'));
     const off = await argsOf('upstreamKeys = [ ];');
     assert.ok(off.includes('--no-upstream'));
-    assert.ok(!off.includes('--upstream-key'));
+    assert.ok(!off.includes('--upstream-key') && !off.includes('--no-upstream-keys'));
+    const cachesOnly = await argsOf('upstreamKeys = [ ]; upstreamCaches = [ "https://cache.nixos.org" ];');
+    assert.ok(cachesOnly.includes('--no-upstream-keys'));
+    assert.ok(!cachesOnly.includes('--upstream-key') && !cachesOnly.includes('--no-upstream'));
+    assert.deepEqual(pairs(cachesOnly, '--upstream'), ['https://cache.nixos.org']);
     const flags = await helpFlags('daemon');
-    for (const a of [...both, ...off].filter((x) => x.startsWith('--'))) assert.ok(flags.has(a), `${a} is not a flag of narpush daemon`);
+    for (const a of [...both, ...off, ...cachesOnly].filter((x) => x.startsWith('--'))) assert.ok(flags.has(a), `${a} is not a flag of narpush daemon`);
   });
 
   it('has the compression level ranges the CLI accepts', async () => {
@@ -566,7 +571,6 @@ describe('flake.nix and the module, evaluated against a nixpkgs stand-in', () =>
       ['{ enable = true; uploadTo = "file:///nix/var/cache"; }', /outside \/nix/],
       ['{ enable = true; uploadTo = "s3://c"; metricsListen = "::1:9101"; }', /metricsListen must be HOST:PORT/],
       ['{ enable = true; uploadTo = "s3://c"; metricsListen = "9101"; }', /metricsListen must be HOST:PORT/],
-      ['{ enable = true; uploadTo = "s3://c"; upstreamKeys = [ ]; upstreamCaches = [ "https://cache.nixos.org" ]; }', /upstreamKeys = \[ \] with upstreamCaches is not supported/],
     ];
     for (const [settings, why] of cases) {
       const messages = await failed(settings);
