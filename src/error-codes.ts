@@ -77,6 +77,7 @@ export const ERROR_CODES = {
   CACHE_NOT_FOUND: failure('the file:// cache directory does not exist', false),
   CACHE_IO: failure('the file:// cache cannot be read or written', true),
   CACHE_OBJECT_TOO_LARGE: failure('a metadata object in the cache is implausibly large', false),
+  BAD_CONTENT_ENCODING: failure("a metadata object in an S3 cache has a Content-Encoding narpush cannot undo, or is not valid in it", false),
   S3_NO_CREDENTIALS: failure('no AWS credentials were found', true),
   S3_BAD_CREDENTIALS: failure('the S3 server does not know the access key, or the signature is wrong', true),
   S3_ACCESS_DENIED: failure('the credentials may not do this in the bucket', true),

@@ -40,6 +40,7 @@ import {
   MAX_DELETE_BATCH, MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type IncompleteUpload,
   type ListedObject, type ObjectStat, type PutBytesOptions, type PutStreamOptions,
 } from '../cache/backend.js';
+import { decodeContent } from './content-encoding.js';
 import type { S3Config } from './s3-config.js';
 import { choosePartSize, partsMatch, unquoteEtag, type ExpectedObject } from './multipart.js';
 import { PartUpload } from './part-upload.js';
@@ -184,8 +185,9 @@ class S3Backend implements CacheBackend {
         (out.Body as Readable | undefined)?.destroy?.();
         throw new NarpushError('CACHE_OBJECT_TOO_LARGE', `${key} in ${this.description} is ${out.ContentLength} bytes, more than a metadata file can be`);
       }
+      let stored: Buffer;
       try {
-        return Buffer.from((await out.Body?.transformToByteArray()) ?? new Uint8Array());
+        stored = Buffer.from((await out.Body?.transformToByteArray()) ?? new Uint8Array());
       } catch (e) {
         const kind = classifyFailure(e);
         if (isTimeout(e)) timeouts++;
@@ -193,7 +195,10 @@ class S3Backend implements CacheBackend {
         const delayMs = backoffDelay(attempt - 1, kind, this.policy, this.random);
         this.opts.onRetry?.({ attempt: attempt + 1, delayMs, kind, error: e });
         await sleep(delayMs);
+        continue;
       }
+      // What Nix wrote with narinfo-compression, ls-compression or log-compression (content-encoding.ts).
+      return decodeContent(stored, out.ContentEncoding, `${key} in ${this.description}`);
     }
   }
 

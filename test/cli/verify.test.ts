@@ -8,6 +8,8 @@ import { createHash, randomUUID } from 'node:crypto';
 import { cp, mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { brotliCompressSync } from 'node:zlib';
+import { compressBuffer } from '../../src/cache/compression.js';
 import { FileBackend } from '../../src/cache/file-backend.js';
 import { openCacheBackend } from '../../src/cli/open-backend.js';
 import { parseCacheUrl } from '../../src/cli/cache-url.js';
@@ -87,13 +89,28 @@ async function copyOfClean(): Promise<{ dir: string; infos: Map<string, NarInfo>
 }
 
 /** A new s3rver bucket holding exactly the objects of the file:// cache `dir`. */
-async function mirrorToS3(dir: string): Promise<string> {
+/**
+ * A copy of a file:// cache in a fresh s3rver bucket. With `encode`, the
+ * narinfos and listings are stored as Nix's S3 store stores them with
+ * narinfo-compression=xz and ls-compression=br: compressed, with that
+ * Content-Encoding.
+ */
+async function mirrorToS3(dir: string, encode = false): Promise<string> {
   const server = await startS3rver({ bucket: 'mirror' });
   servers.push(server);
   const from = new FileBackend(dir);
   const to = await openCacheBackend(parseCacheUrl(server.url), { s3: { credentials: S3RVER_CREDENTIALS } });
   try {
-    for await (const o of from.list('')) await to.putBytes(o.key, (await readFile(path.join(dir, o.key))), 'application/octet-stream');
+    for await (const o of from.list('')) {
+      const body = await readFile(path.join(dir, o.key));
+      if (encode && o.key.endsWith('.narinfo')) {
+        await to.putBytes(o.key, await compressBuffer({ method: 'xz' }, body), 'text/x-nix-narinfo', { contentEncoding: 'xz' });
+      } else if (encode && o.key.endsWith('.ls')) {
+        await to.putBytes(o.key, brotliCompressSync(body), 'application/json', { contentEncoding: 'br' });
+      } else {
+        await to.putBytes(o.key, body, 'application/octet-stream');
+      }
+    }
   } finally {
     await Promise.all([from.close(), to.close()]);
   }
@@ -137,7 +154,8 @@ test('a cache written by nix copy (signed, with listings) verifies clean on file
   const dir = path.join(work, 'nix-copy');
   await nix('nix', ['copy', '--to', `file://${dir}?secret-key=${secretKey}&write-nar-listing=true`, ...closure]);
   assert.ok((await readdir(dir)).some((f) => f.endsWith('.ls')), 'nix wrote listings');
-  for (const url of [`file://${dir}`, await mirrorToS3(dir)]) {
+  // The last: narinfos and listings compressed with a Content-Encoding, as Nix's S3 store writes them when asked.
+  for (const url of [`file://${dir}`, await mirrorToS3(dir), await mirrorToS3(dir, true)]) {
     const r = await verify(url, ['--trusted-public-keys', `${otherPublicKey} ${publicKey}`]);
     assert.equal(r.code, 0, `${url}: ${r.stdout}${r.stderr}`);
     assert.match(r.stdout.toString(), /checked 4 paths .*: no defects/);

@@ -86,3 +86,40 @@ test('an aborted signal stops getStream and list', async () => {
   await assert.rejects(backend.getStream('nar/big.nar', { signal: AbortSignal.abort() }), { code: 'UPLOAD_ABORTED' });
   await assert.rejects(all(backend.list('', { signal: AbortSignal.abort() })), { code: 'UPLOAD_ABORTED' });
 });
+
+test('get undoes the Content-Encoding Nix writes (narinfo-, ls- and log-compression): br, gzip, xz, zstd; refuses bzip2, bad bytes and bombs in one line', async () => {
+  const zlib = await import('node:zlib');
+  const { compressBuffer } = await import('../../src/cache/compression.js');
+  const text = Buffer.from(`StorePath: /nix/store/${'a'.repeat(32)}-x\nURL: nar/x.nar.xz\n`.repeat(50));
+  const encoded: [string, Buffer][] = [
+    ['br', zlib.brotliCompressSync(text)],
+    ['gzip', zlib.gzipSync(text)],
+    ['xz', await compressBuffer({ method: 'xz' }, text)],
+    ['zstd', await compressBuffer({ method: 'zstd' }, text)],
+    ['identity', text],
+  ];
+  for (const [encoding, body] of encoded) {
+    const key = `${encoding.padEnd(32, 'e')}.narinfo`;
+    await backend.putBytes(key, body, 'text/x-nix-narinfo', { contentEncoding: encoding });
+    assert.ok((await backend.get(key))!.equals(text), `${encoding}: decoded`);
+  }
+  // Not encoded: as stored.
+  await backend.putBytes('plain.ls', text, 'application/json');
+  assert.ok((await backend.get('plain.ls'))!.equals(text));
+  const refused = async (key: string, body: Buffer, encoding: string, code: string, message: RegExp): Promise<void> => {
+    await backend.putBytes(key, body, 'text/x-nix-narinfo', { contentEncoding: encoding });
+    await assert.rejects(backend.get(key), (e: Error & { code?: string }) => {
+      assert.equal(e.code, code);
+      assert.match(e.message, message);
+      assert.equal(e.message.split('\n').length, 1);
+      return true;
+    });
+  };
+  await refused('bz.narinfo', Buffer.from('BZh9'), 'bzip2', 'BAD_CONTENT_ENCODING', /Content-Encoding 'bzip2', which narpush cannot undo/);
+  await refused('bad-br.narinfo', Buffer.from('not brotli at all'), 'br', 'BAD_CONTENT_ENCODING', /is not valid br/);
+  await refused('bad-xz.narinfo', Buffer.from('not xz at all'), 'xz', 'BAD_CONTENT_ENCODING', /is not valid xz/);
+  // 64 MiB of zeros in a few KiB: refused, not inflated.
+  const bomb = zlib.brotliCompressSync(Buffer.alloc(64 << 20));
+  await refused('bomb.narinfo', bomb, 'br', 'CACHE_OBJECT_TOO_LARGE', /decodes to more than/);
+  await refused('bomb-zstd.narinfo', await compressBuffer({ method: 'zstd' }, Buffer.alloc(64 << 20)), 'zstd', 'CACHE_OBJECT_TOO_LARGE', /decodes to more than/);
+});

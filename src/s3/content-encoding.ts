@@ -1,0 +1,61 @@
+/**
+ * Metadata objects as S3 stores them: Nix's S3 store writes narinfos, `.ls`
+ * listings and build logs compressed when asked to (`narinfo-compression`,
+ * `ls-compression`, `log-compression`), and says so in the object's
+ * Content-Encoding. HTTP clients, Nix among them, undo it; S3's own API
+ * hands back the stored bytes. So `S3Backend.get` undoes it here, for what
+ * Nix writes (br, xz, zstd, gzip), bounded like any metadata object: an
+ * object that decodes to more than MAX_GET_BYTES is refused, not inflated.
+ * bzip2 (which Nix can write too) and anything else are a one-line error.
+ */
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { NarpushError } from '../errors.js';
+import { MAX_GET_BYTES } from '../cache/backend.js';
+import { createDecompressor } from '../cache/compression.js';
+
+/** Content-Encoding values `decodeContent` undoes (lower case; none means the bytes as stored). */
+export const DECODED_CONTENT_ENCODINGS = ['br', 'gzip', 'xz', 'zstd'] as const;
+
+function tooLarge(what: string): NarpushError {
+  return new NarpushError('CACHE_OBJECT_TOO_LARGE', `${what} decodes to more than ${MAX_GET_BYTES} bytes, more than a metadata file can be`);
+}
+
+async function throughStream(body: Buffer, method: 'xz' | 'zstd', what: string): Promise<Buffer> {
+  const out: Buffer[] = [];
+  let n = 0;
+  await pipeline(Readable.from([body]), await createDecompressor(method), async (source: AsyncIterable<Buffer>) => {
+    for await (const chunk of source) {
+      n += chunk.length;
+      if (n > MAX_GET_BYTES) throw tooLarge(what);
+      out.push(chunk);
+    }
+  });
+  return Buffer.concat(out);
+}
+
+/** `body` as its Content-Encoding `encoding` says it was encoded, decoded. `what` names the object in errors. */
+export async function decodeContent(body: Buffer, encoding: string | undefined, what: string): Promise<Buffer> {
+  const e = (encoding ?? '').trim().toLowerCase();
+  if (e === '' || e === 'identity') return body;
+  try {
+    switch (e) {
+      case 'br':
+        return process.getBuiltinModule('node:zlib').brotliDecompressSync(body, { maxOutputLength: MAX_GET_BYTES });
+      case 'gzip':
+      case 'x-gzip':
+        return process.getBuiltinModule('node:zlib').gunzipSync(body, { maxOutputLength: MAX_GET_BYTES });
+      case 'xz':
+      case 'zstd':
+        return await throughStream(body, e, what);
+    }
+  } catch (err) {
+    if (err instanceof NarpushError) throw err;
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw tooLarge(what);
+    throw new NarpushError('BAD_CONTENT_ENCODING', `${what} is not valid ${e} (its Content-Encoding): ${(err as Error).message.split('\n')[0]}`, { cause: err });
+  }
+  throw new NarpushError(
+    'BAD_CONTENT_ENCODING',
+    `${what} has Content-Encoding '${e}', which narpush cannot undo (it reads ${DECODED_CONTENT_ENCODINGS.join(', ')}); rewrite the object without it`,
+  );
+}
