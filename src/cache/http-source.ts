@@ -45,17 +45,40 @@ export class HttpNarInfoSource implements NarInfoSource {
       await res.body?.cancel();
       throw new NarpushError('UPSTREAM_FAILED', `${this.description}: ${key} is ${length} bytes, too large for a narinfo`);
     }
+    let body: Buffer;
     try {
-      const body = Buffer.from(await res.arrayBuffer());
+      body = Buffer.from(await res.arrayBuffer());
       if (body.length > MAX_GET_BYTES) throw new Error(`${key} is too large for a narinfo`);
-      return body;
     } catch (e) {
       throw new NarpushError('UPSTREAM_FAILED', `${this.description}: ${describe(e)}`, { cause: e });
     }
+    return undoLeftEncoding(body, res.headers.get('content-encoding'), `${key} from ${this.description}`);
   }
 
   async close(): Promise<void> {
     this.closing.abort();
+  }
+}
+
+const XZ_MAGIC = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
+const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
+
+/**
+ * fetch undoes gzip, deflate and br (and, depending on the Node version,
+ * zstd) itself, but keeps the Content-Encoding header. A narinfo Nix wrote
+ * with `narinfo-compression=xz` (or zstd, where fetch leaves it) and a
+ * server that passes the encoding on still arrives encoded: undone here
+ * when the header says so and the bytes start as that format does.
+ */
+async function undoLeftEncoding(body: Buffer, encoding: string | null, what: string): Promise<Buffer> {
+  const e = (encoding ?? '').trim().toLowerCase();
+  const left = (e === 'xz' && body.subarray(0, 6).equals(XZ_MAGIC)) || (e === 'zstd' && body.subarray(0, 4).equals(ZSTD_MAGIC));
+  if (!left) return body;
+  const { decodeContent } = await import('./content-encoding.js');
+  try {
+    return await decodeContent(body, e, what);
+  } catch (err) {
+    throw new NarpushError('UPSTREAM_FAILED', (err as Error).message, { cause: err });
   }
 }
 

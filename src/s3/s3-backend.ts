@@ -40,7 +40,7 @@ import {
   MAX_DELETE_BATCH, MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type IncompleteUpload,
   type ListedObject, type ObjectStat, type PutBytesOptions, type PutStreamOptions,
 } from '../cache/backend.js';
-import { decodeContent } from './content-encoding.js';
+import { decodeContent } from '../cache/content-encoding.js';
 import type { S3Config } from './s3-config.js';
 import { choosePartSize, partsMatch, unquoteEtag, type ExpectedObject } from './multipart.js';
 import { PartUpload } from './part-upload.js';

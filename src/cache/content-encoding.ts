@@ -3,7 +3,8 @@
  * listings and build logs compressed when asked to (`narinfo-compression`,
  * `ls-compression`, `log-compression`), and says so in the object's
  * Content-Encoding. HTTP clients, Nix among them, undo it; S3's own API
- * hands back the stored bytes. So `S3Backend.get` undoes it here, for what
+ * hands back the stored bytes. So `S3Backend.get` (and the http(s) upstream,
+ * for what fetch leaves encoded) undoes it here, for what
  * Nix writes (br, xz, zstd, gzip), bounded like any metadata object: an
  * object that decodes to more than MAX_GET_BYTES is refused, not inflated.
  * bzip2 (which Nix can write too) and anything else are a one-line error.
@@ -11,8 +12,8 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { NarpushError } from '../errors.js';
-import { MAX_GET_BYTES } from '../cache/backend.js';
-import { createDecompressor } from '../cache/compression.js';
+import { MAX_GET_BYTES } from './backend.js';
+import { createDecompressor } from './compression.js';
 
 /** Content-Encoding values `decodeContent` undoes (lower case; none means the bytes as stored). */
 export const DECODED_CONTENT_ENCODINGS = ['br', 'gzip', 'xz', 'zstd'] as const;
