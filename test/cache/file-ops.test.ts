@@ -80,13 +80,14 @@ test('WriteAhead: flushes behind the writes, one at a time, every flushEvery byt
     const file = path.join(dir, 'out');
     const fd = fs.openSync(file, 'w');
     const data = randomBytes(600_000);
-    // The fake disk holds each flush until the test lets it finish.
-    const held: (() => void)[] = [];
+    // The fake disk holds each flush until the test lets it finish; `release`
+    // returns once the real fdatasync has answered and WriteAhead has seen it.
+    const held: (() => Promise<void>)[] = [];
     const writtenAtFlush: number[] = [];
     const ahead = new WriteAhead(fd, 20_000, 100_000);
     const release = async (): Promise<void> => {
-      held.shift()!();
-      await new Promise((r) => setTimeout(r, 20)); // its callback, and the next flush's start
+      await held.shift()!();
+      await new Promise((r) => setImmediate(r)); // WriteAhead's reaction to it (the next flush's start) has run
     };
     let off = 0;
     const writeUpTo = async (end: number): Promise<void> => {
@@ -96,7 +97,15 @@ test('WriteAhead: flushes behind the writes, one at a time, every flushEvery byt
       (real) => ((f: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
         assert.equal(f, fd);
         writtenAtFlush.push(ahead.bytes);
-        held.push(() => real(f, cb));
+        held.push(
+          () =>
+            new Promise<void>((answered) =>
+              real(f, (e) => {
+                cb(e);
+                answered();
+              }),
+            ),
+        );
       }) as typeof fs.fdatasync,
       async () => {
         await writeUpTo(95_000);

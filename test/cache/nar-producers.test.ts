@@ -155,17 +155,26 @@ test('producers: in memory, split, inline and whole give the same object, record
   }
 });
 
+/**
+ * A store path under `root` whose NAR spans many read chunks and pieces: one
+ * random file of `bigBytes` and eight more with `small(i)` as contents
+ * (the property test's trees fit in one chunk, where lending and giving
+ * back change nothing).
+ */
+async function manyChunkPath(root: string, bigBytes: number, small: (i: number) => Uint8Array | string): Promise<{ info: PathInfo; nar: Buffer }> {
+  const name = 'p';
+  const dir = path.join(root, `${nix32Encode(createHash('sha1').update(`${root}/${name}`).digest())}-${name}`);
+  await mkdir(dir);
+  await writeFile(path.join(dir, 'big.bin'), randomBytes(bigBytes));
+  for (let i = 0; i < 8; i++) await writeFile(path.join(dir, `f${i}`), small(i));
+  const info = await pathOf(root, name);
+  return { info, nar: await narOf(info.path.path) };
+}
+
 test('lent pieces: a NAR of many chunks reaches a copying backend intact, and the buffers really are lent', async () => {
-  // The property test's trees fit in one chunk, where lending changes nothing; this NAR spans many.
   const root = await mkdtemp(path.join(tmpdir(), 'narpush-lent-'));
   try {
-    const name = 'p';
-    const dir = path.join(root, `${nix32Encode(createHash('sha1').update(`${root}/${name}`).digest())}-${name}`);
-    await mkdir(dir);
-    await writeFile(path.join(dir, 'big.bin'), randomBytes(5 * 1024 * 1024 + 17));
-    for (let i = 0; i < 8; i++) await writeFile(path.join(dir, `f${i}`), randomBytes(100_000 + i));
-    const info = await pathOf(root, name);
-    const nar = await narOf(info.path.path);
+    const { info, nar } = await manyChunkPath(root, 5 * 1024 * 1024 + 17, (i) => randomBytes(100_000 + i));
     for (const production of ['split', 'inline'] as const) {
       const copying = new CopyingMemoryBackend();
       const made = await uploadNar(copying, info, { compression: { method: 'none' }, threads, production });
@@ -202,14 +211,8 @@ class EarlyReturningMemoryBackend extends MemoryBackend {
 test('recycled pieces: a NAR of many pieces (zstd, none) is intact through the file backend and a copying one, and the pieces really go round', async () => {
   const root = await mkdtemp(path.join(tmpdir(), 'narpush-recycled-'));
   try {
-    const name = 'p';
-    const dir = path.join(root, `${nix32Encode(createHash('sha1').update(`${root}/${name}`).digest())}-${name}`);
-    await mkdir(dir);
-    // Random, so that the .zst is as large as the NAR: several pieces.
-    await writeFile(path.join(dir, 'big.bin'), randomBytes(12 * 1024 * 1024 + 17));
-    for (let i = 0; i < 8; i++) await writeFile(path.join(dir, `f${i}`), 'narpush '.repeat(20_000 + i));
-    const info = await pathOf(root, name);
-    const nar = await narOf(info.path.path);
+    // Random, so that the .zst is as large as the NAR: several pieces (and six whole read chunks).
+    const { info, nar } = await manyChunkPath(root, 12 * 1024 * 1024 + 17, (i) => 'narpush '.repeat(20_000 + i));
     for (const [method, production] of [['zstd', 'split'], ['zstd', 'inline'], ['none', 'split'], ['none', 'inline']] as const) {
       const compression = { method };
       // The reference: a backend that copies each piece and gives none back.
