@@ -24,12 +24,33 @@ export class NarpushError extends Error {
   readonly code: ErrorCode;
 
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+    super(printable(message), options);
     this.code = code;
     this.name = 'NarpushError';
   }
 }
 Object.defineProperty(NarpushError.prototype, BRAND, { value: true });
+
+/**
+ * Characters that would move the cursor, recolour or rewrite a terminal,
+ * end the line, or reorder the text around them: C0 controls (newline and
+ * tab too), DEL, C1 controls (U+009B is a CSI wherever a terminal reads
+ * UTF-8), the bidirectional marks and overrides, line and paragraph
+ * separators. Messages quote bytes that come from caches, S3 servers and
+ * files, which anyone may have written.
+ */
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+
+/** `s` with each of those characters as an escape (\n, \x1b, \u202e): one line, safe to print. */
+export function printable(s: string): string {
+  return s.replace(UNPRINTABLE, (c) => {
+    if (c === '\n') return '\\n';
+    if (c === '\r') return '\\r';
+    if (c === '\t') return '\\t';
+    const code = c.charCodeAt(0);
+    return code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
+}
 
 /** True for errors narpush raised on purpose (as opposed to bugs), made by any copy of this module. */
 export function isNarpushError(e: unknown): e is NarpushError {

@@ -7,7 +7,7 @@
  * deleted. Progress on a terminal (stderr), a summary, or --json on stdout.
  */
 import { readFile } from 'node:fs/promises';
-import { NarpushError, isErrnoException } from '../errors.js';
+import { NarpushError, isErrnoException, printable } from '../errors.js';
 import { HASH_PART_LENGTH, parseStorePath, parseStorePathBaseName } from '../store/store-path.js';
 import type { GcEvent, GcReport } from '../gc/gc.js';
 import { parseCacheUrl } from './cache-url.js';
@@ -116,7 +116,7 @@ function printSummary(ctx: CliContext, r: GcReport): void {
         ? 'incomplete uploads not checked (the server cannot list them)\n'
         : `${r.dryRun ? 'would abort' : 'aborted'} ${r.abortedUploads} incomplete uploads\n`),
   );
-  for (const f of r.failures) ctx.stderr.write(`narpush: could not delete ${f.key}: ${f.message}\n`);
+  for (const f of r.failures) ctx.stderr.write(`narpush: could not delete ${printable(f.key)}: ${printable(f.message)}\n`);
   if (r.failedCount > r.failures.length) ctx.stderr.write(`narpush: … and ${r.failedCount - r.failures.length} more could not be deleted\n`);
   if (r.timedOut) ctx.stderr.write('narpush: stopped (time limit or signal) before the end; run it again to finish\n');
 }

@@ -5,7 +5,7 @@
  * Command modules are imported lazily so that startup stays fast.
  */
 import { Command, CommanderError } from 'commander';
-import { isNarpushError } from '../errors.js';
+import { isNarpushError, printable } from '../errors.js';
 import type { EarlyStream } from '../store/early-stream.js';
 import { DEFAULT_STORE_DIR } from '../store/store-path.js';
 import { ERROR_CODES } from '../error-codes.js';
@@ -261,7 +261,7 @@ export function reportError(e: unknown, debug: boolean): number {
     return ERROR_CODES[e.code].exit;
   }
   const message = e instanceof Error ? e.message : String(e);
-  process.stderr.write(`narpush: internal error: ${message.split('\n')[0]} (run with --debug for details)\n`);
+  process.stderr.write(`narpush: internal error: ${printable(message.split('\n')[0]!)} (run with --debug for details)\n`);
   if (debug && e instanceof Error) process.stderr.write(`${e.stack ?? ''}\n`);
   return EXIT_BUG;
 }

@@ -5,11 +5,12 @@
  * far). Never prints the summary: verify.ts does, after `done()`.
  */
 import type { Defect, PathResult, VerifyEvent } from '../cache/verify.js';
+import { printable } from '../errors.js';
 import { formatBytes, formatRate } from './format.js';
 
 /** One defect as a line: the path (or the object's key for the cache itself), then what is wrong. */
 export function defectLine(d: Defect): string {
-  return `${d.path === '' ? d.key : d.path}: ${d.message}\n`;
+  return `${d.path === '' ? printable(d.key) : d.path}: ${printable(d.message)}\n`;
 }
 
 export type VerifyProgress = ((e: VerifyEvent) => void) & { done(): void };

@@ -60,8 +60,14 @@ export function sortReferences(refs: Iterable<StorePath>): StorePath[] {
   return sortUnique(byName.keys()).map((k) => byName.get(k)!);
 }
 
+/**
+ * A value quoted in an error, shortened. A narinfo is ASCII: anything else
+ * (a binary object read as a narinfo decodes to U+FFFD, stray letters
+ * and control characters) is shown as \u escapes.
+ */
 function excerpt(value: string): string {
-  return JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
+  const quoted = JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
+  return quoted.replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 class Corrupt {
@@ -108,7 +114,7 @@ export function parseNarInfo(text: string, storeDir: string = DEFAULT_STORE_DIR,
     const sep = raw.indexOf(': ');
     const colon = raw.indexOf(':');
     const key = colon < 0 ? raw : raw.slice(0, colon);
-    const where = colon < 0 ? `line ${line}` : `line ${line} (${key})`;
+    const where = colon < 0 ? `line ${line}` : `line ${line} (${/^[\x20-\x7e]{1,40}$/.test(key) ? key : excerpt(key)})`;
     if (colon < 0 || sep !== colon) throw corrupt.error(where, `expected 'Key: value', got ${excerpt(raw)}`);
     if (raw.includes('\r')) throw corrupt.error(where, 'carriage return in line (CRLF line endings are not accepted)');
     if (eol < 0) throw corrupt.error(where, 'the last line does not end with a newline');

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { PathResult } from '../../src/cache/verify.js';
-import { createVerifyProgress } from '../../src/cli/verify-progress.js';
+import { createVerifyProgress, defectLine } from '../../src/cli/verify-progress.js';
 
 function fakeStream(isTTY: boolean): { writes: string[]; isTTY: boolean; columns: number; write(s: string): boolean } {
   const writes: string[] = [];
@@ -47,4 +47,9 @@ test('off a terminal: only the defect lines; with --json: nothing at all', () =>
   const json = play(true, true);
   assert.deepEqual(json.out, []);
   assert.deepEqual(json.err, []);
+});
+
+test('a defect line shows an object key with control characters escaped, on one line', () => {
+  const line = defectLine({ path: '', key: 'nar/\x1b[2Jx\n.nar', kind: 'missing-cache-info', message: 'not referenced \u009b2J' });
+  assert.equal(line, 'nar/\\x1b[2Jx\\n.nar: not referenced \\x9b2J\n');
 });

@@ -176,6 +176,25 @@ test('each malformed narinfo is refused with its line and field', () => {
   }
 });
 
+test('a binary object read as a narinfo is refused in printable ASCII that shows its bytes', () => {
+  // A .nar.xz, a zstd frame or an escape sequence where a narinfo should be.
+  const xz = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0x00, 0x04, 0xe6, 0xd6, 0xb4, 0x46, 0x0a]).toString('utf8');
+  const zst = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x3a, 0x9b, 0x32, 0x4a, 0x0a]).toString('latin1');
+  const cases: [string, string, RegExp][] = [
+    ['xz magic', xz, /line 1: expected 'Key: value', got "\\ufffd7zXZ\\u0000\\u0000\\u0004/],
+    ['C1 control in the key', zst, /line 1 \("\(\\u00b5\/\\u00fd"\): expected 'Key: value', got .*\\u009b2J/],
+    ['terminal title in a value', CURL.replace('Compression: xz', 'Compression xz\x1b]0;pwned\x07'), /got "Compression xz\\u001b\]0;pwned\\u0007"/],
+    ['escape in a field', edit(CURL, 'NarSize', 'NarSize: 1\x1b[2J'), /invalid NarSize "1\\u001b\[2J"/],
+  ];
+  for (const [what, text, message] of cases) {
+    assert.throws(() => parseNarInfo(text, '/nix/store', 'x.narinfo'), (e: Error) => {
+      assert.match(e.message, message, what);
+      assert.match(e.message, /^[\x20-\x7e]+$/, `${what}: ${JSON.stringify(e.message)}`);
+      return true;
+    });
+  }
+});
+
 test('refuses to write a narinfo Nix would not write or read back', () => {
   const base = parseNarInfo(CURL);
   const cases: [string, NarInfo, RegExp][] = [
