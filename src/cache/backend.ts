@@ -62,6 +62,8 @@ export interface SmallObject {
   readonly key: string;
   readonly body: Uint8Array;
   readonly contentType: string;
+  /** The Content-Encoding `body` is in (S3 only, as PutBytesOptions.contentEncoding). */
+  readonly contentEncoding?: string;
 }
 
 export interface PutBytesOptions {
@@ -76,7 +78,14 @@ export interface ListedObject {
   readonly lastModified: Date;
 }
 /** What `stat` knows of one object. */
-export interface ObjectStat { readonly size: number; readonly lastModified: Date }
+export interface ObjectStat {
+  readonly size: number;
+  readonly lastModified: Date;
+  /** S3: the object's Content-Encoding, which a renewal (`touch`) must keep. */
+  readonly contentEncoding?: string;
+  /** S3: the object's ETag, so that a renewal copies the object this describes and no other. */
+  readonly etag?: string;
+}
 
 /**
  * An upload that never completed and is invisible to `list`: an S3 multipart
@@ -150,10 +159,13 @@ export interface CacheBackend {
   stat?(key: string): Promise<ObjectStat | undefined>;
   /**
    * Optional: renew an existing object's last-modified time without changing
-   * its bytes (S3: copy onto itself; file://: utimes). Never creates an
-   * object: resolves false when `key` does not exist (any more).
+   * its bytes or how they are read (S3: copy onto itself, keeping its
+   * Content-Encoding; file://: utimes). `current`: what `stat` said of it,
+   * else it is asked again. Never creates an object: resolves false when
+   * `key` does not exist (any more). True as well when the object was
+   * replaced since `current` was read: the new one is as young.
    */
-  touch?(key: string, contentType: string): Promise<boolean>;
+  touch?(key: string, contentType: string, current?: ObjectStat): Promise<boolean>;
   /**
    * Optional (only `narpush gc` deletes): remove these keys, at most
    * MAX_DELETE_BATCH, in one request where the backend has one. A key that
@@ -193,15 +205,19 @@ export function readOnlyView(backend: CacheBackend): CacheReader {
  */
 export async function stageBatch(backend: CacheBackend, objects: readonly SmallObject[]): Promise<PromiseSettledResult<StagedObject>[]> {
   if (backend.stageBatch) return backend.stageBatch(objects);
-  return objects.map(({ key, body, contentType }) => ({
+  return objects.map(({ key, body, contentType, contentEncoding }) => ({
     status: 'fulfilled',
-    value: { publish: () => backend.putBytes(key, body, contentType), durable: async () => {}, discard: async () => {} },
+    value: {
+      publish: () => backend.putBytes(key, body, contentType, contentEncoding === undefined ? undefined : { contentEncoding }),
+      durable: async () => {},
+      discard: async () => {},
+    },
   }));
 }
 
 /** One object through `stageBatch`: staged, or the error why not. */
-export async function stageBytes(backend: CacheBackend, key: string, body: Uint8Array, contentType: string): Promise<StagedObject> {
-  const [r] = await stageBatch(backend, [{ key, body, contentType }]);
+export async function stageBytes(backend: CacheBackend, object: SmallObject): Promise<StagedObject> {
+  const [r] = await stageBatch(backend, [object]);
   if (r!.status === 'rejected') throw r!.reason;
   return r!.value;
 }

@@ -21,6 +21,7 @@ import { NarpushError, isErrnoException } from '../errors.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
 import type { CacheBackend } from './backend.js';
+import { type MetadataCompression, encodeContent } from './content-encoding.js';
 import { createLimiter } from './limit.js';
 
 export const LOG_CONTENT_TYPE = 'text/plain; charset=utf-8';
@@ -95,31 +96,11 @@ export async function readBuildLog(logDir: string, drv: StorePath): Promise<Buff
   return undefined;
 }
 
-/**
- * `log-compression` values narpush writes (an s3:// parameter, as in Nix):
- * Brotli, the Nix manual's example (`log-compression=br`), which Nix undoes
- * when it reads a log over HTTP.
- */
-export const LOG_COMPRESSIONS = ['none', 'br'] as const;
-export type LogCompression = (typeof LOG_COMPRESSIONS)[number];
-
-/**
- * Brotli, with node:zlib loaded on first use (most uploads upload no log; see
- * xz-format.ts crc32). Not util.promisify: importing node:util as an ES
- * module makes Node 24 load node:worker_threads and a dozen more of its
- * modules at the start of every upload.
- */
-function brotli(data: Buffer): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    process.getBuiltinModule('node:zlib').brotliCompress(data, (e, out) => (e ? reject(e) : resolve(out)));
-  });
-}
-
 export interface BuildLogOptions {
   /** Nix's log directory (NIX_LOG_DIR, default /nix/var/log/nix). */
   readonly logDir: string;
   /** `log-compression` of an s3:// cache: the log is stored compressed, with that Content-Encoding. */
-  readonly compression?: LogCompression;
+  readonly compression?: MetadataCompression;
   readonly concurrency?: number;
 }
 
@@ -136,7 +117,7 @@ export async function uploadBuildLogs(backend: CacheBackend, drvs: readonly Stor
           const log = await readBuildLog(opts.logDir, drv);
           if (log === undefined) return void missing.push(drv);
           if (opts.compression === 'br') {
-            await backend.putBytes(buildLogKey(drv), await brotli(log), LOG_CONTENT_TYPE, { contentEncoding: 'br' });
+            await backend.putBytes(buildLogKey(drv), await encodeContent(log, 'br'), LOG_CONTENT_TYPE, { contentEncoding: 'br' });
           } else {
             await backend.putBytes(buildLogKey(drv), log, LOG_CONTENT_TYPE);
           }

@@ -15,6 +15,30 @@ import { NarpushError } from '../errors.js';
 import { MAX_GET_BYTES } from './backend.js';
 import { createDecompressor } from './compression.js';
 
+/**
+ * What narpush writes metadata with, as Nix's S3 store parameters
+ * `narinfo-compression`, `ls-compression` and `log-compression` ask (s3://
+ * only, as in Nix): none, or Brotli, what Hydra gives cache.nixos.org's
+ * listings and logs (`ls-compression=br&log-compression=br`). Nix undoes it
+ * when it reads them over HTTP or from S3.
+ */
+export const WRITTEN_CONTENT_ENCODINGS = ['none', 'br'] as const;
+export type MetadataCompression = (typeof WRITTEN_CONTENT_ENCODINGS)[number];
+
+/**
+ * `body` Brotli-compressed, for an object stored with `Content-Encoding: br`.
+ * node:zlib is loaded on first use (most uploads write no compressed
+ * metadata; see xz-format.ts crc32). Not util.promisify: importing node:util
+ * as an ES module makes Node 24 load node:worker_threads and a dozen more of
+ * its modules at the start of every upload.
+ */
+export function encodeContent(body: Uint8Array, encoding: 'br'): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    if (encoding !== 'br') return reject(new Error(`cannot encode ${String(encoding)}`));
+    process.getBuiltinModule('node:zlib').brotliCompress(body, (e, out) => (e ? reject(e) : resolve(out)));
+  });
+}
+
 /** Content-Encoding values `decodeContent` undoes (lower case; none means the bytes as stored). */
 export const DECODED_CONTENT_ENCODINGS = ['br', 'gzip', 'xz', 'zstd'] as const;
 

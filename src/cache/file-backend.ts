@@ -212,10 +212,13 @@ export class FileBackend implements CacheBackend {
   }
 
   async putBytes(key: string, body: Uint8Array, _contentType: string, opts: PutBytesOptions = {}): Promise<void> {
-    if (opts.contentEncoding !== undefined) {
-      throw new NarpushError('BAD_OPTION', `${this.description} cannot store ${key} with a Content-Encoding (${opts.contentEncoding})`);
-    }
+    if (opts.contentEncoding !== undefined) throw this.noEncoding(key, opts.contentEncoding);
     await publishDurably(await this.stage(key, body));
+  }
+
+  /** A file has no Content-Encoding to say how to read it: Nix's file:// store reads every object as stored. */
+  private noEncoding(key: string, encoding: string): NarpushError {
+    return new NarpushError('BAD_OPTION', `${this.description} cannot store ${key} with a Content-Encoding (${encoding})`);
   }
 
   /**
@@ -229,7 +232,11 @@ export class FileBackend implements CacheBackend {
     const results: PromiseSettledResult<StagedObject>[] = new Array(objects.length);
     const written: { i: number; key: string; tmp: string; target: string; fd: number }[] = [];
     const pooled: number[] = [];
-    for (const [i, { key, body }] of objects.entries()) {
+    for (const [i, { key, body, contentEncoding }] of objects.entries()) {
+      if (contentEncoding !== undefined) {
+        results[i] = { status: 'rejected', reason: this.noEncoding(key, contentEncoding) };
+        continue;
+      }
       if (!this.metadata.inline) {
         pooled.push(i);
         continue;

@@ -32,5 +32,5 @@ export async function presentAndFresh(backend: CacheBackend, key: string, conten
   if (!st) return false;
   const age = (opts.clock ?? (() => new Date()))().getTime() - st.lastModified.getTime();
   if (age < opts.refreshAgeMs) return true;
-  return backend.touch(key, contentType);
+  return backend.touch(key, contentType, st);
 }

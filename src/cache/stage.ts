@@ -14,8 +14,9 @@ import type { SecretKey } from '../signing/keys.js';
 import { signNarInfoWith } from '../signing/sign.js';
 import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
-import { type CacheBackend, stageBatch, stageBytes } from './backend.js';
+import { type CacheBackend, type SmallObject, stageBatch, stageBytes } from './backend.js';
 import type { CompressionOptions } from './compression.js';
+import { type MetadataCompression, encodeContent } from './content-encoding.js';
 import type { ListingOptions } from './nar-producers.js';
 import { type UploadedNar, uploadNar, uploadSmallNars } from './nar-upload.js';
 import { type UploadPlanner, streamed } from './plan.js';
@@ -55,10 +56,26 @@ export async function makeNarInfo(info: PathInfo, nar: UploadedNar, keys: readon
   return keys.length > 0 ? signNarInfoWith(unsigned, keys, sign) : unsigned;
 }
 
+/**
+ * s3:// `narinfo-compression` and `ls-compression`: narinfos and listings
+ * stored compressed, with that Content-Encoding (none when unset).
+ */
+export interface MetadataCompressions {
+  readonly narinfo?: MetadataCompression;
+  readonly listing?: MetadataCompression;
+}
+
+/** `body` as stored under `compression`: the bytes and the Content-Encoding that says so. */
+async function encoded(body: Buffer, compression: MetadataCompression | undefined): Promise<{ body: Buffer; contentEncoding?: string }> {
+  if (compression === undefined || compression === 'none') return { body };
+  return { body: await encodeContent(body, compression), contentEncoding: compression };
+}
+
 export interface StageContext {
   readonly backend: CacheBackend;
   readonly compression: CompressionOptions;
   readonly listing?: ListingOptions;
+  readonly metadataCompression?: MetadataCompressions;
   readonly threads: ThreadPool;
   /** How each NAR is produced, and with which compression: see plan.ts. */
   readonly planner: UploadPlanner;
@@ -72,12 +89,15 @@ export interface StageContext {
 /** The listing, before the narinfo is staged; the NAR record keeps only whether it was written. */
 async function writeListing(ctx: StageContext, info: PathInfo, nar: UploadedNar): Promise<UploadedNar> {
   if (!Buffer.isBuffer(nar.listing)) return nar;
-  await ctx.backend.putBytes(listingKey(info.path), nar.listing, LISTING_CONTENT_TYPE);
+  const { body, contentEncoding } = await encoded(nar.listing, ctx.metadataCompression?.listing);
+  await ctx.backend.putBytes(listingKey(info.path), body, LISTING_CONTENT_TYPE, contentEncoding === undefined ? undefined : { contentEncoding });
   return { ...nar, listing: 'written' };
 }
 
-async function narInfoBody(ctx: StageContext, info: PathInfo, nar: UploadedNar): Promise<Buffer> {
-  return Buffer.from(formatNarInfo(await makeNarInfo(info, nar, ctx.signingKeys, ctx.sign)));
+/** The narinfo of an uploaded path, signed, as the object to stage. */
+async function narInfoObject(ctx: StageContext, info: PathInfo, nar: UploadedNar): Promise<SmallObject> {
+  const text = Buffer.from(formatNarInfo(await makeNarInfo(info, nar, ctx.signingKeys, ctx.sign)));
+  return { key: narInfoKey(info.path), contentType: NARINFO_CONTENT_TYPE, ...(await encoded(text, ctx.metadataCompression?.narinfo)) };
 }
 
 /** A large path: its NAR streamed, its listing written, its narinfo staged. Throws if any step fails. */
@@ -93,14 +113,14 @@ export async function stageLarge(ctx: StageContext, info: PathInfo): Promise<Sta
     onProgress: (narBytes, fileBytes) => ctx.onProgress(info, narBytes, fileBytes),
   });
   const nar = await writeListing(ctx, info, produced);
-  return { nar, staged: await stageBytes(ctx.backend, narInfoKey(info.path), await narInfoBody(ctx, info, nar), NARINFO_CONTENT_TYPE) };
+  return { nar, staged: await stageBytes(ctx.backend, await narInfoObject(ctx, info, nar)) };
 }
 
 /** One path of a batch: its info, how far it got, and its result once known. */
 interface BatchItem {
   readonly info: PathInfo;
   nar?: UploadedNar;
-  body?: Buffer;
+  narinfo?: SmallObject;
   result?: PromiseSettledResult<StagedPath>;
 }
 
@@ -131,17 +151,14 @@ export async function stageSmall(ctx: StageContext, infos: readonly PathInfo[]):
       try {
         if (n.status === 'rejected') throw n.reason;
         ctx.onProgress(item.info, n.value.narSize, n.value.fileSize);
-        [item.nar, item.body] = await Promise.all([writeListing(ctx, item.info, n.value), narInfoBody(ctx, item.info, n.value)]);
+        [item.nar, item.narinfo] = await Promise.all([writeListing(ctx, item.info, n.value), narInfoObject(ctx, item.info, n.value)]);
       } catch (e) {
         item.result = { status: 'rejected', reason: e };
       }
     }),
   );
   const ready = items.filter((i) => i.result === undefined);
-  const staged = await stageBatch(
-    ctx.backend,
-    ready.map((i) => ({ key: narInfoKey(i.info.path), body: i.body!, contentType: NARINFO_CONTENT_TYPE })),
-  );
+  const staged = await stageBatch(ctx.backend, ready.map((i) => i.narinfo!));
   // `staged` follows `ready`: one entry for each path that got this far.
   ready.forEach((item, j) => {
     const s = staged[j]!;

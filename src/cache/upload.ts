@@ -42,12 +42,12 @@ import { UploadPlanner } from './plan.js';
 import { checkPresence } from './presence.js';
 import { Publisher, type UploadedPath, asNarpushError } from './publisher.js';
 import type { RefreshOptions } from './refresh.js';
-import { type Signer, type StageContext, stageLarge, stageSmall } from './stage.js';
+import { type MetadataCompressions, type Signer, type StageContext, stageLarge, stageSmall } from './stage.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 import type { Upstream } from './upstream.js';
 
 export type { UploadedPath } from './publisher.js';
-export { LISTING_CONTENT_TYPE, NARINFO_CONTENT_TYPE, type Signer, listingKey, makeNarInfo, narInfoKey } from './stage.js';
+export { LISTING_CONTENT_TYPE, NARINFO_CONTENT_TYPE, type MetadataCompressions, type Signer, listingKey, makeNarInfo, narInfoKey } from './stage.js';
 
 /**
  * Small paths (see plan.ts) go up in batches of at most this many
@@ -65,6 +65,8 @@ export interface UploadOptions {
   readonly signingKeys: readonly SecretKey[];
   /** Write each path's NAR listing (`write-nar-listing`), built as its NAR streams past. */
   readonly listing?: ListingOptions;
+  /** s3:// `narinfo-compression` and `ls-compression` (stage.ts). */
+  readonly metadataCompression?: MetadataCompressions;
   /** The worker threads (hashing, signing, whole NARs); owned and closed by the caller. */
   readonly threads: ThreadPool;
   /** Large NARs uploaded at once (and batches of small ones, if more than SMALL_BATCHES). */
@@ -176,6 +178,7 @@ async function runUploads(toUpload: readonly PathInfo[], opts: UploadOptions, em
     backend: opts.backend,
     compression: opts.compression,
     ...(opts.listing ? { listing: opts.listing } : {}),
+    ...(opts.metadataCompression ? { metadataCompression: opts.metadataCompression } : {}),
     threads: opts.threads,
     planner,
     signingKeys: opts.signingKeys,

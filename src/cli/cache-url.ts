@@ -13,7 +13,7 @@ import { NarpushError } from '../errors.js';
 
 import { COMPRESSIONS, LEVEL_RANGES, type Compression } from '../cache/compression.js';
 import { MAX_PART_SIZE, MIN_PART_SIZE } from '../s3/multipart.js';
-import { LOG_COMPRESSIONS, type LogCompression } from '../cache/build-logs.js';
+import { type MetadataCompression, WRITTEN_CONTENT_ENCODINGS } from '../cache/content-encoding.js';
 import { S3_CHECKSUM_MODES, STORAGE_CLASSES, type S3ChecksumMode, type S3Config, type StorageClass } from '../s3/s3-config.js';
 
 export { COMPRESSIONS, type Compression };
@@ -216,9 +216,18 @@ const LEVELS: Record<Compression, readonly [number, number]> = {
   none: [0, 0],
 };
 
-/** Accepted only with the value that means "what narpush does anyway", so no setting is silently ignored. */
-function onlyNone(url: string, name: string, v: string, why: string): void {
-  if (v !== 'none') throw bad(url, `${name}=${v} is not supported by narpush: ${why}`);
+/**
+ * `narinfo-compression`, `ls-compression`, `log-compression`: br, or none
+ * (or empty, Nix's default). Undefined for none. Nix can also write xz,
+ * zstd, gzip and bzip2 there, which narpush reads (but for bzip2) and does not write.
+ */
+function metadataCompression(url: string, q: Query, name: string): Exclude<MetadataCompression, 'none'> | undefined {
+  const v = q.get(name);
+  if (v === undefined || v === '' || v === 'none') return undefined;
+  if (!(WRITTEN_CONTENT_ENCODINGS as readonly string[]).includes(v)) {
+    throw bad(url, `${name} '${v}' is not one of ${WRITTEN_CONTENT_ENCODINGS.join(', ')} (narpush writes these objects Brotli-compressed or as they are)`);
+  }
+  return v as Exclude<MetadataCompression, 'none'>;
 }
 
 function parseCommon(url: string, q: Query): CacheParams {
@@ -375,14 +384,9 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
   const chunk = q.get(chunkName);
   const minPartSize = chunk === undefined ? undefined : int(url, chunkName, chunk, MIN_PART_SIZE, MAX_PART_SIZE);
   const mpu = q.get('multipart-upload');
-  const narinfoC = q.get('narinfo-compression');
-  if (narinfoC !== undefined) onlyNone(url, 'narinfo-compression', narinfoC, 'narinfo files are stored uncompressed');
-  const lsC = q.get('ls-compression');
-  if (lsC !== undefined) onlyNone(url, 'ls-compression', lsC, 'narpush writes .ls listings uncompressed');
-  const logC = q.get('log-compression');
-  if (logC !== undefined && !(LOG_COMPRESSIONS as readonly string[]).includes(logC)) {
-    throw bad(url, `log-compression '${logC}' is not one of ${LOG_COMPRESSIONS.join(', ')}`);
-  }
+  const narinfoC = metadataCompression(url, q, 'narinfo-compression');
+  const lsC = metadataCompression(url, q, 'ls-compression');
+  const logC = metadataCompression(url, q, 'log-compression');
 
   const connectRaw = q.get('connect-timeout');
   const connectTimeoutMs = connectRaw === undefined ? undefined : seconds(url, 'connect-timeout', connectRaw, 0.1, 3600);
@@ -411,7 +415,9 @@ function parseS3(url: string, rest: string, q: Query): S3CacheConfig {
     ...(connectTimeoutMs !== undefined && { connectTimeoutMs }),
     ...(idleTimeoutMs !== undefined && { idleTimeoutMs }),
     ...(checksum !== undefined && { checksum: checksum as S3ChecksumMode }),
-    ...(logC !== undefined && logC !== 'none' && { logCompression: logC as LogCompression }),
+    ...(narinfoC !== undefined && { narinfoCompression: narinfoC }),
+    ...(lsC !== undefined && { lsCompression: lsC }),
+    ...(logC !== undefined && { logCompression: logC }),
     params: Object.freeze(parseCommon(url, q)),
     description,
   });

@@ -139,6 +139,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     compression: settings.compression,
     signingKeys: settings.signingKeys,
     ...(settings.listing ? { listing: settings.listing } : {}),
+    ...(settings.metadataCompression ? { metadataCompression: settings.metadataCompression } : {}),
     ...(flags.buildLogs === true
       ? {
           buildLogs: {

@@ -128,6 +128,7 @@ export async function uploadPath(ctx: CliContext, paths: readonly string[], flag
         compression: settings.compression,
         signingKeys: settings.signingKeys,
         ...(settings.listing ? { listing: settings.listing } : {}),
+        ...(settings.metadataCompression ? { metadataCompression: settings.metadataCompression } : {}),
         threads,
         jobs: settings.jobs,
         force,

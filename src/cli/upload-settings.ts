@@ -7,6 +7,7 @@
 import { NarpushError } from '../errors.js';
 import type { CacheInfo } from '../cache/cache-info.js';
 import type { ListingOptions } from '../cache/nar-producers.js';
+import type { MetadataCompressions } from '../cache/stage.js';
 import { MAX_LISTING_BYTES } from '../nar/listing.js';
 import type { CacheConfig } from './cache-url.js';
 import { type CompressionOptions, compressionLevel, compressionThreads, parseCompression } from '../cache/compression.js';
@@ -36,6 +37,8 @@ export interface UploadSettings {
   readonly upstream: UpstreamSettings;
   /** With `write-nar-listing=true`: each path's `.ls` listing, capped (see nar/listing.ts). */
   readonly listing?: ListingOptions;
+  /** s3:// narinfo-compression and ls-compression. */
+  readonly metadataCompression?: MetadataCompressions;
   readonly refreshAgeMs: number;
 }
 
@@ -67,6 +70,9 @@ export async function uploadSettings(flags: UploadFlags, config: CacheConfig, st
     signingKeys,
     upstream,
     ...(config.params.writeNarListing === true ? { listing: { maxBytes: MAX_LISTING_BYTES } } : {}),
+    ...(config.kind === 's3' && (config.narinfoCompression !== undefined || config.lsCompression !== undefined)
+      ? { metadataCompression: { narinfo: config.narinfoCompression ?? 'none', listing: config.lsCompression ?? 'none' } }
+      : {}),
     cacheInfo: {
       storeDir,
       wantMassQuery: config.params.wantMassQuery ?? true,

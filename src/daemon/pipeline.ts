@@ -20,7 +20,7 @@ import type { ListingOptions } from '../cache/nar-producers.js';
 import { type BuildLogOptions, derivationsOf, uploadBuildLogs } from '../cache/build-logs.js';
 import { resolvePaths } from '../store/arguments.js';
 import { ThreadPool } from '../cache/threads/thread-pool.js';
-import { type UploadEvent, uploadPaths } from '../cache/upload.js';
+import { type MetadataCompressions, type UploadEvent, uploadPaths } from '../cache/upload.js';
 import type { Upstream } from '../cache/upstream.js';
 import type { SecretKey } from '../signing/keys.js';
 import type { StoreClient } from '../store/client.js';
@@ -42,6 +42,8 @@ export interface PipelineOptions {
   readonly buildLogs?: BuildLogOptions;
   /** Write each path's `.ls` listing (`write-nar-listing=true`). */
   readonly listing?: ListingOptions;
+  /** s3:// narinfo-compression and ls-compression (cache/stage.ts). */
+  readonly metadataCompression?: MetadataCompressions;
   /** NARs uploaded at once. */
   readonly jobs: number;
   /** Paths it serves are not uploaded; kept (with its remembered answers) for the daemon's life, closed by close. */
@@ -201,6 +203,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         compression: opts.compression,
         signingKeys: opts.signingKeys,
         ...(opts.listing ? { listing: opts.listing } : {}),
+        ...(opts.metadataCompression ? { metadataCompression: opts.metadataCompression } : {}),
         threads,
         jobs: opts.jobs,
         ...(opts.upstream ? { upstream: opts.upstream } : {}),

@@ -336,16 +336,30 @@ class S3Backend implements CacheBackend {
     checkCacheKey(key);
     try {
       const head = await this.client.send(new this.sdk.HeadObjectCommand({ Bucket: this.config.bucket, Key: key }));
-      return { size: head.ContentLength ?? 0, lastModified: head.LastModified ?? new Date(0) };
+      return {
+        size: head.ContentLength ?? 0,
+        lastModified: head.LastModified ?? new Date(0),
+        ...(head.ContentEncoding ? { contentEncoding: head.ContentEncoding } : {}),
+        ...(head.ETag ? { etag: head.ETag } : {}),
+      };
     } catch (e) {
       if (isNotFound(e)) return undefined;
       throw s3Error(e, this.ctx(`check ${key}`));
     }
   }
 
-  /** A copy onto itself renews LastModified; S3 allows it only when something changes, hence REPLACE. */
-  async touch(key: string, contentType: string): Promise<boolean> {
+  /**
+   * A copy onto itself renews LastModified; S3 allows it only when something
+   * changes, hence REPLACE. REPLACE drops every header the request does not
+   * repeat: the Content-Encoding of a narinfo Nix wrote with
+   * narinfo-compression=br must be given again, or the copy is Brotli bytes
+   * that Nix reads as a corrupt narinfo. Only a copy of the object `current`
+   * describes (its ETag): one replaced since keeps its own headers.
+   */
+  async touch(key: string, contentType: string, current?: ObjectStat): Promise<boolean> {
     checkCacheKey(key);
+    const now = current ?? (await this.stat(key));
+    if (now === undefined) return false;
     try {
       await this.client.send(
         new this.sdk.CopyObjectCommand({
@@ -354,12 +368,16 @@ class S3Backend implements CacheBackend {
           CopySource: `${this.config.bucket}/${encodeURIComponent(key).replace(/%2F/g, '/')}`,
           MetadataDirective: 'REPLACE',
           ContentType: contentType,
+          ...(now.contentEncoding !== undefined && { ContentEncoding: now.contentEncoding }),
+          ...(now.etag !== undefined && { CopySourceIfMatch: now.etag }),
           ...this.storageClass(),
         }),
       );
       return true;
     } catch (e) {
       if (isNotFound(e)) return false;
+      // Replaced between the stat and the copy: by an upload, just now.
+      if (isPreconditionFailed(e)) return true;
       throw s3Error(e, this.ctx(`refresh ${key}`));
     }
   }
@@ -482,6 +500,11 @@ class S3Backend implements CacheBackend {
 // The SDK annotates the credentials object it is given, so it gets a fresh copy each time.
 function credentialProvider(c: S3Credentials | (() => Promise<S3Credentials>)): () => Promise<S3Credentials> {
   return async () => ({ ...(typeof c === 'function' ? await c() : c) });
+}
+
+function isPreconditionFailed(e: unknown): boolean {
+  const err = e as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return err.name === 'PreconditionFailed' || err.$metadata?.httpStatusCode === 412;
 }
 
 function isNotFound(e: unknown): boolean {

@@ -5,7 +5,7 @@
  * URL parser asks S3 what it accepts, never the other way round.
  */
 
-import type { LogCompression } from '../cache/build-logs.js';
+import type { MetadataCompression } from '../cache/content-encoding.js';
 
 /** S3 storage classes Nix documents for `storage-class`, plus the newer ones S3 accepts. */
 export const STORAGE_CLASSES = [
@@ -41,8 +41,12 @@ export interface S3Config {
    * `when-supported`: on every request that can carry one (AWS S3 itself).
    */
   readonly checksum?: S3ChecksumMode;
-  /** `log-compression`: build logs (log/<drv>) uploaded compressed, with that Content-Encoding; default none. */
-  readonly logCompression?: LogCompression;
+  /** `narinfo-compression`: narinfos uploaded compressed, with that Content-Encoding; default none. */
+  readonly narinfoCompression?: Exclude<MetadataCompression, 'none'>;
+  /** `ls-compression`: `.ls` listings (with write-nar-listing) uploaded compressed, likewise. */
+  readonly lsCompression?: Exclude<MetadataCompression, 'none'>;
+  /** `log-compression`: build logs (log/<drv>) uploaded compressed, likewise. */
+  readonly logCompression?: Exclude<MetadataCompression, 'none'>;
   /** For logs and messages; never contains secrets. */
   readonly description: string;
 }

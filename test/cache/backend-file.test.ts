@@ -303,7 +303,7 @@ test('staged objects: invisible until published, durable only after a directory 
   const rec = recordFsCalls();
   try {
     const bodies = Array.from({ length: 40 }, (_, i) => randomBytes(50 + i));
-    const staged = await Promise.all(bodies.map((body, i) => stageBytes(b, `k${i}.narinfo`, body, 'text/x-nix-narinfo')));
+    const staged = await Promise.all(bodies.map((body, i) => stageBytes(b, { key: `k${i}.narinfo`, body, contentType: 'text/x-nix-narinfo' })));
     assert.equal((await listAll(dir)).filter((f) => !f.includes(TEMP_MARKER)).length, 0, 'nothing visible before publish');
     // Bytes are durable before stageBytes resolves: written with O_DSYNC, or fdatasynced.
     const durableTemps = rec.events.filter((e) => /^(open-dsync|fdatasync-done) /.test(e) && e.includes(TEMP_MARKER)).length;
@@ -326,7 +326,7 @@ test('staged objects: invisible until published, durable only after a directory 
     }
     // Objects published together share directory fsyncs (group commit).
     const before = rec.events.filter((e) => e === `fsync-start ${dir}`).length;
-    const more = await Promise.all(bodies.map((body, i) => stageBytes(b, `m${i}.narinfo`, body, 'text/x-nix-narinfo')));
+    const more = await Promise.all(bodies.map((body, i) => stageBytes(b, { key: `m${i}.narinfo`, body, contentType: 'text/x-nix-narinfo' })));
     await Promise.all(more.map((s) => s.publish()));
     await Promise.all(more.map((s) => s.durable()));
     const shared = rec.events.filter((e) => e === `fsync-start ${dir}`).length - before;
@@ -340,20 +340,20 @@ test('staged objects: invisible until published, durable only after a directory 
 test('a discarded staged object leaves nothing behind; misuse is refused', async () => {
   const dir = await freshDir();
   const b = new FileBackend(dir);
-  const s = await stageBytes(b, 'gone.narinfo', Buffer.from('x'), 'text/x-nix-narinfo');
+  const s = await stageBytes(b, { key: 'gone.narinfo', body: Buffer.from('x'), contentType: 'text/x-nix-narinfo' });
   assert.equal((await listAll(dir)).length, 1, 'the staged temporary file');
   await s.discard();
   await s.discard();
   assert.deepEqual(await listAll(dir), []);
   await assert.rejects(s.publish(), /publish called when gone/);
-  const t = await stageBytes(b, 'k.narinfo', Buffer.from('y'), 'text/x-nix-narinfo');
+  const t = await stageBytes(b, { key: 'k.narinfo', body: Buffer.from('y'), contentType: 'text/x-nix-narinfo' });
   await assert.rejects(t.durable(), /durable called when staged/);
   await t.publish();
   await t.discard(); // after publish: a no-op, the object stays
   await t.durable();
   assert.equal((await b.get('k.narinfo'))?.toString(), 'y');
   // Publishing into a directory that vanished fails, and leaves no temporary file.
-  const u = await stageBytes(b, 'nar/u.nar', Buffer.from('z'), 'application/x-nix-nar');
+  const u = await stageBytes(b, { key: 'nar/u.nar', body: Buffer.from('z'), contentType: 'application/x-nix-nar' });
   await rm(path.join(dir, 'nar', (await readdir(path.join(dir, 'nar')))[0]!));
   await assert.rejects(u.publish(), { code: 'CACHE_IO', message: /cannot write nar\/u\.nar/ });
   assert.deepEqual(await listAll(dir), ['k.narinfo']);

@@ -7,7 +7,6 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
-import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { brotliDecompressSync } from 'node:zlib';
 import * as path from 'node:path';
@@ -16,7 +15,7 @@ import type { PathInfo } from '../../src/store/path-info.js';
 import { parseStorePath } from '../../src/store/store-path.js';
 import { nix, nixBuildExpr, nixEnv } from '../helpers/nix.js';
 import { narpush, run } from '../helpers/run.js';
-import { S3RVER_ENV, type S3rverHandle, startS3rver } from '../helpers/s3rver.js';
+import { S3RVER_ENV, type S3rverHandle, startS3rver, storedObject } from '../helpers/s3rver.js';
 
 let work: string;
 let s3: S3rverHandle | undefined;
@@ -118,13 +117,7 @@ test('log-compression=br (s3): the log is stored Brotli-compressed with Content-
   });
   assert.equal(r.code, 0, r.stderr);
   // The stored bytes, not decoded (fetch would undo the encoding).
-  const raw = await new Promise<{ encoding: string | undefined; body: Buffer }>((resolve, reject) => {
-    get(`${server.httpUrl}/log/${path.basename(drv)}`, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ encoding: res.headers['content-encoding'], body: Buffer.concat(chunks) }));
-    }).on('error', reject);
-  });
+  const raw = await storedObject(`${server.httpUrl}/log/${path.basename(drv)}`);
   assert.equal(raw.encoding, 'br');
   assert.match(brotliDecompressSync(raw.body).toString(), new RegExp(`^${words}$`, 'm'));
   assert.doesNotMatch(raw.body.toString('latin1'), new RegExp(words), 'the stored bytes are compressed');

@@ -170,9 +170,14 @@ test('bad parameters', () => {
   bad('file:///c?log-compression=none', /'log-compression' only applies to s3:\/\/ caches/);
   bad('s3://nix?multipart-threshold=100', /not supported/);
   bad('s3://nix?compression=bzip2', /compression 'bzip2' is not supported by narpush \(use xz, zstd, none\)/);
-  bad('s3://nix?narinfo-compression=br', /narinfo-compression=br is not supported/);
-  bad('s3://nix?narinfo-compression=xz', /narinfo-compression=xz is not supported by narpush: narinfo files are stored uncompressed/);
-  bad('s3://nix?ls-compression=zstd', /ls-compression=zstd is not supported/);
+  for (const name of ['narinfo-compression', 'ls-compression', 'log-compression'] as const) {
+    const field = ({ 'narinfo-compression': 'narinfoCompression', 'ls-compression': 'lsCompression', 'log-compression': 'logCompression' } as const)[name];
+    assert.equal(s3(`s3://nix?${name}=br`)[field], 'br', name);
+    assert.equal(s3(`s3://nix?${name}=none`)[field], undefined, name);
+    assert.equal(s3(`s3://nix?${name}=`)[field], undefined, `${name}: empty is Nix's default, none`);
+    assert.equal(s3('s3://nix')[field], undefined, name);
+    for (const other of ['xz', 'zstd', 'gzip', 'bzip2', 'BR']) bad(`s3://nix?${name}=${other}`, new RegExp(`${name} '${other}' is not one of none, br`));
+  }
   bad('file:///c?write-nar-listing=maybe', /parameter 'write-nar-listing' must be true or false/);
   bad('file:///c?ls-compression=none', /'ls-compression' only applies to s3:\/\/ caches/);
   bad('s3://nix?compression-level=high', /must be an integer/);

@@ -1,7 +1,8 @@
 // The daemon and bin/narpush-hook end to end with real Nix and s3rver: the
 // Nix manual's post-build-hook scenario (Nix substitutes the result back,
 // signatures required), SIGKILL and SIGTERM mid-upload through a slow S3,
-// the daemon down during a build, 200 hook calls at once, hostile clients,
+// the daemon down during a build (its cache with narinfo- and
+// ls-compression=br), 200 hook calls at once, hostile clients,
 // `narpush status`, and systemd socket activation.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,7 +18,7 @@ import { assertCacheHas, httpFetcher, nixClosure } from '../helpers/cache-check.
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { nix, nixEnv, requireNix } from '../helpers/nix.js';
 import { FIXTURES, REPO_ROOT, narpush, run } from '../helpers/run.js';
-import { S3RVER_ENV, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
+import { S3RVER_ENV, startS3rver, storedObject, type S3rverHandle } from '../helpers/s3rver.js';
 import { killLeftoverDaemons, startDaemonProcess, type DaemonProcess } from './daemon-process.js';
 import { eventually, tempDir } from './fakes.js';
 
@@ -194,13 +195,19 @@ test('the daemon down during a build: the build succeeds at once, the paths are 
   const closure = await nixClosure(outs);
   for (const q of closure) assert.equal((await fetch(`${s3.httpUrl}/${path.basename(q).slice(0, 32)}.narinfo`)).status, 404);
 
-  const d = await start(p, s3.url, ['--compression', 'xz']); // the default method, for once
+  // The default method, for once; and narinfos and listings Brotli-compressed, as Hydra writes cache.nixos.org's listings.
+  const d = await start(p, `${s3.url}&narinfo-compression=br&ls-compression=br&write-nar-listing=true`, ['--compression', 'xz']);
   try {
     const s = await d.idle();
     assert.equal(s.uploaded, 3);
     assert.deepEqual(await readdir(spoolDir(p.stateDir)), []);
     const nis = await assertCacheHas(httpFetcher(s3.httpUrl), closure, publicKey);
     assert.ok(nis.every((ni) => ni.compression === 'xz'));
+    for (const q of closure) {
+      for (const key of [`${path.basename(q).slice(0, 32)}.narinfo`, `${path.basename(q).slice(0, 32)}.ls`]) {
+        assert.equal((await storedObject(`${s3.httpUrl}/${key}`)).encoding, 'br', `${key}: stored with Content-Encoding br`);
+      }
+    }
   } finally {
     assert.equal((await d.stop()).code, 0);
   }

@@ -6,7 +6,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AbortMultipartUploadCommand, CreateMultipartUploadCommand, ListMultipartUploadsCommand, S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
+import { AbortMultipartUploadCommand, CreateMultipartUploadCommand, HeadObjectCommand, ListMultipartUploadsCommand, S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
+import { brotliCompressSync } from 'node:zlib';
 import type { CacheBackend } from '../../src/cache/backend.js';
 import { parseCacheUrl } from '../../src/cli/cache-url.js';
 import { openS3Backend } from '../../src/s3/s3-backend.js';
@@ -60,7 +61,7 @@ test('rgw: multipart uploads older than --grace are aborted, younger ones stay; 
   await client.send(new AbortMultipartUploadCommand({ Bucket: BUCKET, Key: 'nar/in-progress.nar.xz', UploadId: young }));
 });
 
-test('rgw: an upload renewing a narinfo (copy onto itself) renews its LastModified and keeps its bytes', async () => {
+test('rgw: an upload renewing a narinfo (copy onto itself) renews its LastModified and keeps its bytes and Content-Encoding', async () => {
   assert.ok(rgw, 'radosgw started');
   const key = '00000000000000000000000000000000.narinfo';
   await backend.putBytes(key, Buffer.from('StorePath: /nix/store/00000000000000000000000000000000-x\n'), 'text/x-nix-narinfo');
@@ -71,6 +72,14 @@ test('rgw: an upload renewing a narinfo (copy onto itself) renews its LastModifi
   assert.ok(second.lastModified > first.lastModified, `${second.lastModified.toISOString()} after ${first.lastModified.toISOString()}`);
   assert.equal((await backend.get(key))!.toString(), 'StorePath: /nix/store/00000000000000000000000000000000-x\n');
   assert.equal(await backend.touch!('11111111111111111111111111111111.narinfo', 'text/x-nix-narinfo'), false, 'never creates');
+
+  // A narinfo Nix wrote with narinfo-compression=br keeps its Content-Encoding through the copy.
+  const text = 'StorePath: /nix/store/00000000000000000000000000000000-x\n';
+  await backend.putBytes(key, brotliCompressSync(text), 'text/x-nix-narinfo', { contentEncoding: 'br' });
+  assert.equal(await backend.touch!(key, 'text/x-nix-narinfo'), true);
+  const head = await client.send(new HeadObjectCommand({ Bucket: BUCKET, Key: key }));
+  assert.equal(head.ContentEncoding, 'br', 'the renewal kept Content-Encoding: br');
+  assert.equal((await backend.get(key))!.toString(), text);
   assert.deepEqual(await backend.deleteMany!([key, 'nar/never-existed.nar']), [undefined, undefined]);
   assert.equal(await backend.exists(key), false);
 });

@@ -135,3 +135,14 @@ export async function startS3rver(opts: { bucket?: string } = {}): Promise<S3rve
     },
   };
 }
+
+/** An object's bytes and headers as stored, not decoded (fetch would undo a Content-Encoding). */
+export function storedObject(url: string): Promise<{ status: number; encoding: string | undefined; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    http.get(url, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, encoding: res.headers['content-encoding'], body: Buffer.concat(chunks) }));
+    }).on('error', reject);
+  });
+}
