@@ -6,6 +6,7 @@
  * and `openStream` only follows it. This module never reads process.env.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { Duplex } from 'node:stream';
 import { NarpushError } from '../errors.js';
@@ -134,6 +135,10 @@ const DAEMON_ABSENT = new Set(['ENOENT', 'ECONNREFUSED', 'ENOTDIR']);
 export async function openStream(t: StoreTransport, opts: { connectTimeoutMs?: number } = {}): Promise<OpenedStream> {
   if (t.kind === 'spawn') return spawnDaemon(t);
   const path = t.kind === 'socket' ? t.path : t.socketPath;
+  // No socket there: start the daemon now, not after a failed connect's
+  // callback, which waits for the event loop (and the CLI loads its code
+  // without yielding to it: bin/narpush).
+  if (t.kind === 'auto' && !existsSync(path)) return spawnDaemon(t.spawn);
   try {
     const stream = await connectSocket(path, opts.connectTimeoutMs ?? 10_000);
     return {
