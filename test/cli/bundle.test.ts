@@ -1,7 +1,7 @@
-// bin/narpush runs dist/bundle/narpush.js (scripts/bundle.mjs). The bundle
-// must load no more than the unbundled modules did at start-up: the AWS SDK,
-// the native addons and prom-client only when a command needs them, and the
-// crypto thread must be found next to it.
+// bin/narpush runs dist/bundle/narpush.cjs (scripts/bundle.mjs), CommonJS
+// throughout. The bundle must load no more than the unbundled modules did at
+// start-up: the AWS SDK, the native addons and prom-client only when a
+// command needs them, and the crypto thread must be found next to it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
@@ -14,66 +14,68 @@ import { NARPUSH_BIN, REPO_ROOT, run } from '../helpers/run.js';
 
 const bundle = path.join(REPO_ROOT, 'dist', 'bundle');
 
-/** Every file of the bundle (the entries and their chunks), by name. */
+/** Every file of the bundle, by name. */
 async function bundleFiles(): Promise<Map<string, string>> {
-  const names = (await readdir(bundle)).filter((n) => n.endsWith('.js'));
+  const names = await readdir(bundle);
   return new Map(await Promise.all(names.map(async (n) => [n, await readFile(path.join(bundle, n), 'utf8')] as const)));
 }
 
-/** A module's static imports (loaded before it runs). */
-function staticImports(text: string): string[] {
-  return [...text.matchAll(/^import\s[^;]*?from\s*["']([^"']+)["']|^import\s*["']([^"']+)["']/gm)].map((m) => (m[1] ?? m[2])!);
+/** The CommonJS files a run of bin/narpush loads (a preload lists require.cache as the process exits). */
+async function loadedFiles(args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<string[]> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-bundle-'));
+  try {
+    const report = path.join(dir, 'loaded.cjs');
+    await writeFile(report, "process.on('exit', () => require('fs').writeFileSync(process.env.LOADED_REPORT, JSON.stringify(Object.keys(require.cache))));\n");
+    const out = path.join(dir, 'loaded.json');
+    const r = await run(process.execPath, ['--require', report, NARPUSH_BIN, ...args], { env: { ...env, LOADED_REPORT: out } });
+    assert.equal(r.code, 0, r.stderr);
+    return (JSON.parse(await readFile(out, 'utf8')) as string[]).filter((f) => f !== report);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
-test('the bundle imports the AWS SDK and the native addons lazily, and carries the crypto thread', async () => {
+test('the bundle is CommonJS, requires the AWS SDK and the native addons when used, and carries the crypto thread', async () => {
+  // No ES module: a process that loads none never starts Node's ES module loader (scripts/bundle.mjs).
   const files = await bundleFiles();
-  const all = [...files.values()].join('\n');
+  assert.deepEqual([...files.keys()].sort(), ['commands.cjs', 'crypto-thread.cjs', 'early-store.cjs', 'hook.cjs', 'narpush.cjs', 'upload.cjs']);
   for (const [name, text] of files) {
-    const eager = staticImports(text).filter((m) => !m.startsWith('node:') && !/^\.\/chunk-[A-Z0-9]+\.js$/.test(m));
-    assert.deepEqual(eager, [], `${name}: static imports are Node builtins and the bundle's own chunks only`);
+    assert.match(text, /^'use strict';/, `${name} keeps the strict mode of the ES modules it was made from`);
+    assert.doesNotMatch(text, /\bimport\.meta\b/, `${name}: import.meta has no meaning in CommonJS`);
+    // The hook's one import(): the store client, an ES module, when it spools.
+    const imports = [...text.matchAll(/\bimport\(\s*["']([^"']+)["']\s*\)/g)].map((m) => m[1]);
+    assert.deepEqual(imports, name === 'hook.cjs' ? ['../src/daemon/hook-roots.js'] : [], `${name}: no import() of an ES module`);
   }
-  assert.match(all, /import\(["']prom-client["']\)/, 'prom-client is imported when used (daemon --metrics-listen)');
-  // The addons and the AWS SDK are CommonJS, loaded by require() when first
-  // used (src/cache/addons.ts, src/s3/s3-backend.ts), not bundled.
-  assert.doesNotMatch(all, /import\(["']@aws-sdk\//, 'the AWS SDK goes through require(), not the ES module loader');
+  const all = [...files.values()].join('\n');
+  assert.match(all, /require\(["']prom-client["']\)/, 'prom-client is required when used (daemon --metrics-listen)');
   for (const addon of ['zstd-napi', 'zstd-napi/binding.js', 'lzma-native', '@aws-sdk/client-s3']) {
     assert.match(all, new RegExp(`\\(["']${addon.replace(/[/.]/g, '\\$&')}["']\\)`), `${addon} is loaded at run time`);
   }
-  assert.match(all, /new URL\(["']\.\/crypto-thread\.js["'], import\.meta\.url\)/);
-  // The hook is one CommonJS file (what it loads: the test below); the store
-  // client, an ES module, by import() when it spools.
-  const hook = await readFile(path.join(bundle, 'hook.cjs'), 'utf8');
-  assert.match(hook, /import\(["']\.\.\/src\/daemon\/hook-roots\.js["']\)/);
+  assert.match(files.get('upload.cjs')!, /\? ["']\.\/crypto-thread\.cjs["'] :/, 'the thread is found beside the bundle');
   assert.match(await readFile(path.join(REPO_ROOT, 'bin', 'narpush-hook'), 'utf8'), /require\(['"]\.\.\/dist\/bundle\/hook\.cjs['"]\)/);
-  // The thread is bundled alone: it imports nothing of the CLI's chunks.
-  assert.deepEqual(staticImports(files.get('crypto-thread.js')!).filter((m) => !m.startsWith('node:')), []);
-  // ...and bin/narpush runs it (the CLI tests then run the bundle).
   const bin = await readFile(path.join(REPO_ROOT, 'bin', 'narpush'), 'utf8');
-  assert.match(bin, /import\(['"]\.\.\/dist\/bundle\/early-store\.js['"]\)/);
-  assert.match(bin, /import\(['"]\.\.\/dist\/bundle\/narpush\.js['"]\)/);
+  assert.match(bin, /require\(['"]\.\.\/dist\/bundle\/early-store\.cjs['"]\)/);
+  assert.match(bin, /require\(['"]\.\.\/dist\/bundle\/narpush\.cjs['"]\)/);
 });
 
-test('`--version` loads only the entry and its chunks, none of the commands or the Node builtins they use', async () => {
-  // Split at the lazy imports of the commands (scripts/bundle.mjs): the
-  // entry's static imports are what every start pays.
-  const files = await bundleFiles();
-  const seen = new Set<string>();
-  const builtins = new Set<string>();
-  const visit = (name: string): void => {
-    if (seen.has(name)) return;
-    seen.add(name);
-    for (const m of staticImports(files.get(name)!)) {
-      if (m.startsWith('node:')) builtins.add(m);
-      else visit(m.slice(2));
-    }
-  };
-  visit('narpush.js');
-  const text = [...seen].map((n) => files.get(n)!).join('\n');
-  const uploadCode = /function uploadPaths\(|\bThreadPool = class\b|\bFileBackend = class\b/;
-  assert.match([...files.values()].join('\n'), uploadCode, 'the bundle has the upload code');
-  assert.doesNotMatch(text, uploadCode, 'no upload code at start-up');
-  for (const heavy of ['node:worker_threads', 'node:zlib', 'node:http']) assert.ok(!builtins.has(heavy), `${heavy} is not loaded at start-up`);
-  assert.ok(seen.size < files.size, 'there are chunks a bare start does not load');
+test('`--version` loads only the entry and the command line, none of the commands; upload-path loads upload.cjs alone', async () => {
+  const bundled = (files: string[]): string[] => files.filter((f) => f.startsWith(bundle)).map((f) => path.basename(f)).sort();
+  const start = await loadedFiles(['--version']);
+  assert.ok(start.includes(NARPUSH_BIN), 'the check sees bin/narpush');
+  assert.deepEqual(bundled(start), ['early-store.cjs', 'narpush.cjs']);
+  assert.deepEqual(start.filter((f) => f.includes('/node_modules/')), [], 'nothing from node_modules');
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-bundle-'));
+  try {
+    const help = await loadedFiles(['verify', '--help']);
+    assert.deepEqual(bundled(help), ['early-store.cjs', 'narpush.cjs'], '--help of a command loads no command');
+    const [small] = await nixBuildExpr(`lib.mk { name = "np-bundle-tiny"; salt = "${process.pid}-${Date.now()}"; script = "echo tiny > $out"; }`);
+    const upload = await loadedFiles(['upload-path', '--to', `file://${path.join(dir, 'c')}`, '--compression', 'zstd', small!], nixEnv());
+    assert.deepEqual(bundled(upload), ['early-store.cjs', 'narpush.cjs', 'upload.cjs']);
+    const gen = await loadedFiles(['generate-key', 'k', path.join(dir, 'sk'), path.join(dir, 'pk')]);
+    assert.deepEqual(bundled(gen), ['commands.cjs', 'early-store.cjs', 'narpush.cjs']);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('bin/narpush runs as a program, with the node flags of its #! line', async () => {

@@ -36,6 +36,13 @@ import { NarpushError } from '../../errors.js';
 import type { SecretKey } from '../../signing/keys.js';
 import { signFingerprint } from '../../signing/sign.js';
 import type { CryptoReply, CryptoRequest } from './crypto-thread.js';
+
+/**
+ * The thread's code, next to this module's: crypto-thread.js beside the
+ * compiled modules (dist/src), crypto-thread.cjs beside bin/narpush's
+ * CommonJS bundle (scripts/bundle.mjs), where this module is itself a .cjs.
+ */
+const THREAD_FILE = import.meta.url.endsWith('.cjs') ? './crypto-thread.cjs' : './crypto-thread.js';
 import type { NarJobRequest, NarJobResult } from './nar-job.js';
 
 /** Bytes posted to the worker and not yet hashed, per hash, before `update` asks the caller to wait. */
@@ -123,7 +130,7 @@ class CryptoThread {
     if (this.live) return this.live;
     // node:worker_threads is loaded with the first thread: most small jobs start none.
     const { Worker } = process.getBuiltinModule('node:worker_threads');
-    const worker = new Worker(new URL('./crypto-thread.js', import.meta.url));
+    const worker = new Worker(new URL(THREAD_FILE, import.meta.url));
     worker.on('message', (m: CryptoReply) => {
       if (this.live?.worker === worker) this.onReply(m);
     });
