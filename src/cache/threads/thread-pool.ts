@@ -36,6 +36,7 @@ import { NarpushError } from '../../errors.js';
 import type { SecretKey } from '../../signing/keys.js';
 import { signFingerprint } from '../../signing/sign.js';
 import type { CryptoReply, CryptoRequest } from './crypto-thread.js';
+import type { NarJobRequest, NarJobResult } from './nar-job.js';
 
 /**
  * The thread's code, next to this module's: crypto-thread.js beside the
@@ -43,7 +44,6 @@ import type { CryptoReply, CryptoRequest } from './crypto-thread.js';
  * CommonJS bundle (scripts/bundle.mjs), where this module is itself a .cjs.
  */
 const THREAD_FILE = import.meta.url.endsWith('.cjs') ? './crypto-thread.cjs' : './crypto-thread.js';
-import type { NarJobRequest, NarJobResult } from './nar-job.js';
 
 /** Bytes posted to the worker and not yet hashed, per hash, before `update` asks the caller to wait. */
 export const MAX_IN_FLIGHT = 8 << 20;
