@@ -1,5 +1,6 @@
 // narpush gc in a loop while the daemon uploads overlapping closures into one
-// file:// cache, in real time with short durations (--keep-since 6s, the
+// cache, file:// and S3 (s3rver, where narinfos are not staged and a
+// renewal is a copy onto itself), in real time with short durations (--keep-since 6s, the
 // daemon renewing what it relies on after 1s). While both run, a watcher
 // looks for a narinfo whose NAR or reference is missing (confirmed by a
 // second look, see `confirmedViolations`); at the end the whole cache is
@@ -9,25 +10,30 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import { runHook } from '../../src/daemon/hook.js';
+import type { CacheBackend } from '../../src/cache/backend.js';
 import { FileBackend } from '../../src/cache/file-backend.js';
+import { parseCacheUrl, type S3CacheConfig } from '../../src/cli/cache-url.js';
+import { openS3Backend } from '../../src/s3/s3-backend.js';
 import { narInfoHash, narInfoLinks } from '../../src/gc/inventory.js';
 import { backendInvariantViolations } from '../helpers/cache-invariant.js';
 import { nixClosure } from '../helpers/cache-check.js';
 import { nixEnv, requireNix } from '../helpers/nix.js';
 import { FIXTURES, narpush, run } from '../helpers/run.js';
+import { S3RVER_CREDENTIALS, S3RVER_ENV, type S3rverHandle, startS3rver } from '../helpers/s3rver.js';
 import { killLeftoverDaemons, startDaemonProcess } from '../daemon/daemon-process.js';
 import { tempDir } from '../daemon/fakes.js';
 
 let work: { dir: string; remove(): Promise<void> };
+let s3: S3rverHandle | undefined;
 before(async () => {
   await requireNix();
   work = await tempDir('narpush-gc-race-');
 });
 after(async () => {
   await killLeftoverDaemons();
+  await s3?.stop();
   await work?.remove();
 });
 
@@ -47,41 +53,42 @@ async function buildBatches(batches: number): Promise<string[][]> {
   return Array.from({ length: batches }, (_, b) => outs.slice(4 * b, 4 * b + 4));
 }
 
-const exists = (f: string): Promise<boolean> => stat(f).then(() => true, () => false);
-
 /**
  * Narinfos that were seen, then one of their objects missing, then the
  * narinfo still there, then the object still missing: at the moment of the
  * third look the cache showed a narinfo without what it needs.
  */
-async function confirmedViolations(dir: string): Promise<string[]> {
+async function confirmedViolations(backend: CacheBackend): Promise<string[]> {
   const out: string[] = [];
-  const backend = new FileBackend(dir);
   for await (const o of backend.list('')) {
     if (narInfoHash(o.key) === undefined) continue;
-    const text = await readFile(path.join(dir, o.key), 'utf8').catch(() => undefined);
-    const links = text === undefined ? undefined : narInfoLinks(text);
+    const text = await backend.get(o.key).catch(() => undefined);
+    const links = text === undefined ? undefined : narInfoLinks(text.toString('utf8'));
     if (!links) continue;
     const needs = [links.url, ...links.references.map((r) => `${r.slice(0, 32)}.narinfo`).filter((k) => k !== o.key)];
     for (const k of needs) {
-      if (await exists(path.join(dir, k))) continue;
-      if (!(await exists(path.join(dir, o.key)))) break;
-      if (!(await exists(path.join(dir, k)))) out.push(`${o.key} is visible without ${k}`);
+      if (await backend.exists(k)) continue;
+      if (!(await backend.exists(o.key))) break;
+      if (!(await backend.exists(k))) out.push(`${o.key} is visible without ${k}`);
     }
   }
-  await backend.close();
   return out;
 }
 
-test('gc in a loop while the daemon uploads overlapping closures: no narinfo ever without its NAR or references', async () => {
+interface Target {
+  readonly url: string;
+  readonly env: NodeJS.ProcessEnv;
+  readonly backend: CacheBackend;
+}
+
+async function race(name: string, target: Target): Promise<void> {
+  const { url, env, backend } = target;
   const batches = await buildBatches(10);
-  const cache = path.join(work.dir, 'cache');
-  const url = `file://${cache}`;
-  const p = { socket: path.join(work.dir, 'd.sock'), stateDir: path.join(work.dir, 'state') };
+  const p = { socket: path.join(work.dir, `${name}.sock`), stateDir: path.join(work.dir, `state-${name}`) };
   const d = await startDaemonProcess({
     to: url,
     ...p,
-    env: nixEnv(),
+    env,
     args: ['--compression', 'none', '--retry-delay', '0.2', '--retry-max-delay', '1', '--narinfo-refresh-age', '1s'],
   });
   let uploading = true;
@@ -93,7 +100,7 @@ test('gc in a loop while the daemon uploads overlapping closures: no narinfo eve
     await d.idle(60_000);
     const collector = (async () => {
       while (uploading) {
-        const r = await narpush(['gc', '--cache', url, '--keep-since', '6s', '--grace', '4s', '--json']);
+        const r = await narpush(['gc', '--cache', url, '--keep-since', '6s', '--grace', '4s', '--json'], { env });
         assert.equal(r.code, 0, r.stderr);
         deleted += (JSON.parse(r.stdout.toString()) as { freed: { objects: number } }).freed.objects;
         runs++;
@@ -102,7 +109,7 @@ test('gc in a loop while the daemon uploads overlapping closures: no narinfo eve
       }
     })();
     const watcher = (async () => {
-      while (uploading) violations.push(...(await confirmedViolations(cache)));
+      while (uploading) violations.push(...(await confirmedViolations(backend)));
     })();
     // A batch every 0.8 s for 16 s: old batches age past --keep-since while the shared chain stays in use.
     for (const batch of batches.slice(1)) {
@@ -117,11 +124,29 @@ test('gc in a loop while the daemon uploads overlapping closures: no narinfo eve
     await d.stop();
   }
   assert.deepEqual(violations, []);
-  const backend = new FileBackend(cache);
   assert.deepEqual(await backendInvariantViolations(backend), []);
   const last = await nixClosure(batches[batches.length - 1]!);
   for (const q of last) assert.ok(await backend.exists(`${path.basename(q).slice(0, 32)}.narinfo`), `${q} is in the cache`);
-  await backend.close();
   assert.ok(runs >= 3, `gc ran ${runs} times`);
   assert.ok(deleted > 0, 'gc deleted the old batches while uploads went on');
+}
+
+test('file://: gc in a loop while the daemon uploads overlapping closures: no narinfo ever without its NAR or references', async () => {
+  const cache = path.join(work.dir, 'cache');
+  const backend = new FileBackend(cache);
+  try {
+    await race('file', { url: `file://${cache}`, env: nixEnv(), backend });
+  } finally {
+    await backend.close();
+  }
+});
+
+test('s3: gc in a loop while the daemon uploads overlapping closures: no narinfo ever without its NAR or references', async () => {
+  s3 = await startS3rver({ bucket: 'narpush-gc-race' });
+  const backend = await openS3Backend(parseCacheUrl(s3.url) as S3CacheConfig, { credentials: S3RVER_CREDENTIALS });
+  try {
+    await race('s3', { url: s3.url, env: nixEnv({ ...S3RVER_ENV, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' }), backend });
+  } finally {
+    await backend.close();
+  }
 });
