@@ -42,8 +42,6 @@ const common = {
   platform: 'node',
   target: 'node20',
   external: ['zstd-napi', 'lzma-native', '@aws-sdk/*', '@smithy/*', 'prom-client'],
-  // ES modules are strict; so stays their code as CommonJS.
-  banner: { js: "'use strict';" },
   // Each module finds what lies beside it from its own URL: here, the bundle's.
   define: { 'import.meta.url': 'narpushImportMetaUrl' },
   inject: ['scripts/cjs-import-meta.js'],

@@ -40,7 +40,7 @@ test('the bundle is CommonJS, requires the AWS SDK and the native addons when us
   const files = await bundleFiles();
   assert.deepEqual([...files.keys()].sort(), ['commands.cjs', 'crypto-thread.cjs', 'early-store.cjs', 'hook.cjs', 'narpush.cjs', 'upload.cjs']);
   for (const [name, text] of files) {
-    assert.match(text, /^'use strict';/, `${name} keeps the strict mode of the ES modules it was made from`);
+    assert.match(text, /^["']use strict["'];/, `${name} keeps the strict mode of the ES modules it was made from`);
     assert.doesNotMatch(text, /\bimport\.meta\b/, `${name}: import.meta has no meaning in CommonJS`);
     // The hook's one import(): the store client, an ES module, when it spools.
     const imports = [...text.matchAll(/\bimport\(\s*["']([^"']+)["']\s*\)/g)].map((m) => m[1]);
