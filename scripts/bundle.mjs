@@ -1,7 +1,7 @@
 // bin/narpush loads a bundle instead of ~100 modules: Node's ES module loader
 // costs ~1 ms per module, and the CLI's start-up comes before every upload.
 // Every part is CommonJS (.cjs): a process that loads no ES module never
-// starts Node's ES module loader, about 10 ms of `narpush --version`
+// starts Node's ES module loader, 8-10 ms of `narpush --version` on Node 20
 // (docs/performance.md). The parts, in dist/bundle:
 //  - early-store.cjs, which bin/narpush runs first: it starts opening the Nix
 //    daemon's stream (a `nix-daemon --stdio` to start, tens of milliseconds)

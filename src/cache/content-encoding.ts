@@ -32,9 +32,8 @@ export type MetadataCompression = (typeof WRITTEN_CONTENT_ENCODINGS)[number];
  * as an ES module makes Node 24 load node:worker_threads and a dozen more of
  * its modules at the start of every upload.
  */
-export function encodeContent(body: Uint8Array, encoding: 'br'): Promise<Buffer> {
+export function encodeContent(body: Uint8Array, _encoding: 'br'): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    if (encoding !== 'br') return reject(new Error(`cannot encode ${String(encoding)}`));
     process.getBuiltinModule('node:zlib').brotliCompress(body, (e, out) => (e ? reject(e) : resolve(out)));
   });
 }

@@ -6,7 +6,7 @@
  * and `openStream` only follows it. This module never reads process.env.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { Duplex } from 'node:stream';
 import { NarpushError } from '../errors.js';
@@ -131,6 +131,15 @@ function spawnDaemon(t: SpawnTransport): Promise<OpenedStream> {
 
 const DAEMON_ABSENT = new Set(['ENOENT', 'ECONNREFUSED', 'ENOTDIR']);
 
+/** Nothing at `path` (or a file where a directory should be): no daemon can listen there. Any other doubt (EACCES) is left to the connect. */
+function socketAbsent(path: string): boolean {
+  try {
+    return statSync(path, { throwIfNoEntry: false }) === undefined;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOTDIR';
+  }
+}
+
 /** Open a byte stream to the daemon `t` describes; a socket connection that takes longer than `connectTimeoutMs` (default 10 s) fails. */
 export async function openStream(t: StoreTransport, opts: { connectTimeoutMs?: number } = {}): Promise<OpenedStream> {
   if (t.kind === 'spawn') return spawnDaemon(t);
@@ -138,7 +147,7 @@ export async function openStream(t: StoreTransport, opts: { connectTimeoutMs?: n
   // No socket there: start the daemon now, not after a failed connect's
   // callback, which waits for the event loop (and the CLI loads its code
   // without yielding to it: bin/narpush).
-  if (t.kind === 'auto' && !existsSync(path)) return spawnDaemon(t.spawn);
+  if (t.kind === 'auto' && socketAbsent(path)) return spawnDaemon(t.spawn);
   try {
     const stream = await connectSocket(path, opts.connectTimeoutMs ?? 10_000);
     return {

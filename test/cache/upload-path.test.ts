@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile, symlink } from 'node:
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { nix, nixBuildFile, nixEnv } from '../helpers/nix.js';
-import { NARPUSH_BIN, narpush, run } from '../helpers/run.js';
+import { NARPUSH_BIN, generateKeyPair, narpush, run } from '../helpers/run.js';
 import { startS3rver, S3RVER_ENV, type S3rverHandle } from '../helpers/s3rver.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { assertCacheHas, httpFetcher, nixClosure } from '../helpers/cache-check.js';
@@ -23,11 +23,7 @@ const env = (): NodeJS.ProcessEnv => nixEnv({ ...S3RVER_ENV, AWS_SDK_JS_NODE_VER
 
 before(async () => {
   work = await mkdtemp(path.join(tmpdir(), 'narpush-upload-'));
-  secretKey = path.join(work, 'secret.key');
-  const pub = path.join(work, 'public.key');
-  const r = await narpush(['generate-key', 'narpush-test-1', secretKey, pub]);
-  assert.equal(r.code, 0, r.stderr);
-  publicKey = (await readFile(pub, 'utf8')).trim();
+  ({ secretKeyFile: secretKey, publicKey } = await generateKeyPair(work, 'narpush-test-1'));
   s3 = await startS3rver();
 });
 

@@ -12,7 +12,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { nix, nixBuildFile, nixEnv } from '../helpers/nix.js';
-import { narpush, run } from '../helpers/run.js';
+import { generateKeyPair, narpush, run } from '../helpers/run.js';
 import { startS3rver, S3RVER_ENV, type S3rverHandle } from '../helpers/s3rver.js';
 import { assertCacheHas, httpFetcher, nixClosure, nixPathInfos } from '../helpers/cache-check.js';
 
@@ -24,11 +24,8 @@ let s3: S3rverHandle;
 const env = (): NodeJS.ProcessEnv => nixEnv({ ...S3RVER_ENV, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' });
 
 async function key(name: string): Promise<{ secret: string; pub: string }> {
-  const secret = path.join(work, `${name}.secret`);
-  const pubFile = path.join(work, `${name}.public`);
-  const r = await narpush(['generate-key', name, secret, pubFile]);
-  assert.equal(r.code, 0, r.stderr);
-  return { secret, pub: (await readFile(pubFile, 'utf8')).trim() };
+  const { secretKeyFile, publicKey } = await generateKeyPair(work, name);
+  return { secret: secretKeyFile, pub: publicKey };
 }
 
 before(async () => {

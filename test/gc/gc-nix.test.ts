@@ -18,7 +18,7 @@ import { openS3Backend } from '../../src/s3/s3-backend.js';
 import type { S3Config } from '../../src/s3/s3-config.js';
 import { parseCacheUrl } from '../../src/cli/cache-url.js';
 import { nix, nixEnv, requireNix } from '../helpers/nix.js';
-import { FIXTURES, NARPUSH_BIN, narpush, run, runOk } from '../helpers/run.js';
+import { FIXTURES, NARPUSH_BIN, generateKeyPair, narpush, run, runOk } from '../helpers/run.js';
 import { formatGcMarker } from '../../src/cache/gc-fence.js';
 import { S3RVER_CREDENTIALS, S3RVER_ENV, startS3rver, type S3rverHandle } from '../helpers/s3rver.js';
 import { backendInvariantViolations } from '../helpers/cache-invariant.js';
@@ -34,11 +34,7 @@ const DAY = 86_400_000;
 before(async () => {
   await requireNix();
   work = await mkdtemp(path.join(tmpdir(), 'narpush-gc-'));
-  secretKey = path.join(work, 'secret.key');
-  const pub = path.join(work, 'public.key');
-  const r = await narpush(['generate-key', 'narpush-gc-test-1', secretKey, pub]);
-  assert.equal(r.code, 0, r.stderr);
-  publicKey = (await readFile(pub, 'utf8')).trim();
+  ({ secretKeyFile: secretKey, publicKey } = await generateKeyPair(work, 'narpush-gc-test-1'));
   s3 = await startS3rver();
 });
 

@@ -1,5 +1,6 @@
 /** Running programs from tests: narpush's own bin and Nix's tools. */
 import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 
@@ -53,4 +54,12 @@ export async function runOk(cmd: string, args: readonly string[], opts: RunOptio
     throw new Error(`${cmd} ${args.join(' ')} exited ${r.code ?? r.signal}: ${r.stderr.trim()}`);
   }
   return r;
+}
+
+/** A signing key made by `narpush generate-key <name>` in `dir`: its secret key file and its public key. */
+export async function generateKeyPair(dir: string, name: string): Promise<{ secretKeyFile: string; publicKey: string }> {
+  const secretKeyFile = path.join(dir, `${name}.secret`);
+  const publicKeyFile = path.join(dir, `${name}.public`);
+  await runOk(process.execPath, [NARPUSH_BIN, 'generate-key', name, secretKeyFile, publicKeyFile]);
+  return { secretKeyFile, publicKey: (await readFile(publicKeyFile, 'utf8')).trim() };
 }

@@ -11,7 +11,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { brotliCompressSync, brotliDecompressSync } from 'node:zlib';
@@ -24,7 +24,7 @@ import { assertCacheHas, httpFetcher, nixClosure } from '../helpers/cache-check.
 import { nix, nixBuildFile, nixEnv } from '../helpers/nix.js';
 import { hashPartOf, nixListings, parseListing } from '../helpers/nix-listing.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
-import { narpush, run } from '../helpers/run.js';
+import { generateKeyPair, narpush, run } from '../helpers/run.js';
 import { S3RVER_CREDENTIALS, S3RVER_ENV, type S3rverHandle, startS3rver, storedObject } from '../helpers/s3rver.js';
 
 let s3: S3rverHandle;
@@ -37,11 +37,7 @@ const env = (): NodeJS.ProcessEnv => nixEnv({ ...S3RVER_ENV, AWS_SDK_JS_NODE_VER
 
 before(async () => {
   work = await mkdtemp(path.join(tmpdir(), 'narpush-metadata-br-'));
-  secret = path.join(work, 'k.secret');
-  const pubFile = path.join(work, 'k.public');
-  const k = await narpush(['generate-key', 'narpush-br-1', secret, pubFile]);
-  assert.equal(k.code, 0, k.stderr);
-  pub = (await readFile(pubFile, 'utf8')).trim();
+  ({ secretKeyFile: secret, publicKey: pub } = await generateKeyPair(work, 'narpush-br-1'));
   s3 = await startS3rver({ bucket: 'narpush-br' });
   backend = await openS3Backend(parseCacheUrl(s3.url) as S3CacheConfig, { credentials: S3RVER_CREDENTIALS });
 });
