@@ -12,6 +12,7 @@
  * The upload function is injected: the tests use fakes, the daemon uses
  * pipeline.ts.
  */
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { DaemonLogger } from './log.js';
 import type { WorkQueue } from './queue.js';
 
@@ -121,6 +122,12 @@ export class Worker {
           await this.options.onIdle?.().catch((e: unknown) => this.options.log({ event: 'warning', detail: message(e) }));
         }
         await this.queue.waitForWork(this.stopping.signal);
+        // Woken by an enqueue, whose acknowledgement is still on its way
+        // (promise continuations queued after this one): let it go out first.
+        // Starting a batch runs synchronous work, such as spawning a
+        // `nix-daemon --stdio` (2-5 ms), that would otherwise hold up the
+        // hook waiting for that answer.
+        await nextTurn();
         continue;
       }
       busy = true;
