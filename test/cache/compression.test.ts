@@ -229,3 +229,63 @@ test('zstd by direct calls: with every piece given back, a NAR of many pieces go
   while (next.length < 3) next.push(...d.update(randomBytes(1 << 20)));
   assert.equal(new Set(next.map((p) => p.buffer)).size, next.length, 'every piece its own memory');
 });
+
+test('zstd by direct calls: compressors one after another, some abandoned mid-frame, each give the bytes a fresh context gives', async () => {
+  const { zstdBinding } = await import('../../src/cache/addons.js');
+  const zstd = zstdBinding();
+  // The reference: a context of its own, fed the same chunks.
+  const fresh = (level: number, chunks: Buffer[]): Buffer => {
+    const cctx = new zstd.CCtx();
+    cctx.setParameter(zstd.CParameter.compressionLevel, level);
+    cctx.setParameter(zstd.CParameter.checksumFlag, 1);
+    const out: Buffer[] = [];
+    const buf = Buffer.alloc(1 << 20);
+    const feed = (input: Buffer, op: number): void => {
+      for (;;) {
+        const [left, produced, consumed] = cctx.compressStream2(buf, input, op);
+        out.push(Buffer.from(buf.subarray(0, produced)));
+        input = input.subarray(consumed);
+        if (input.length === 0 && (op === zstd.EndDirective.continue || left === 0)) return;
+      }
+    };
+    for (const c of chunks) feed(c, zstd.EndDirective.continue);
+    feed(Buffer.alloc(0), zstd.EndDirective.end);
+    return Buffer.concat(out);
+  };
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(
+        fc.record({
+          level: fc.constantFrom(1, 3, 6, 7),
+          sizes: fc.array(fc.integer({ min: 0, max: 300_000 }), { maxLength: 5 }),
+          seed: fc.integer({ min: 0, max: 255 }),
+          // Abandoned after this many chunks (an error or a cancel), or ended.
+          abandonAfter: fc.option(fc.integer({ min: 0, max: 4 }), { nil: undefined }),
+        }),
+        { minLength: 1, maxLength: 6 },
+      ),
+      async (jobs) => {
+        for (const job of jobs) {
+          const chunks = job.sizes.map((n, i) => {
+            const b = Buffer.alloc(n);
+            for (let k = 0; k < n; k++) b[k] = (k * 7 + i + job.seed) % 251 < 200 ? 97 + ((k + job.seed) % 5) : (k * 131 + job.seed) & 0xff;
+            return b;
+          });
+          const c = (await createChunkCompressor({ method: 'zstd', level: job.level }, 64 << 20))!;
+          const pieces: Buffer[] = [];
+          let fed = 0;
+          for (const chunk of chunks) {
+            if (job.abandonAfter !== undefined && fed === job.abandonAfter) break;
+            pieces.push(...c.update(chunk).map((p) => Buffer.from(p)));
+            fed++;
+          }
+          if (job.abandonAfter !== undefined && job.abandonAfter <= chunks.length) continue;
+          pieces.push(...c.end().map((p) => Buffer.from(p)));
+          assert.ok(Buffer.concat(pieces).equals(fresh(job.level, chunks)), `level ${job.level}, ${chunks.length} chunks`);
+          assert.throws(() => c.update(Buffer.from('more')), /has ended/);
+        }
+      },
+    ),
+    { numRuns: 40 },
+  );
+});
