@@ -34,29 +34,50 @@ export function rootLinkPath(dir: string, storePath: string): string {
  * Make sure `dir` holds a link to each of `storePaths` (full store paths);
  * returns the links' absolute paths, in order. The directory is synced once
  * at the end, as the journal syncs its records, so the links survive a crash.
+ * The directories are made when missing.
  */
 export async function makeRootLinks(dir: string, storePaths: readonly string[]): Promise<string[]> {
-  await ensureDir(nodePath.dirname(dir));
-  await ensureDir(dir);
   const links: string[] = [];
   let changed = false;
   for (const target of storePaths) {
     const link = rootLinkPath(dir, target);
     links.push(link);
-    if ((await readlink(link).catch(() => undefined)) === target) continue;
-    const nonce = Math.floor(Math.random() * 2 ** 48).toString(16).padStart(12, '0');
-    const temp = nodePath.join(dir, `${TEMP_PREFIX}${process.pid}-${nonce}`);
-    await symlink(target, temp);
-    try {
-      await rename(temp, link);
-    } catch (e) {
-      await unlink(temp).catch(() => {});
-      throw e;
-    }
-    changed = true;
+    if (await placeLink(dir, target, link)) changed = true;
   }
   if (changed) await fsyncDir(dir);
   return links;
+}
+
+/**
+ * Make `link` (in `dir`) point at `target`; whether anything changed. A new
+ * name is one call, the common case (a fresh build output): a symlink appears
+ * whole, so it needs no temporary name. A name already taken is replaced
+ * through one, so that the collector never finds it missing.
+ */
+async function placeLink(dir: string, target: string, link: string, madeDirs = false): Promise<boolean> {
+  try {
+    await symlink(target, link);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && !madeDirs) {
+      await ensureDir(nodePath.dirname(dir));
+      await ensureDir(dir);
+      return placeLink(dir, target, link, true);
+    }
+    if (code !== 'EEXIST') throw e;
+  }
+  if ((await readlink(link).catch(() => undefined)) === target) return false;
+  const nonce = Math.floor(Math.random() * 2 ** 48).toString(16).padStart(12, '0');
+  const temp = nodePath.join(dir, `${TEMP_PREFIX}${process.pid}-${nonce}`);
+  await symlink(target, temp);
+  try {
+    await rename(temp, link);
+  } catch (e) {
+    await unlink(temp).catch(() => {});
+    throw e;
+  }
+  return true;
 }
 
 /** Remove the links named by these base names (a missing one is fine); syncs the directory. */

@@ -4,7 +4,7 @@
 // when it cannot. The real collector is the referee in gc-roots.serial.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { lutimes, mkdir, readFile, readdir, readlink, symlink, writeFile } from 'node:fs/promises';
+import { lstat, lutimes, mkdir, readFile, readdir, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { gcRootsDir, makeRootLinks } from '../../src/daemon/gc-roots.js';
 import { runHook } from '../../src/daemon/hook.js';
@@ -309,6 +309,33 @@ test('a state directory whose gcroots/ is not a writable directory: the daemon r
       assert.match(e.message, /^cannot use the state directory .*state \(ENOTDIR\); create it writable for the daemon or choose another --state-dir$/);
       return true;
     });
+  } finally {
+    await t.remove();
+  }
+});
+
+test('makeRootLinks: makes missing directories and new links; keeps a right link as it is; replaces a wrong link or a file atomically, leaving no temporary name', async () => {
+  const t = await tempDir();
+  try {
+    const dir = gcRootsDir(path.join(t.dir, 'state'));
+    const [a, b, c] = [fakePath('a'), fakePath('b'), fakePath('c')];
+    // Neither the state directory nor gcroots/ exists yet.
+    assert.deepEqual(await makeRootLinks(dir, [a, b]), [a, b].map((p) => path.join(dir, path.basename(p))));
+    assert.deepEqual([...(await links(dir)).entries()].sort(), [a, b].map((p) => [path.basename(p), p]).sort());
+    const inode = (await lstat(path.join(dir, path.basename(a)))).ino;
+    // The name taken by a link to something else, and by a regular file.
+    await writeFile(path.join(dir, path.basename(c)), 'not a link');
+    await unlink(path.join(dir, path.basename(b)));
+    await symlink(fakePath('elsewhere'), path.join(dir, path.basename(b)));
+    await makeRootLinks(dir, [a, b, c]);
+    assert.deepEqual([...(await links(dir)).entries()].sort(), [a, b, c].map((p) => [path.basename(p), p]).sort());
+    assert.equal((await lstat(path.join(dir, path.basename(a)))).ino, inode, 'a right link is left alone');
+    assert.deepEqual((await readdir(dir)).filter((n) => n.startsWith('.')), [], 'no temporary name left');
+    // gcroots/ is a file: one error, nothing made.
+    const blocked = path.join(t.dir, 'blocked');
+    await mkdir(blocked);
+    await writeFile(path.join(blocked, 'gcroots'), '');
+    await assert.rejects(makeRootLinks(gcRootsDir(blocked), [a]), /ENOTDIR|EEXIST/);
   } finally {
     await t.remove();
   }
