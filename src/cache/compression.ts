@@ -225,14 +225,15 @@ export async function createChunkCompressor(opts: CompressionOptions, sizeHint?:
  */
 const REUSED_CONTEXT_MAX_LEVEL = 6;
 const IDLE_CONTEXTS_MAX = 2;
-const idleContexts: { level: number; cctx: InstanceType<ReturnType<typeof zstdBinding>['CCtx']> }[] = [];
+type ZstdContext = InstanceType<ReturnType<typeof zstdBinding>['CCtx']>;
+const idleContexts: { level: number; cctx: ZstdContext }[] = [];
 
-function takeIdleContext(level: number): InstanceType<ReturnType<typeof zstdBinding>['CCtx']> | undefined {
+function takeIdleContext(level: number): ZstdContext | undefined {
   const i = idleContexts.findIndex((c) => c.level === level);
   return i < 0 ? undefined : idleContexts.splice(i, 1)[0]!.cctx;
 }
 
-function giveBackContext(level: number, cctx: InstanceType<ReturnType<typeof zstdBinding>['CCtx']>): void {
+function giveBackContext(level: number, cctx: ZstdContext): void {
   cctx.reset(zstdBinding().ResetDirective.sessionOnly);
   idleContexts.push({ level, cctx });
   if (idleContexts.length > IDLE_CONTEXTS_MAX) idleContexts.shift();
