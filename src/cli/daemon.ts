@@ -15,6 +15,7 @@ import { startDaemon } from '../daemon/daemon.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
 import { idleCollector } from '../daemon/idle-gc.js';
 import { type ListenAddress, parseListenAddress } from '../daemon/listen-address.js';
+import { nixAutoRootsDir, registerIndirectRoots } from '../daemon/gc-roots.js';
 import { formatLogEvent, type LogEvent } from '../daemon/log.js';
 import { DEFAULT_THREAD_IDLE_MS } from '../cache/threads/thread-pool.js';
 import { DEFAULT_NIX_LOG_DIR } from '../cache/build-logs.js';
@@ -104,6 +105,9 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
   const queries = new StoreHandle(openStore);
   await queries.get();
 
+  // Nix's side of the roots (registerIndirectRoots); a failure to sync it is said once.
+  const autoRootsDir = nixAutoRootsDir(env);
+  let autoRootsWarned = false;
   // GC roots for queued work, registered on the query connection. No
   // temporary roots: while the hook waits for the acknowledgement, the build
   // that made the path still holds one, which covers a collection already
@@ -115,7 +119,17 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
       const outputs = await queries.use((s) => s.derivationOutputs(sp), { retry: true });
       return [p, ...[...outputs.values()].flatMap((o) => (o ? [o.path] : []))];
     },
-    register: (links) => queries.use((s) => Promise.all(links.map((l) => s.addIndirectRoot(l))).then(() => {}), { retry: true }),
+    register: (links) =>
+      queries.use(
+        async (s) => {
+          const why = await registerIndirectRoots(s, links, autoRootsDir);
+          if (why !== undefined && !autoRootsWarned) {
+            autoRootsWarned = true;
+            log({ event: 'warning', detail: `${why}: after a power cut, GC roots registered in the seconds before it may be missing until the daemon runs again` });
+          }
+        },
+        { retry: true },
+      ),
   };
 
   const log = (e: LogEvent): void => void ctx.stderr.write(`${formatLogEvent(e)}\n`);

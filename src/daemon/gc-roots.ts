@@ -80,6 +80,42 @@ async function placeLink(dir: string, target: string, link: string, madeDirs = f
   return true;
 }
 
+/** Where Nix keeps its side of indirect roots: `gcroots/auto` in its state directory. */
+export function nixAutoRootsDir(env: Readonly<Record<string, string | undefined>>): string {
+  return nodePath.join(env.NIX_STATE_DIR || '/nix/var/nix', 'gcroots', 'auto');
+}
+
+/** What registering indirect roots needs of a store client. */
+export interface IndirectRootClient {
+  addIndirectRoot(link: string): Promise<void>;
+}
+
+/**
+ * Register `links` as indirect roots, then make Nix's side of them durable.
+ * For each, Nix links `gcroots/auto/<hash>` to ours with a rename it does
+ * not sync. After a power cut that link may be gone, and the collector
+ * would not find ours until the daemon is back to register it again (a
+ * collection at boot could come first). So its directory (`autoDir`) is
+ * synced here, as ours is. Best effort: Nix's state directory may be
+ * elsewhere or unreadable; returns why it was not synced. Throws only when a
+ * registration fails.
+ */
+export async function registerIndirectRoots(
+  client: IndirectRootClient,
+  links: readonly string[],
+  autoDir: string,
+  sync: (dir: string) => Promise<void> = fsyncDir,
+): Promise<string | undefined> {
+  if (links.length === 0) return undefined;
+  await Promise.all(links.map((l) => client.addIndirectRoot(l)));
+  try {
+    await sync(autoDir);
+    return undefined;
+  } catch (e) {
+    return `cannot sync ${autoDir} (${(e as NodeJS.ErrnoException).code ?? (e instanceof Error ? e.message : String(e))})`;
+  }
+}
+
 /** Remove the links named by these base names (a missing one is fine); syncs the directory. */
 export async function removeRootLinks(dir: string, baseNames: Iterable<string>): Promise<number> {
   let removed = 0;

@@ -14,7 +14,7 @@ import { NarpushError } from '../errors.js';
 import { StoreClient } from '../store/client.js';
 import { parseStorePath } from '../store/store-path.js';
 import { storeTransportFromEnv } from '../store/transport.js';
-import { gcRootsDir, makeRootLinks } from './gc-roots.js';
+import { gcRootsDir, makeRootLinks, nixAutoRootsDir, registerIndirectRoots } from './gc-roots.js';
 
 /** What the hook needs of a store; the tests pass a fake. */
 export interface HookRootStore {
@@ -48,7 +48,8 @@ export async function openHookRootStore(
       return [...outs.values()].flatMap((o) => (o ? [o.path] : []));
     },
     async register(links) {
-      await Promise.all(links.map((l) => client.addIndirectRoot(l)));
+      // Nix's side synced too (see registerIndirectRoots); a hook says nothing when it cannot be.
+      await registerIndirectRoots(client, links, nixAutoRootsDir(env));
     },
     close: () => client.close(),
   };

@@ -6,17 +6,19 @@
 // `narpush status`, and systemd socket activation.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readFile, readdir } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import * as path from 'node:path';
+import { nixAutoRootsDir } from '../../src/daemon/gc-roots.js';
 import { runHook } from '../../src/daemon/hook.js';
 import { replayJournal } from '../../src/daemon/journal.js';
 import { spoolDir } from '../../src/daemon/spool.js';
 import { parseNarInfo } from '../../src/narinfo/narinfo.js';
 import { assertCacheHas, httpFetcher, nixClosure } from '../helpers/cache-check.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
-import { nix, nixEnv, requireNix } from '../helpers/nix.js';
+import { nix, nixBuildExpr, nixEnv, requireNix } from '../helpers/nix.js';
 import { FIXTURES, REPO_ROOT, narpush, run } from '../helpers/run.js';
 import { S3RVER_ENV, startS3rver, storedObject, type S3rverHandle } from '../helpers/s3rver.js';
 import { killLeftoverDaemons, startDaemonProcess, type DaemonProcess } from './daemon-process.js';
@@ -404,4 +406,41 @@ test('bad daemon options: one line each, non-zero exit', async () => {
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
   }
   await nix('nix-store', ['--version']);
+});
+
+const hasStrace = spawnSync('strace', ['-V']).status === 0;
+
+test("before it acknowledges a path, the daemon syncs Nix's gcroots/auto, where Nix linked the path's indirect root (seen by strace)", { skip: !hasStrace && 'strace not installed' }, async () => {
+  const p = places();
+  const trace = path.join(work.dir, `trace${n}.txt`);
+  const [out] = await nixBuildExpr(`lib.mk { name = "np-auto-sync"; salt = "${randomUUID()}"; script = "echo synced > $out"; }`);
+  const d = await startDaemonProcess({ to: `file://${work.dir}/cache-auto-sync`, ...p, env: daemonEnv(), args: ['--compression', 'none'] });
+  const pid = d.child.pid!;
+  // Attached to every thread of the running daemon (libuv's pool makes the file system calls).
+  const tracer = spawn('strace', ['-f', '-qq', '-o', trace, '-e', 'trace=openat,fsync,write', '-p', String(pid)], { stdio: 'ignore' });
+  const traced = new Promise((resolve) => tracer.once('exit', resolve));
+  try {
+    await eventually(async () => (await readFile(`/proc/${pid}/status`, 'utf8')).match(/^TracerPid:\s+(\d+)/m)?.[1] === String(tracer.pid), 10_000, 'strace attached');
+    const h = await runHook({ OUT_PATHS: out!, NARPUSH_SOCKET: p.socket, NARPUSH_STATE_DIR: p.stateDir });
+    assert.equal(h.result, 'queued', h.message);
+    await d.idle();
+  } finally {
+    tracer.kill('SIGINT');
+    await traced;
+    assert.equal((await d.stop()).code, 0);
+  }
+  const lines = (await readFile(trace, 'utf8')).split('\n');
+  const auto = nixAutoRootsDir(daemonEnv());
+  const opened = lines.findIndex((l) => l.includes(`openat(AT_FDCWD, "${auto}"`) && / = \d+$/.test(l));
+  assert.ok(opened >= 0, `the daemon opened ${auto}`);
+  const fd = lines[opened]!.match(/ = (\d+)$/)![1];
+  // The fsync of that descriptor, and where it returned (strace may split a call across two lines).
+  const called = lines.findIndex((l, i) => i > opened && new RegExp(`fsync\\(${fd}[ )]`).test(l));
+  assert.ok(called > opened, `fsync(${fd}) of ${auto}`);
+  const tid = lines[called]!.split(' ')[0];
+  const synced = / = 0$/.test(lines[called]!) ? called : lines.findIndex((l, i) => i > called && l.startsWith(`${tid} `) && l.includes('<... fsync resumed>') && / = 0$/.test(l));
+  assert.ok(synced >= called, `the fsync succeeded: ${lines.slice(called, called + 4).join(' / ')}`);
+  // The answer, written by the daemon's main thread.
+  const answered = lines.findIndex((l) => l.startsWith(`${pid} `) && l.includes('write(') && l.includes('{\\"ok\\":true,\\"queued\\":1'));
+  assert.ok(answered > synced, `the answer (line ${answered}) after the sync (line ${synced})`);
 });

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { lstat, lutimes, mkdir, readFile, readdir, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { gcRootsDir, makeRootLinks } from '../../src/daemon/gc-roots.js';
+import { gcRootsDir, makeRootLinks, nixAutoRootsDir, registerIndirectRoots } from '../../src/daemon/gc-roots.js';
 import { runHook } from '../../src/daemon/hook.js';
 import type { HookRootStore } from '../../src/daemon/hook-roots.js';
 import { RootKeeper, type RootStore } from '../../src/daemon/root-keeper.js';
@@ -336,6 +336,38 @@ test('makeRootLinks: makes missing directories and new links; keeps a right link
     await mkdir(blocked);
     await writeFile(path.join(blocked, 'gcroots'), '');
     await assert.rejects(makeRootLinks(gcRootsDir(blocked), [a]), /ENOTDIR|EEXIST/);
+  } finally {
+    await t.remove();
+  }
+});
+
+test("registerIndirectRoots: registers every link, then syncs Nix's gcroots/auto; a sync that fails is reported, not thrown; a registration that fails throws before any sync", async () => {
+  const t = await tempDir();
+  try {
+    const events: string[] = [];
+    const client = {
+      addIndirectRoot: async (l: string): Promise<void> => {
+        await new Promise((r) => setTimeout(r, 5));
+        events.push(`register ${l}`);
+      },
+    };
+    const sync = async (dir: string): Promise<void> => void events.push(`sync ${dir}`);
+    assert.equal(await registerIndirectRoots(client, ['/a', '/b'], '/auto', sync), undefined);
+    assert.deepEqual(events, ['register /a', 'register /b', 'sync /auto'], 'synced once, after every registration');
+    events.length = 0;
+    assert.equal(await registerIndirectRoots(client, [], '/auto', sync), undefined);
+    assert.deepEqual(events, [], 'nothing registered, nothing synced');
+    // The real sync: a directory that exists, and one that does not.
+    const auto = path.join(t.dir, 'gcroots', 'auto');
+    await mkdir(auto, { recursive: true });
+    assert.equal(await registerIndirectRoots(client, ['/c'], auto), undefined);
+    assert.equal(await registerIndirectRoots(client, ['/c'], path.join(t.dir, 'missing')), `cannot sync ${path.join(t.dir, 'missing')} (ENOENT)`);
+    const failing = { addIndirectRoot: async (): Promise<void> => Promise.reject(new Error('nix-daemon: connection refused')) };
+    events.length = 0;
+    await assert.rejects(registerIndirectRoots(failing, ['/d'], '/auto', sync), /connection refused/);
+    assert.deepEqual(events, [], 'no sync after a failed registration');
+    assert.equal(nixAutoRootsDir({}), '/nix/var/nix/gcroots/auto');
+    assert.equal(nixAutoRootsDir({ NIX_STATE_DIR: '/srv/nix/var' }), '/srv/nix/var/gcroots/auto');
   } finally {
     await t.remove();
   }
