@@ -459,7 +459,9 @@ in
         # (connecting to a socket works on a read-only mount), reading
         # /nix/store, and writing its state directory (and a file:// cache).
         # Its GC roots need nothing more: the links live in the state
-        # directory, and nix-daemon (root) writes /nix/var/nix/gcroots/auto.
+        # directory, and nix-daemon (root) writes /nix/var/nix/gcroots/auto,
+        # which the daemon only opens to fsync (that works on this read-only
+        # view of the file system).
         NoNewPrivileges = true;
         ProtectSystem = "strict";
         ReadOnlyPaths = [ "/nix/store" ];
