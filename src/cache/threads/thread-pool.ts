@@ -114,6 +114,8 @@ class CryptoThread {
   private readonly signing = new Map<number, { worker: Worker; batch: PendingSign[] }>();
   private nextKeyId = 1;
   private idleTimer: NodeJS.Timeout | undefined;
+  /** Workers told to terminate whose 'exit' has not come yet. */
+  private readonly terminating = new WeakSet<Worker>();
 
   constructor(
     private readonly idleMs: number,
@@ -155,7 +157,8 @@ class CryptoThread {
   private updateRef(): void {
     const worker = this.live?.worker;
     if (!worker) return;
-    if (this.busy()) {
+    // A worker being terminated stays referenced until its 'exit' (see terminate).
+    if (this.busy() || this.terminating.has(worker)) {
       worker.ref();
       return;
     }
@@ -414,7 +417,11 @@ class CryptoThread {
     this.idleTimer = undefined;
     const worker = this.live?.worker;
     if (!worker) return;
-    // Referenced until its 'exit': an idle (unreferenced) worker would let the loop end first.
+    // Referenced until its 'exit', whatever happens meanwhile (a reply that
+    // leaves it without work, a hash opened and dropped): an unreferenced
+    // worker would let the event loop end before the exit, and with it the
+    // process, while its owner still awaits this.
+    this.terminating.add(worker);
     worker.ref();
     await worker.terminate();
   }

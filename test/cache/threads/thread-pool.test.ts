@@ -201,3 +201,22 @@ test('background sign: the thread does not keep the process alive after signing'
   assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);
   assert.equal(r.stdout.toString().trim(), 'k-1');
 });
+
+test('close: the process does not end before the thread has exited, even when a hash opened meanwhile is dropped (nothing left to do)', () => {
+  const mod = fileURLToPath(new URL('../../../src/cache/threads/thread-pool.js', import.meta.url));
+  // A late reply or a dropped hash left the worker without work while it was being
+  // terminated; it was unreferenced again, and the event loop could end before its exit.
+  const script = `import(${JSON.stringify(mod)}).then(async ({ ThreadPool }) => {
+    const pool = new ThreadPool();
+    const warm = pool.hash('sha256'); warm.update(Buffer.from('warm')); await warm.digest();
+    const closing = pool.close();
+    pool.hash('sha256').drop();
+    await closing;
+    console.log('closed');
+  })`;
+  for (let i = 0; i < 3; i++) {
+    const r = spawnSync(process.execPath, ['-e', script], { timeout: 30_000 });
+    assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);
+    assert.equal(r.stdout.toString().trim(), 'closed', 'the owner saw its close() settle');
+  }
+});
