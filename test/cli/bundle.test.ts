@@ -223,3 +223,32 @@ test('upload-path loads node:zlib only for xz and node:worker_threads only when 
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a command that stops before it answers (the event loop ran dry) exits 70 with one line, never 0', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-bundle-'));
+  try {
+    // The command's promise never settles and nothing keeps the process alive.
+    const preload = path.join(dir, 'stall.cjs');
+    await writeFile(
+      preload,
+      `const Module = require('node:module');
+const load = Module._load;
+Module._load = function (request, ...rest) {
+  const m = load.call(this, request, ...rest);
+  return request.endsWith('narpush.cjs') ? { ...m, main: () => new Promise(() => {}) } : m;
+};
+`,
+    );
+    const bin = path.join(REPO_ROOT, 'bin', 'narpush');
+    const stalled = await run(process.execPath, ['--require', preload, bin, '--version']);
+    assert.equal(stalled.code, 70);
+    assert.equal(stalled.stderr, 'narpush: internal error: the command stopped before it finished (nothing was left to wait for)\n');
+    assert.equal(stalled.stdout.toString(), '');
+    // And an ordinary run says nothing of the kind.
+    const r = await run(process.execPath, [bin, '--version']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, '');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
