@@ -164,14 +164,14 @@ export async function createChunkCompressor(opts: CompressionOptions, sizeHint?:
   const level = compressionLevel('zstd', opts.level);
   const zstd = zstdBinding();
   const reusable = threads === 1 && level <= REUSED_CONTEXT_MAX_LEVEL;
-  let cctx = reusable ? takeIdleContext(level) : undefined;
-  if (!cctx) {
-    cctx = new zstd.CCtx();
-    cctx.setParameter(zstd.CParameter.compressionLevel, level);
-    cctx.setParameter(zstd.CParameter.checksumFlag, 1);
-    if (threads > 1) cctx.setParameter(zstd.CParameter.nbWorkers, threads);
-  }
-  const ctx = cctx;
+  const newContext = (): ZstdContext => {
+    const c = new zstd.CCtx();
+    c.setParameter(zstd.CParameter.compressionLevel, level);
+    c.setParameter(zstd.CParameter.checksumFlag, 1);
+    if (threads > 1) c.setParameter(zstd.CParameter.nbWorkers, threads);
+    return c;
+  };
+  const ctx = (reusable ? takeIdleContext(level) : undefined) ?? newContext();
   let ended = false;
   const pool = new BufferPool(COMPRESSED_PIECE_BYTES, RECYCLED_PIECES_MAX);
   let out = pool.take();
@@ -216,8 +216,9 @@ export async function createChunkCompressor(opts: CompressionOptions, sizeHint?:
  * zstd contexts of chunk compressors that ended, kept for the next NAR of
  * the same level. A new context faults in its window and tables afresh
  * (about 3 MiB at level 3) for every NAR; a reused one does not. Measured:
- * 1,500 fewer page faults for the 24 MiB closure of the benchmark, and
- * 2-2.5% less time for its 103 MiB closure (docs/performance.md). Kept:
+ * 1,500 fewer page faults for the 24 MiB closure of the benchmark (its time
+ * within the noise), and 1.9% and 2.6% less time for its 103 MiB closure in
+ * two alternating runs (docs/performance.md). Kept:
  * single-threaded contexts up to REUSED_CONTEXT_MAX_LEVEL (higher levels
  * hold tens of MiB), at most IDLE_CONTEXTS_MAX, in this JavaScript thread
  * (each worker thread has its own). Reuse changes no byte of the output:

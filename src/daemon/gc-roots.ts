@@ -7,12 +7,13 @@
  *
  * Both the hook (for what it spools) and the daemon (for what it queues)
  * create links in this one layout, so a link the hook made is the daemon's
- * from then on; only the daemon removes links. A link is created atomically
- * (a symlink under a temporary name, then a rename over the final name), so
- * the collector never sees a half-made or missing link where one existed.
+ * from then on; only the daemon removes links. A link appears whole (a new
+ * name is one symlink; a name already taken is replaced by a rename over it),
+ * so the collector never sees a half-made or missing link where one existed.
  *
- * This file does file system work only and never talks to a store (the
- * caller registers the links); node builtins only, because the hook imports it.
+ * This file does file system work, and talks to a store only through the
+ * client the caller hands registerIndirectRoots; node builtins only, because
+ * the hook imports it.
  */
 import { readdir, readlink, rename, symlink, unlink } from 'node:fs/promises';
 import * as nodePath from 'node:path';

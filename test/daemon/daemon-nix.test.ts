@@ -6,7 +6,7 @@
 // `narpush status`, and systemd socket activation.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readFile, readdir } from 'node:fs/promises';
 import { createConnection } from 'node:net';
@@ -20,6 +20,7 @@ import { assertCacheHas, httpFetcher, nixClosure } from '../helpers/cache-check.
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { nix, nixBuildExpr, nixEnv, requireNix } from '../helpers/nix.js';
 import { FIXTURES, REPO_ROOT, narpush, run } from '../helpers/run.js';
+import { HAS_STRACE, dirSyncedAt } from '../helpers/strace.js';
 import { S3RVER_ENV, startS3rver, storedObject, type S3rverHandle } from '../helpers/s3rver.js';
 import { killLeftoverDaemons, startDaemonProcess, type DaemonProcess } from './daemon-process.js';
 import { eventually, tempDir } from './fakes.js';
@@ -408,9 +409,7 @@ test('bad daemon options: one line each, non-zero exit', async () => {
   await nix('nix-store', ['--version']);
 });
 
-const hasStrace = spawnSync('strace', ['-V']).status === 0;
-
-test("before it acknowledges a path, the daemon syncs Nix's gcroots/auto, where Nix linked the path's indirect root (seen by strace)", { skip: !hasStrace && 'strace not installed' }, async () => {
+test("before it acknowledges a path, the daemon syncs Nix's gcroots/auto, where Nix linked the path's indirect root (seen by strace)", { skip: !HAS_STRACE && 'strace not installed' }, async () => {
   const p = places();
   const trace = path.join(work.dir, `trace${n}.txt`);
   const [out] = await nixBuildExpr(`lib.mk { name = "np-auto-sync"; salt = "${randomUUID()}"; script = "echo synced > $out"; }`);
@@ -431,15 +430,8 @@ test("before it acknowledges a path, the daemon syncs Nix's gcroots/auto, where 
   }
   const lines = (await readFile(trace, 'utf8')).split('\n');
   const auto = nixAutoRootsDir(daemonEnv());
-  const opened = lines.findIndex((l) => l.includes(`openat(AT_FDCWD, "${auto}"`) && / = \d+$/.test(l));
-  assert.ok(opened >= 0, `the daemon opened ${auto}`);
-  const fd = lines[opened]!.match(/ = (\d+)$/)![1];
-  // The fsync of that descriptor, and where it returned (strace may split a call across two lines).
-  const called = lines.findIndex((l, i) => i > opened && new RegExp(`fsync\\(${fd}[ )]`).test(l));
-  assert.ok(called > opened, `fsync(${fd}) of ${auto}`);
-  const tid = lines[called]!.split(' ')[0];
-  const synced = / = 0$/.test(lines[called]!) ? called : lines.findIndex((l, i) => i > called && l.startsWith(`${tid} `) && l.includes('<... fsync resumed>') && / = 0$/.test(l));
-  assert.ok(synced >= called, `the fsync succeeded: ${lines.slice(called, called + 4).join(' / ')}`);
+  const synced = dirSyncedAt(lines, auto);
+  assert.ok(synced >= 0, `the daemon opened and fsynced ${auto}: ${lines.filter((l) => l.includes('gcroots')).join(' / ')}`);
   // The answer, written by the daemon's main thread.
   const answered = lines.findIndex((l) => l.startsWith(`${pid} `) && l.includes('write(') && l.includes('{\\"ok\\":true,\\"queued\\":1'));
   assert.ok(answered > synced, `the answer (line ${answered}) after the sync (line ${synced})`);
