@@ -252,9 +252,14 @@ export async function createDecompressor(method: Compression): Promise<Transform
   }
 }
 
-type ZstdCompressor = { setParameters(p: Record<string, unknown>): void; compress(b: Uint8Array): Buffer };
 // A zstd context is costly to make and cheap to reuse; one per level, used one call at a time (calls are synchronous).
-const zstdContexts = new Map<number, ZstdCompressor>();
+// Driven through zstd-napi's binding, not its Compressor class: the package's
+// index also loads node:assert and its stream classes (about 5 ms of a small
+// job's start-up) for nothing a one-shot call needs.
+const zstdContexts = new Map<number, ZstdContext>();
+// Where a NAR is compressed before its bytes are copied out: one buffer, grown to the largest bound seen.
+let zstdScratch: Buffer | undefined;
+const ZSTD_SCRATCH_MAX = 1 << 20;
 
 /**
  * Compress a whole (small) buffer in one call: for NARs small enough to hold
@@ -269,14 +274,21 @@ export async function compressBuffer(opts: CompressionOptions, data: Buffer): Pr
     case 'xz':
       return xzCompressBuffer(data, level);
     case 'zstd': {
+      const zstd = zstdBinding();
       let ctx = zstdContexts.get(level);
       if (!ctx) {
-        const zstd = zstdNapi();
-        ctx = new zstd.Compressor() as ZstdCompressor;
-        ctx.setParameters({ compressionLevel: level, checksumFlag: true });
+        ctx = new zstd.CCtx();
+        ctx.setParameter(zstd.CParameter.compressionLevel, level);
+        ctx.setParameter(zstd.CParameter.checksumFlag, 1);
         zstdContexts.set(level, ctx);
       }
-      return ctx.compress(data);
+      const bound = zstd.compressBound(data.length);
+      if (bound > ZSTD_SCRATCH_MAX) {
+        const dest = Buffer.allocUnsafe(bound);
+        return dest.subarray(0, ctx.compress2(dest, data));
+      }
+      if (!zstdScratch || zstdScratch.length < bound) zstdScratch = Buffer.allocUnsafeSlow(bound);
+      return Buffer.from(zstdScratch.subarray(0, ctx.compress2(zstdScratch, data)));
     }
   }
 }

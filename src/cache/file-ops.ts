@@ -11,6 +11,7 @@
  * caller's files, which the caller closes.
  */
 import * as fs from 'node:fs';
+import { monotonicMs } from '../clock.js';
 
 /** A callback-API call as a promise. */
 export function call<T>(fn: (cb: (e: NodeJS.ErrnoException | null, value?: T) => void) => void): Promise<T> {
@@ -177,11 +178,11 @@ export class MetadataCalls {
 
   /** Run `inline` on this thread and time it; for a caller that has checked the `inline` getter itself. */
   runHere<T>(timed: boolean, inline: () => T): T {
-    const t0 = performance.now();
+    const t0 = monotonicMs();
     try {
       return inline();
     } finally {
-      const ms = performance.now() - t0;
+      const ms = monotonicMs() - t0;
       if (timed) this.slowShare += ((ms > SLOW_METADATA_CALL_MS ? 1 : 0) - this.slowShare) / Math.min(++this.timed, 32);
       if (ms > STALLED_METADATA_CALL_MS || (this.timed >= 32 && this.slowShare > 0.5)) this.here = false;
     }

@@ -18,6 +18,7 @@ import type { PathInfo } from '../store/path-info.js';
 import type { StorePath } from '../store/store-path.js';
 import type { StagedObject } from './backend.js';
 import type { UploadedNar } from './nar-upload.js';
+import { monotonicMs } from '../clock.js';
 
 export interface UploadedPath {
   readonly info: PathInfo;
@@ -110,7 +111,7 @@ export class Publisher {
       return this.end(r, asNarpushError(e, info));
     }
     r.state = 'uploaded';
-    this.deps.onUploaded({ info, nar, seconds: (performance.now() - t0) / 1000 });
+    this.deps.onUploaded({ info, nar, seconds: (monotonicMs() - t0) / 1000 });
   }
 
   private record(info: PathInfo): PathRecord {

@@ -45,6 +45,7 @@ import type { RefreshOptions } from './refresh.js';
 import { type MetadataCompressions, type Signer, type StageContext, stageLarge, stageSmall } from './stage.js';
 import type { ThreadPool } from './threads/thread-pool.js';
 import type { Upstream } from './upstream.js';
+import { monotonicMs } from '../clock.js';
 
 export type { UploadedPath } from './publisher.js';
 export { LISTING_CONTENT_TYPE, NARINFO_CONTENT_TYPE, type MetadataCompressions, type Signer, listingKey, makeNarInfo, narInfoKey } from './stage.js';
@@ -120,9 +121,9 @@ export interface UploadReport {
  * path's failure: it is in `failed`.
  */
 export async function uploadPaths(infos: readonly PathInfo[], opts: UploadOptions): Promise<UploadReport> {
-  const started = performance.now();
+  const started = monotonicMs();
   const emit = opts.onEvent ?? (() => {});
-  const seconds = (): number => (performance.now() - started) / 1000;
+  const seconds = (): number => (monotonicMs() - started) / 1000;
   // Before anything is looked at: a collector that starts after this lists what we rely on as we left it.
   const fence = new GcFence(opts.backend, opts.gc);
   if (!opts.dryRun) await fence.open();
@@ -196,7 +197,7 @@ async function runUploads(toUpload: readonly PathInfo[], opts: UploadOptions, em
       : asNarpushError(e, info);
 
   const run = async (unit: UploadUnit): Promise<void> => {
-    const t0 = performance.now();
+    const t0 = monotonicMs();
     const infos = unit.kind === 'large' ? [unit.info] : unit.infos;
     let outcomes;
     try {

@@ -8,6 +8,7 @@
  */
 import type { UploadEvent } from '../cache/upload.js';
 import { formatBytes, formatRate } from './format.js';
+import { monotonicMs } from '../clock.js';
 
 export interface ProgressSink {
   (event: UploadEvent): void;
@@ -16,7 +17,7 @@ export interface ProgressSink {
 }
 
 export function createProgress(stream: NodeJS.WritableStream & { isTTY?: boolean; columns?: number }, quiet: boolean): ProgressSink {
-  const start = performance.now();
+  const start = monotonicMs();
   let total = 0;
   let finished = 0;
   let doneBytes = 0;
@@ -45,7 +46,7 @@ export function createProgress(stream: NodeJS.WritableStream & { isTTY?: boolean
   };
 
   const draw = (force = false): void => {
-    const now = performance.now();
+    const now = monotonicMs();
     if (!force && now - lastDraw < 100) return;
     lastDraw = now;
     let bytes = doneBytes;

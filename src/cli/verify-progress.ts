@@ -7,6 +7,7 @@
 import type { Defect, PathResult, VerifyEvent } from '../cache/verify.js';
 import { printable } from '../errors.js';
 import { formatBytes, formatRate } from './format.js';
+import { monotonicMs } from '../clock.js';
 
 /** One defect as a line: the path (or the object's key for the cache itself), then what is wrong. */
 export function defectLine(d: Defect): string {
@@ -23,7 +24,7 @@ export type VerifyProgress = ((e: VerifyEvent) => void) & { done(): void };
 export function createVerifyProgress(stdout: NodeJS.WritableStream, stderrStream: NodeJS.WritableStream, json: boolean): VerifyProgress {
   const stderr = stderrStream as NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
   const tty = Boolean(stderr.isTTY) && !json;
-  const start = performance.now();
+  const start = monotonicMs();
   let total = 0;
   let checked = 0;
   let bytes = 0;
@@ -35,7 +36,7 @@ export function createVerifyProgress(stdout: NodeJS.WritableStream, stderrStream
     drawn = false;
   };
   const draw = (force: boolean): void => {
-    const now = performance.now();
+    const now = monotonicMs();
     if (!tty || (!force && now - lastDraw < 100)) return;
     lastDraw = now;
     let line = `[${checked}/${total}] ${formatBytes(bytes)} ${formatRate(bytes, (now - start) / 1000)}, ${defects} defects`;

@@ -15,6 +15,7 @@
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { DaemonLogger } from './log.js';
 import type { WorkQueue } from './queue.js';
+import { monotonicMs } from '../clock.js';
 
 export type PathOutcome =
   | { readonly kind: 'done' }
@@ -140,7 +141,7 @@ export class Worker {
     const abort = new AbortController();
     this.batchAbort = abort;
     this.current = batch;
-    const t0 = performance.now();
+    const t0 = monotonicMs();
     let outcomes: ReadonlyMap<string, PathOutcome>;
     try {
       outcomes = await this.options.upload(batch, {
@@ -154,7 +155,7 @@ export class Worker {
       this.current = [];
       this.batchAbort = undefined;
     }
-    this.options.onBatch?.((performance.now() - t0) / 1000);
+    this.options.onBatch?.((monotonicMs() - t0) / 1000);
 
     const interrupted: string[] = [];
     const records: Promise<unknown>[] = [];

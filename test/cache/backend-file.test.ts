@@ -229,14 +229,14 @@ test('a long abortable upload does not keep its chunks alive', async () => {
 /**
  * Record the file system calls the backend makes (through node:fs's callback
  * and synchronous APIs, which it uses), in the order they start and finish,
- * with every fsync slowed down. With `createMs`, the clock (performance.now)
+ * with every fsync slowed down. With `createMs`, the clock (process.hrtime.bigint, which src/clock.ts reads)
  * stands still except that each synchronous create takes that long: how
  * fast the real file system is does not matter. Restores node:fs and the
  * clock when `stop` is called.
  */
 function recordFsCalls(opts: { createMs?: number } = {}): { events: string[]; stop: () => void } {
   const real = { open: fs.open, openSync: fs.openSync, fsync: fs.fsync, fdatasync: fs.fdatasync, rename: fs.rename, renameSync: fs.renameSync };
-  const realNow = performance.now;
+  const realNow = process.hrtime.bigint;
   let now = 0;
   const fdPaths = new Map<number, string>();
   const events: string[] = [];
@@ -286,13 +286,14 @@ function recordFsCalls(opts: { createMs?: number } = {}): { events: string[]; st
     events.push(`rename-done ${to}`);
   };
   syncBuiltinESMExports();
-  if (opts.createMs !== undefined) performance.now = () => now;
+  // The time file-ops.ts measures its calls with (src/clock.ts): only the creates' made-up cost advances it.
+  if (opts.createMs !== undefined) process.hrtime.bigint = () => BigInt(Math.round(now * 1e6));
   return {
     events,
     stop: () => {
       Object.assign(patched, real);
       syncBuiltinESMExports();
-      performance.now = realNow;
+      process.hrtime.bigint = realNow;
     },
   };
 }

@@ -20,6 +20,7 @@ import { NarpushError } from '../../src/errors.js';
 import { nix32Encode } from '../../src/hash/nix32.js';
 import type { PathInfo } from '../../src/store/path-info.js';
 import { StorePath } from '../../src/store/store-path.js';
+import { monotonicMs } from '../../src/clock.js';
 
 /** What a path is to the publisher: uploaded by it, or judged by `available` (in the cache, upstream, absent). */
 type Kind = 'upload' | 'present' | 'upstream' | 'absent';
@@ -147,7 +148,7 @@ test('the publisher shows a narinfo only after its NAR and its references, and f
         void s.schedule(Promise.resolve(), `step 1 p${i}`).then(() => {
           if (!nodes[i]!.nar) return publisher.failed(infos[i]!, new NarpushError('UPLOAD_FAILED', `injected: NAR of p${i}`));
           fed.add(i);
-          ends.push(publisher.staged(infos[i]!, { nar: fakeNar(i), staged: staged(i) }, performance.now()));
+          ends.push(publisher.staged(infos[i]!, { nar: fakeNar(i), staged: staged(i) }, monotonicMs()));
         });
       }
 
@@ -210,7 +211,7 @@ test('an unreadable fence fails the path with its own message, naming it', async
       nar: fakeNar(0),
       staged: { publish: async () => void (published = true), durable: async () => {}, discard: async () => {} },
     },
-    performance.now(),
+    monotonicMs(),
   );
   assert.equal(published, false);
   assert.equal(failures.length, 1);
