@@ -51,15 +51,25 @@ const common = {
   logLevel: 'warning',
 };
 
-/** main.ts's imports of './commands.js' and './upload-command.js' stay lazy loads of the files built next to it. */
+/**
+ * main.ts's lazy imports of './commands.js' and './upload-command.js' load
+ * the files built next to it, through the code cache (code-cache.cjs, which
+ * bin/narpush loads first and whose one instance both then share).
+ */
 const commandsOutside = {
   name: 'commands-outside',
   setup(b) {
-    b.onResolve({ filter: /^\.\/commands\.js$/ }, () => ({ path: './commands.cjs', external: true }));
-    b.onResolve({ filter: /^\.\/upload-command\.js$/ }, () => ({ path: './upload.cjs', external: true }));
+    const files = { './commands.js': 'commands.cjs', './upload-command.js': 'upload.cjs' };
+    b.onResolve({ filter: /^\.\/(commands|upload-command)\.js$/ }, (args) => ({ path: files[args.path], namespace: 'cached-bundle' }));
+    b.onResolve({ filter: /^\.\/code-cache\.cjs$/ }, () => ({ path: './code-cache.cjs', external: true }));
+    b.onLoad({ filter: /.*/, namespace: 'cached-bundle' }, (args) => ({
+      contents: `module.exports = require('./code-cache.cjs').loadBundle(require('node:path').join(__dirname, ${JSON.stringify(args.path)}));`,
+      loader: 'js',
+    }));
   },
 };
 
+await build({ ...common, entryPoints: { 'code-cache': 'dist/src/cli/code-cache.js' } });
 await build({ ...common, entryPoints: { 'early-store': 'dist/src/cli/early-store.js' } });
 await build({ ...common, entryPoints: { narpush: 'dist/src/cli/main.js' }, plugins: [commandsOutside] });
 await build({ ...common, entryPoints: { commands: 'dist/src/cli/commands.js' } });

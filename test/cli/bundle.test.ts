@@ -38,7 +38,7 @@ async function loadedFiles(args: readonly string[], env: NodeJS.ProcessEnv = pro
 test('the bundle is CommonJS, requires the AWS SDK and the native addons when used, and carries the crypto thread', async () => {
   // No ES module: a process that loads none never starts Node's ES module loader (scripts/bundle.mjs).
   const files = await bundleFiles();
-  assert.deepEqual([...files.keys()].sort(), ['commands.cjs', 'crypto-thread.cjs', 'early-store.cjs', 'hook.cjs', 'narpush.cjs', 'upload.cjs']);
+  assert.deepEqual([...files.keys()].sort(), ['code-cache.cjs', 'commands.cjs', 'crypto-thread.cjs', 'early-store.cjs', 'hook.cjs', 'narpush.cjs', 'upload.cjs']);
   for (const [name, text] of files) {
     assert.match(text, /^["']use strict["'];/, `${name} keeps the strict mode of the ES modules it was made from`);
     assert.doesNotMatch(text, /\bimport\.meta\b/, `${name}: import.meta has no meaning in CommonJS`);
@@ -54,25 +54,32 @@ test('the bundle is CommonJS, requires the AWS SDK and the native addons when us
   assert.match(files.get('upload.cjs')!, /\? ["']\.\/crypto-thread\.cjs["'] :/, 'the thread is found beside the bundle');
   assert.match(await readFile(path.join(REPO_ROOT, 'bin', 'narpush-hook'), 'utf8'), /require\(['"]\.\.\/dist\/bundle\/hook\.cjs['"]\)/);
   const bin = await readFile(path.join(REPO_ROOT, 'bin', 'narpush'), 'utf8');
-  assert.match(bin, /require\(['"]\.\.\/dist\/bundle\/early-store\.cjs['"]\)/);
-  assert.match(bin, /require\(['"]\.\.\/dist\/bundle\/narpush\.cjs['"]\)/);
+  assert.match(bin, /require\(['"]\.\.\/dist\/bundle\/code-cache\.cjs['"]\)/);
+  assert.match(bin, /bundle\(['"]early-store\.cjs['"]\)/);
+  assert.match(bin, /bundle\(['"]narpush\.cjs['"]\)/);
+  // The commands' bundles load through the same cache (one instance: code-cache.cjs is required, not bundled).
+  const entry = files.get('narpush.cjs')!;
+  for (const name of ['commands.cjs', 'upload.cjs']) {
+    assert.match(entry, new RegExp(`require\\(["']\\./code-cache\\.cjs["']\\)\\.loadBundle\\([^\\n]*["']${name.replace('.', '\\.')}["']`), name);
+  }
+  assert.doesNotMatch(entry, /new Script\(/, 'the loader is not bundled into the entry');
 });
 
 test('`--version` loads only the entry and the command line, none of the commands; upload-path loads upload.cjs alone', async () => {
   const bundled = (files: string[]): string[] => files.filter((f) => f.startsWith(bundle)).map((f) => path.basename(f)).sort();
   const start = await loadedFiles(['--version']);
   assert.ok(start.includes(NARPUSH_BIN), 'the check sees bin/narpush');
-  assert.deepEqual(bundled(start), ['early-store.cjs', 'narpush.cjs']);
+  assert.deepEqual(bundled(start), ['code-cache.cjs', 'early-store.cjs', 'narpush.cjs']);
   assert.deepEqual(start.filter((f) => f.includes('/node_modules/')), [], 'nothing from node_modules');
   const dir = await mkdtemp(path.join(tmpdir(), 'narpush-bundle-'));
   try {
     const help = await loadedFiles(['verify', '--help']);
-    assert.deepEqual(bundled(help), ['early-store.cjs', 'narpush.cjs'], '--help of a command loads no command');
+    assert.deepEqual(bundled(help), ['code-cache.cjs', 'early-store.cjs', 'narpush.cjs'], '--help of a command loads no command');
     const [small] = await nixBuildExpr(`lib.mk { name = "np-bundle-tiny"; salt = "${process.pid}-${Date.now()}"; script = "echo tiny > $out"; }`);
     const upload = await loadedFiles(['upload-path', '--to', `file://${path.join(dir, 'c')}`, '--compression', 'zstd', small!], nixEnv());
-    assert.deepEqual(bundled(upload), ['early-store.cjs', 'narpush.cjs', 'upload.cjs']);
+    assert.deepEqual(bundled(upload), ['code-cache.cjs', 'early-store.cjs', 'narpush.cjs', 'upload.cjs']);
     const gen = await loadedFiles(['generate-key', 'k', path.join(dir, 'sk'), path.join(dir, 'pk')]);
-    assert.deepEqual(bundled(gen), ['commands.cjs', 'early-store.cjs', 'narpush.cjs']);
+    assert.deepEqual(bundled(gen), ['code-cache.cjs', 'commands.cjs', 'early-store.cjs', 'narpush.cjs']);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -184,7 +191,7 @@ test('the hook runs as CommonJS and, when the daemon answers, loads no file-syst
   }
 });
 
-test('upload-path loads node:zlib only for xz and node:worker_threads only when it starts a thread', async () => {
+test('upload-path loads node:zlib only for xz, node:worker_threads only when it starts a thread, and neither perf_hooks nor node:assert for zstd', async () => {
   // Each is a dozen of Node's own modules, loaded at start-up if imported
   // statically: small jobs, where start-up is most of the time, need neither.
   const dir = await mkdtemp(path.join(tmpdir(), 'narpush-bundle-'));
@@ -202,7 +209,7 @@ test('upload-path loads node:zlib only for xz and node:worker_threads only when 
     );
     await run(process.execPath, [NARPUSH_BIN, 'generate-key', 'bundle-test-1', path.join(dir, 'sk'), path.join(dir, 'pk')]);
     let n = 0;
-    const loaded = async (compression: string, paths: readonly string[]): Promise<{ zlib: boolean; threads: boolean }> => {
+    const loaded = async (compression: string, paths: readonly string[]): Promise<{ zlib: boolean; threads: boolean; perfHooks: boolean; assert: boolean }> => {
       const out = path.join(dir, `loaded-${n++}.json`);
       const cache = `file://${path.join(dir, `cache-${n}`)}`;
       const r = await run(
@@ -212,13 +219,25 @@ test('upload-path loads node:zlib only for xz and node:worker_threads only when 
       );
       assert.equal(r.code, 0, r.stderr);
       const list = JSON.parse(await readFile(out, 'utf8')) as string[];
-      return { zlib: list.includes('NativeModule zlib'), threads: list.includes('NativeModule worker_threads') };
+      return {
+        zlib: list.includes('NativeModule zlib'),
+        threads: list.includes('NativeModule worker_threads'),
+        // The performance global (src/clock.ts) and zstd-napi's index (compression.ts) load these.
+        perfHooks: list.includes('NativeModule perf_hooks'),
+        assert: list.includes('NativeModule assert'),
+      };
     };
-    assert.deepEqual(await loaded('zstd', [small!]), { zlib: false, threads: false });
-    assert.deepEqual(await loaded('none', [small!]), { zlib: false, threads: false });
-    // The checks see both once they are needed.
-    assert.equal((await loaded('xz', [small!])).zlib, true, 'xz needs CRC32 from node:zlib');
-    assert.deepEqual(await loaded('zstd', large), { zlib: false, threads: true });
+    const none = { zlib: false, threads: false, perfHooks: false, assert: false };
+    assert.deepEqual(await loaded('zstd', [small!]), none);
+    assert.deepEqual(await loaded('none', [small!]), none);
+    // The checks see each once it is needed.
+    const xz = await loaded('xz', [small!]);
+    assert.equal(xz.zlib, true, 'xz needs CRC32 from node:zlib');
+    assert.equal(xz.assert, true, 'the xz encoder loads zstd-napi whole');
+    assert.deepEqual(await loaded('zstd', large), { ...none, threads: true });
+    const out = path.join(dir, 'loaded-perf.json');
+    assert.equal((await run(process.execPath, ['--require', report, '-e', 'performance.now()'], { env: { ...process.env, LOADED_REPORT: out } })).code, 0);
+    assert.ok((JSON.parse(await readFile(out, 'utf8')) as string[]).includes('NativeModule perf_hooks'));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -235,7 +254,12 @@ test('a command that stops before it answers (the event loop ran dry) exits 70 w
 const load = Module._load;
 Module._load = function (request, ...rest) {
   const m = load.call(this, request, ...rest);
-  return request.endsWith('narpush.cjs') ? { ...m, main: () => new Promise(() => {}) } : m;
+  if (!request.endsWith('code-cache.cjs')) return m;
+  const loadBundle = (f) => {
+    const b = m.loadBundle(f);
+    return f.endsWith('narpush.cjs') ? { ...b, main: () => new Promise(() => {}) } : b;
+  };
+  return { ...m, loadBundle };
 };
 `,
     );

@@ -1,0 +1,206 @@
+/**
+ * How bin/narpush loads its bundles (scripts/bundle.mjs): through V8's code
+ * cache, kept per user, so that a command does not compile the same
+ * JavaScript again on every start.
+ *
+ * Compiling is a large part of a small job's time: the bundles are ~450 KB
+ * of source, and V8 compiles each function the first time it runs. A cache
+ * written after the command has run (`Script.createCachedData()` at exit)
+ * holds the bytecode of every function that ran, not only of the top level
+ * (which is all Node's own compile cache, `module.enableCompileCache()` of
+ * Node 22+, keeps: it is written right after compiling). The next run of
+ * the same command skips all of it.
+ *
+ * Where: `$NODE_COMPILE_CACHE/narpush` when that is set (Node's variable
+ * for where compiled code goes), else `$XDG_CACHE_HOME/narpush/code-cache`,
+ * else `~/.cache/narpush/code-cache`. `NODE_DISABLE_COMPILE_CACHE=1` (Node's
+ * switch for its own cache) turns it off. Nothing here is ever an error:
+ * a directory that cannot be made or written, a file that cannot be read,
+ * a cache V8 refuses: the bundle is compiled from source as without it.
+ *
+ * Trust: bytecode is code. A cache file is used only if it is a regular
+ * file (not followed through a symlink) owned by this process's user and
+ * writable by nobody else, so no other user can plant code in a command
+ * run as root (as under `sudo` with another user's HOME). Files are written
+ * under a temporary name with mode 0600, synced, then renamed, so a crash
+ * leaves no half-written cache.
+ *
+ * Validity: the file's name carries a digest of the bundle's source, the
+ * Node version, the architecture and the node flags (V8 refuses a cache
+ * made by another V8 or with other flags, and checks only the source's
+ * length itself). It also carries the command (`upload-path`, `daemon`...):
+ * the entry bundle runs different functions for each, and the first
+ * command's cache would otherwise stay the only one. A refused cache is
+ * replaced at exit; files of older builds of the same bundle and command are
+ * removed then.
+ *
+ * The module is its own small bundle, loaded with require() (it cannot load
+ * itself through its cache); the bundles it loads appear in require.cache
+ * like any CommonJS module.
+ */
+import Module, { createRequire } from 'node:module';
+import { Script } from 'node:vm';
+import { hash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+/** What became of a bundle's cache in this process. */
+export type CacheUse = 'off' | 'hit' | 'miss' | 'rejected';
+
+interface Loaded {
+  readonly script: Script;
+  readonly exports: unknown;
+  readonly file: string | undefined;
+  use: CacheUse;
+}
+
+export interface CodeCacheOptions {
+  /** Directory of the cache files; undefined: no cache. */
+  readonly dir: string | undefined;
+  /** Part of each file's name: the command run (see above). */
+  readonly command: string;
+}
+
+/** The cache directory `env` asks for (see above), or undefined for none. */
+export function codeCacheDir(env: NodeJS.ProcessEnv): string | undefined {
+  const off = env.NODE_DISABLE_COMPILE_CACHE;
+  if (off !== undefined && off !== '' && off !== '0') return undefined;
+  const abs = (p: string | undefined): string | undefined => (p !== undefined && path.isAbsolute(p) ? p : undefined);
+  const node = abs(env.NODE_COMPILE_CACHE);
+  if (node) return path.join(node, 'narpush');
+  const base = abs(env.XDG_CACHE_HOME) ?? (abs(env.HOME) && path.join(env.HOME!, '.cache'));
+  return base && path.join(base, 'narpush', 'code-cache');
+}
+
+/** The command word of a narpush command line (argv as node's), as a safe file-name part. */
+export function commandOf(argv: readonly string[]): string {
+  const word = argv.slice(2).find((a) => !a.startsWith('-'));
+  return word !== undefined && /^[a-z][a-z-]{0,31}$/.test(word) ? word : 'none';
+}
+
+const RUNTIME_KEY = `${process.version}\0${process.arch}\0${process.execArgv.join('\0')}`;
+
+/** Node's require.cache (one object, whichever require it is read from). */
+const requireCache = createRequire(import.meta.url).cache;
+
+export class CodeCache {
+  private readonly loaded = new Map<string, Loaded>();
+  private savedOnExit = false;
+
+  constructor(private readonly options: CodeCacheOptions) {}
+
+  /** The exports of the CommonJS bundle `filename`, compiled with its cache when there is a usable one. */
+  load(filename: string): unknown {
+    const known = this.loaded.get(filename);
+    if (known) return known.exports;
+    const source = fs.readFileSync(filename, 'utf8');
+    const name = path.basename(filename);
+    const file = this.options.dir && path.join(this.options.dir, `${name}.${this.options.command}.${digest(source)}.v8`);
+    const cachedData = file ? readOwnFile(file) : undefined;
+    const script = new Script(Module.wrap(source), { filename, cachedData });
+    const use: CacheUse = !file ? 'off' : !cachedData ? 'miss' : script.cachedDataRejected ? 'rejected' : 'hit';
+    // Registered like any CommonJS module: require.cache lists it, and a
+    // second load (from another bundle) gets the same exports.
+    const mod = new Module(filename);
+    mod.filename = filename;
+    const loaded: Loaded = { script, file, use, get exports() { return mod.exports; } };
+    this.loaded.set(filename, loaded);
+    requireCache[filename] = mod;
+    if ((use === 'miss' || use === 'rejected') && !this.savedOnExit) {
+      this.savedOnExit = true;
+      // After the command: the cache then holds every function that ran.
+      process.once('exit', () => this.save());
+    }
+    const wrapper = script.runInThisContext() as (...args: unknown[]) => void;
+    try {
+      wrapper.call(mod.exports, mod.exports, createRequire(filename), mod, filename, path.dirname(filename));
+    } catch (err) {
+      this.loaded.delete(filename);
+      delete requireCache[filename];
+      throw err;
+    }
+    mod.loaded = true;
+    return mod.exports;
+  }
+
+  /** How each bundle loaded so far used the cache, by file name. */
+  uses(): Map<string, CacheUse> {
+    return new Map([...this.loaded].map(([f, l]) => [path.basename(f), l.use]));
+  }
+
+  /**
+   * Write the cache of every bundle that had none (or a refused one).
+   * Synchronous: it runs in the process's 'exit' event. Never throws.
+   */
+  save(): void {
+    const dir = this.options.dir;
+    if (!dir) return;
+    for (const l of this.loaded.values()) {
+      if (!l.file || (l.use !== 'miss' && l.use !== 'rejected')) continue;
+      try {
+        fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+        writeDurably(l.file, l.script.createCachedData());
+        l.use = 'hit';
+        removeOlder(dir, l.file);
+      } catch {
+        // An unwritable cache costs only the compile it would have saved.
+      }
+    }
+  }
+}
+
+function digest(source: string): string {
+  return hash('sha256', `${RUNTIME_KEY}\0${source}`, 'hex').slice(0, 32);
+}
+
+/** The file's bytes if it is a regular file of this user's that no one else can write; else undefined. */
+function readOwnFile(file: string): Buffer | undefined {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const st = fs.fstatSync(fd);
+    // An empty buffer is no cache to V8: it would neither use nor refuse it.
+    if (!st.isFile() || st.size === 0 || st.uid !== process.geteuid!() || (st.mode & 0o022) !== 0) return undefined;
+    return fs.readFileSync(fd);
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+function writeDurably(file: string, data: Buffer): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+  try {
+    fs.writeFileSync(fd, data);
+    fs.fdatasyncSync(fd);
+  } catch (err) {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw err;
+  }
+  fs.closeSync(fd);
+  fs.renameSync(tmp, file);
+}
+
+/** Remove the caches of other builds of the same bundle and command (`name.command.*.v8`). */
+function removeOlder(dir: string, keep: string): void {
+  const base = path.basename(keep);
+  const prefix = base.slice(0, base.lastIndexOf('.', base.length - 4) + 1);
+  for (const f of fs.readdirSync(dir)) {
+    if (f !== base && f.startsWith(prefix) && f.endsWith('.v8')) fs.rmSync(path.join(dir, f), { force: true });
+  }
+}
+
+let processCache: CodeCache | undefined;
+
+/**
+ * Load a bundle of bin/narpush through the process's cache, made on first
+ * use for its command line and environment (bin/narpush, and narpush.cjs
+ * for the command's bundle, share it: this file is required once).
+ */
+export function loadBundle(filename: string): unknown {
+  processCache ??= new CodeCache({ dir: codeCacheDir(process.env), command: commandOf(process.argv) });
+  return processCache.load(filename);
+}

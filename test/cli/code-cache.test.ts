@@ -1,0 +1,253 @@
+// bin/narpush loads its bundles through V8's code cache (src/cli/code-cache.ts):
+// a cache is used only when V8 accepts it and it is this user's own file,
+// never for another source, and nothing about it can make a command fail.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmod, chown, lstat, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { pathToFileURL } from 'node:url';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { codeCacheDir, commandOf } from '../../src/cli/code-cache.js';
+import { NARPUSH_BIN, REPO_ROOT, run } from '../helpers/run.js';
+
+/** A CommonJS module with some functions to compile; `n` changes its source, not its length. */
+function moduleSource(n: number): string {
+  return `'use strict';
+function fib(k) { return k < 2 ? k : fib(k - 1) + fib(k - 2); }
+function greet(name) { return 'hello ' + name + ' ${n}'; }
+exports.value = fib(15) + ${n};
+exports.greet = greet;
+exports.dirname = __dirname;
+exports.required = typeof require('node:path').join;
+`;
+}
+
+async function withDir(f: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'narpush-code-cache-'));
+  try {
+    await f(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const LOADER = `
+import { CodeCache } from ${JSON.stringify(pathToFileURL(path.join(REPO_ROOT, 'dist', 'src', 'cli', 'code-cache.js')).href)};
+import { createRequire } from 'node:module';
+import { basename } from 'node:path';
+const [file, dir, command] = JSON.parse(process.argv[1]);
+const cache = new CodeCache({ dir: dir ?? undefined, command });
+const listed = () => createRequire(import.meta.url).cache[file];
+let out;
+try {
+  const e = cache.load(file);
+  out = { use: cache.uses().get(basename(file)), value: e.value, greet: e.greet('x'), dirname: e.dirname, required: e.required, listed: listed()?.exports === e };
+} catch (err) {
+  out = { error: err.message, listed: listed() !== undefined, uses: cache.uses().size };
+}
+cache.save();
+process.stdout.write(JSON.stringify(out));
+`;
+
+interface Loaded {
+  use?: string;
+  value?: number;
+  greet?: string;
+  dirname?: string;
+  required?: string;
+  listed: boolean;
+  error?: string;
+  uses?: number;
+}
+
+/**
+ * Load `file` through a new cache in a new process and save what it made.
+ * A process of its own each time: V8 keeps what it compiled in memory, and
+ * a second compile of the same source in one process would never consult
+ * the cache file at all.
+ */
+async function loadOnce(file: string, dir: string | undefined, command = 'upload-path'): Promise<Loaded> {
+  const r = await run(process.execPath, ['--input-type=module', '-e', LOADER, JSON.stringify([file, dir ?? null, command])]);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout.toString()) as Loaded;
+}
+
+test('codeCacheDir follows Node\'s variables, then XDG_CACHE_HOME, then HOME', () => {
+  assert.equal(codeCacheDir({ HOME: '/home/a' }), '/home/a/.cache/narpush/code-cache');
+  assert.equal(codeCacheDir({ HOME: '/home/a', XDG_CACHE_HOME: '/x' }), '/x/narpush/code-cache');
+  assert.equal(codeCacheDir({ HOME: '/home/a', XDG_CACHE_HOME: 'rel' }), '/home/a/.cache/narpush/code-cache', 'a relative XDG_CACHE_HOME is ignored');
+  assert.equal(codeCacheDir({ HOME: '/home/a', NODE_COMPILE_CACHE: '/n' }), '/n/narpush');
+  assert.equal(codeCacheDir({ HOME: '/home/a', NODE_DISABLE_COMPILE_CACHE: '1' }), undefined);
+  assert.equal(codeCacheDir({ HOME: '/home/a', NODE_DISABLE_COMPILE_CACHE: '0' }), '/home/a/.cache/narpush/code-cache');
+  assert.equal(codeCacheDir({}), undefined);
+  assert.equal(codeCacheDir({ HOME: 'relative' }), undefined);
+});
+
+test('commandOf names the command, or none, in a file-name-safe word', () => {
+  assert.equal(commandOf(['node', 'narpush', 'upload-path', '--to', 'x']), 'upload-path');
+  assert.equal(commandOf(['node', 'narpush', '--debug', 'daemon']), 'daemon');
+  assert.equal(commandOf(['node', 'narpush', '--version']), 'none');
+  assert.equal(commandOf(['node', 'narpush', '../../etc']), 'none');
+  assert.equal(commandOf(['node', 'narpush', 'A'.repeat(5)]), 'none');
+});
+
+test('a bundle is compiled from its cache once one was saved, and behaves the same', async () => {
+  await withDir(async (dir) => {
+    const file = path.join(dir, 'b.cjs');
+    await writeFile(file, moduleSource(1));
+    const cacheDir = path.join(dir, 'cache', 'narpush', 'code-cache');
+    const first = await loadOnce(file, cacheDir);
+    assert.equal(first.use, 'miss');
+    assert.equal(first.value, 611);
+    assert.equal(first.greet, 'hello x 1');
+    assert.equal(first.dirname, dir);
+    assert.equal(first.required, 'function');
+    assert.equal(first.listed, true, 'listed in require.cache');
+    const files = await readdir(cacheDir);
+    assert.equal(files.length, 1);
+    assert.match(files[0]!, /^b\.cjs\.upload-path\.[0-9a-f]{32}\.v8$/);
+    const st = await stat(path.join(cacheDir, files[0]!));
+    assert.equal(st.mode & 0o777, 0o600);
+    assert.equal((await stat(cacheDir)).mode & 0o777, 0o700);
+    assert.equal((await stat(path.dirname(cacheDir))).mode & 0o777, 0o700);
+
+    const second = await loadOnce(file, cacheDir);
+    assert.equal(second.use, 'hit', 'V8 accepted the saved cache');
+    assert.equal(second.value, 611);
+    assert.equal(second.greet, 'hello x 1');
+    const after = await stat(path.join(cacheDir, files[0]!));
+    assert.equal(after.ino, st.ino, 'a cache that was used is not written again');
+
+    // Another command keeps a cache of its own.
+    assert.equal((await loadOnce(file, cacheDir, 'daemon')).use, 'miss');
+    assert.equal((await readdir(cacheDir)).length, 2);
+  });
+});
+
+test('a changed source never uses the old cache, whose file is then removed', async () => {
+  await withDir(async (dir) => {
+    const file = path.join(dir, 'b.cjs');
+    const cacheDir = path.join(dir, 'cache');
+    await writeFile(file, moduleSource(1));
+    await loadOnce(file, cacheDir);
+    await loadOnce(file, cacheDir, 'daemon');
+    const [oldDaemon, oldUpload] = (await readdir(cacheDir)).sort();
+    // Same length: V8's own check (the source's length) would not see the change.
+    await writeFile(file, moduleSource(2));
+    assert.equal(moduleSource(1).length, moduleSource(2).length);
+    const changed = await loadOnce(file, cacheDir);
+    assert.equal(changed.use, 'miss');
+    assert.equal(changed.value, 612, 'the new source runs');
+    assert.equal(changed.greet, 'hello x 2');
+    const now = await readdir(cacheDir);
+    assert.ok(!now.includes(oldUpload!), 'the old build\'s cache for this command is gone');
+    assert.ok(now.includes(oldDaemon!), 'another command\'s cache is left to its own next run');
+    assert.equal(now.length, 2);
+  });
+});
+
+test('a damaged cache is refused by V8, the bundle still runs, and the cache is written again', async () => {
+  await withDir(async (dir) => {
+    const file = path.join(dir, 'b.cjs');
+    const cacheDir = path.join(dir, 'cache');
+    await writeFile(file, moduleSource(3));
+    await loadOnce(file, cacheDir);
+    const [name] = await readdir(cacheDir);
+    const cacheFile = path.join(cacheDir, name!);
+    for (const damage of [Buffer.alloc(0), Buffer.from('not a code cache'), (await readFile(cacheFile)).subarray(0, 200)]) {
+      await rm(cacheFile);
+      await writeFile(cacheFile, damage, { mode: 0o600 });
+      const r = await loadOnce(file, cacheDir);
+      assert.ok(r.use === 'rejected' || r.use === 'miss', `${damage.length} bytes: ${r.use}`);
+      assert.equal(r.value, 613);
+      assert.ok((await stat(cacheFile)).size > 200, 'written again at save');
+      assert.equal((await loadOnce(file, cacheDir)).use, 'hit');
+    }
+  });
+});
+
+test('a cache file is used only if it is this user\'s own, not a symlink, and writable by no one else', async () => {
+  await withDir(async (dir) => {
+    const file = path.join(dir, 'b.cjs');
+    const cacheDir = path.join(dir, 'cache');
+    await writeFile(file, moduleSource(4));
+    await loadOnce(file, cacheDir);
+    const [name] = await readdir(cacheDir);
+    const cacheFile = path.join(cacheDir, name!);
+    const good = await readFile(cacheFile);
+    const put = async (mode: number, uid?: number): Promise<void> => {
+      await rm(cacheFile, { force: true });
+      await writeFile(cacheFile, good, { mode });
+      await chmod(cacheFile, mode);
+      if (uid !== undefined) await chown(cacheFile, uid, uid);
+    };
+    await put(0o600);
+    assert.equal((await loadOnce(file, cacheDir)).use, 'hit', 'the check accepts a good file');
+    await put(0o620);
+    assert.equal((await loadOnce(file, cacheDir)).use, 'miss', 'group-writable');
+    await put(0o602);
+    assert.equal((await loadOnce(file, cacheDir)).use, 'miss', 'world-writable');
+    if (process.geteuid!() === 0) {
+      await put(0o600, 65534);
+      assert.equal((await loadOnce(file, cacheDir)).use, 'miss', 'another user\'s file');
+    }
+    await rm(cacheFile);
+    const elsewhere = path.join(dir, 'elsewhere.v8');
+    await writeFile(elsewhere, good, { mode: 0o600 });
+    await symlink(elsewhere, cacheFile);
+    assert.equal((await loadOnce(file, cacheDir)).use, 'miss', 'a symlink');
+    assert.ok(!(await lstat(cacheFile)).isSymbolicLink(), 'replaced by a file of its own at save');
+  });
+});
+
+test('no cache directory, or one that cannot be made, changes nothing but the caching', async () => {
+  await withDir(async (dir) => {
+    const file = path.join(dir, 'b.cjs');
+    await writeFile(file, moduleSource(5));
+    const off = await loadOnce(file, undefined);
+    assert.equal(off.use, 'off');
+    assert.equal(off.value, 615);
+    const blocked = path.join(dir, 'a-file');
+    await writeFile(blocked, '');
+    const r = await loadOnce(file, path.join(blocked, 'cache'));
+    assert.equal(r.use, 'miss');
+    assert.equal(r.value, 615);
+  });
+});
+
+test('a bundle that throws while loading is not registered, and the error is the bundle\'s', async () => {
+  await withDir(async (dir) => {
+    const file = path.join(dir, 'bad.cjs');
+    await writeFile(file, "'use strict';\nthrow new Error('broken bundle');\n");
+    const r = await loadOnce(file, path.join(dir, 'cache'), 'x');
+    assert.equal(r.error, 'broken bundle');
+    assert.equal(r.listed, false);
+    assert.equal(r.uses, 0);
+  });
+});
+
+test('bin/narpush writes its cache once, uses it on the next run, and replaces a damaged one', async () => {
+  await withDir(async (dir) => {
+    const env = { ...process.env, XDG_CACHE_HOME: dir, NODE_COMPILE_CACHE: '', NODE_DISABLE_COMPILE_CACHE: '' };
+    const cacheDir = path.join(dir, 'narpush', 'code-cache');
+    const version = async (e: NodeJS.ProcessEnv): Promise<void> => {
+      const r = await run(process.execPath, [NARPUSH_BIN, '--version'], { env: e });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout.toString(), /^\d+\.\d+\.\d+\n$/);
+      assert.equal(r.stderr, '');
+    };
+    await version(env);
+    const files = (await readdir(cacheDir)).sort();
+    assert.deepEqual(files.map((f) => f.replace(/\.[0-9a-f]{32}\./, '.#.')), ['early-store.cjs.none.#.v8', 'narpush.cjs.none.#.v8']);
+    const inodes = async (): Promise<number[]> => Promise.all(files.map(async (f) => (await stat(path.join(cacheDir, f))).ino));
+    const before = await inodes();
+    await version(env);
+    assert.deepEqual(await inodes(), before, 'accepted by V8: not written again');
+    await writeFile(path.join(cacheDir, files[1]!), 'garbage');
+    await version(env);
+    assert.ok((await stat(path.join(cacheDir, files[1]!))).size > 1000, 'the damaged cache was replaced');
+    const off = path.join(dir, 'off');
+    await version({ ...env, XDG_CACHE_HOME: off, NODE_DISABLE_COMPILE_CACHE: '1' });
+    await assert.rejects(stat(off), { code: 'ENOENT' });
+  });
+});
