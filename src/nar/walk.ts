@@ -158,6 +158,28 @@ function readAt(fd: number, buf: Buffer, offset: number, length: number, positio
 /** Reads of one large file in flight at once, on the thread pool. */
 const READ_AHEAD = 3;
 
+/**
+ * Rings of lent read buffers whose file was read to its end, kept for the
+ * next large file read on this thread (of this walk or the next NAR's). A
+ * fresh buffer costs a page fault per 4 KiB the first time a read fills it:
+ * 20 ms of a 24 MiB closure's upload (7 NARs, a ring each) went to
+ * allocating and faulting them in (docs/performance.md). A ring is given
+ * back only once its file was read whole (no read in flight, the consumer
+ * done with its last chunk); one abandoned midway is dropped.
+ */
+const idleRings: Buffer[][] = [];
+const IDLE_RINGS_MAX = 2;
+
+function takeRing(chunk: number): Buffer[] {
+  const i = idleRings.findIndex((r) => r[0]!.length === chunk);
+  return i >= 0 ? idleRings.splice(i, 1)[0]! : Array.from({ length: READ_AHEAD + 1 }, () => Buffer.allocUnsafe(chunk));
+}
+
+function giveRing(ring: Buffer[]): void {
+  idleRings.push(ring);
+  if (idleRings.length > IDLE_RINGS_MAX) idleRings.shift();
+}
+
 interface Pending {
   readonly buf: Buffer;
   readonly len: number;
@@ -181,7 +203,8 @@ async function* readLarge(w: Walker, path: Buffer, size: number, lend: boolean):
   } catch (e) {
     throw readError(path, e);
   }
-  const ring = lend ? Array.from({ length: READ_AHEAD + 1 }, () => Buffer.allocUnsafe(Math.min(w.chunk, size))) : undefined;
+  const ring = lend ? takeRing(w.chunk) : undefined;
+  let readWhole = false;
   let turn = 0;
   let issued = 0;
   const queue: Pending[] = [];
@@ -215,10 +238,12 @@ async function* readLarge(w: Walker, path: Buffer, size: number, lend: boolean):
       if (ring === undefined && head.len === w.chunk) w.pool?.handOut(chunk, head.buf);
       yield chunk;
     }
+    readWhole = true;
   } finally {
     // Reads still in flight must finish before their descriptor is closed.
     await Promise.all(queue.map((p) => p.done.catch(() => 0)));
     fs.close(fd, () => {});
+    if (ring !== undefined && readWhole) giveRing(ring);
   }
 }
 
