@@ -15,7 +15,10 @@
  *  - From the second large NAR on (zstd on one encoder thread only, what a
  *    NAR job runs), each goes whole to a worker thread, one per core: the
  *    NARs then run side by side as `nix copy` runs them, and this thread
- *    only moves bytes.
+ *    only moves bytes. But only once the large NARs add up to
+ *    WHOLE_MIN_BYTES: a worker thread takes 40-65 ms to start here (Node's
+ *    own bootstrap), in which this thread reads, hashes and compresses
+ *    about 10 MiB; below that the NARs are produced here as one would be.
  *  - xz uses the cores that fewer large NARs than cores leave idle: each
  *    large NAR's blocks are encoded that many at once (see `compression`).
  *  - Threads only when they pay: a thread's start-up (booting a Node
@@ -33,6 +36,14 @@ import { canProduceWhole } from './nar-producers.js';
  * one request (see above).
  */
 export const SMALL_NAR_BYTES = 512 * 1024;
+
+/**
+ * Large NARs go whole to worker threads only from this many bytes in all
+ * (see above). Measured on the benchmark's 24 MiB closure of 7 NARs:
+ * produced here, 0.90x and 0.92x the time of two worker threads
+ * (docs/performance.md); its 103 MiB closure still gains from them.
+ */
+export const WHOLE_MIN_BYTES = 32 * 1024 * 1024;
 
 /** Signatures (paths x keys) made on this thread when nothing else needs a thread: a few ms of work, less than one thread's start-up. */
 export const SIGN_HERE_MAX = 64;
@@ -54,6 +65,8 @@ export interface UploadWork {
   readonly signingKeys: number;
   /** NARs up to this size are built in memory (SMALL_NAR_BYTES unless set; tests set 0 to force streaming). */
   readonly smallNarBytes?: number;
+  /** Large NARs go whole to worker threads only from this many bytes in all (WHOLE_MIN_BYTES unless set). */
+  readonly wholeMinBytes?: number;
   /** Whether a NAR's hash runs here rather than on the crypto thread; measured (sha256IsFast) unless set. */
   readonly hashHere?: boolean;
 }
@@ -61,6 +74,7 @@ export interface UploadWork {
 /** Paths are added as they become known; the plan for them follows. */
 export class UploadPlanner {
   private large = 0;
+  private largeBytes = 0;
   private paths = 0;
   private readonly small: number;
 
@@ -71,7 +85,10 @@ export class UploadPlanner {
   /** Count a path to upload. */
   add(narSize: number): void {
     this.paths++;
-    if (narSize > this.small) this.large++;
+    if (narSize > this.small) {
+      this.large++;
+      this.largeBytes += narSize;
+    }
   }
 
   /** How a NAR of `narSize` bytes is produced, given the paths added so far. */
@@ -101,7 +118,7 @@ export class UploadPlanner {
   }
 
   private wholeNars(): boolean {
-    return this.large >= 2 && canProduceWhole(this.work.compression);
+    return this.large >= 2 && this.largeBytes >= (this.work.wholeMinBytes ?? WHOLE_MIN_BYTES) && canProduceWhole(this.work.compression);
   }
 
   private hashHere(): boolean {

@@ -86,6 +86,8 @@ export interface UploadOptions {
   readonly referenceInfo?: (path: StorePath) => Promise<PathInfo | undefined>;
   /** Tests: whether large NARs are hashed on this thread (see UploadWork.hashHere); measured unless set. */
   readonly hashHere?: boolean;
+  /** Tests: from how many bytes of large NARs they go whole to worker threads (plan.ts WHOLE_MIN_BYTES unless set). */
+  readonly wholeMinBytes?: number;
   /** Existence checks at once (they are small requests). */
   readonly checkConcurrency?: number;
   readonly signal?: AbortSignal;
@@ -170,6 +172,7 @@ async function runUploads(toUpload: readonly PathInfo[], opts: UploadOptions, em
     signingKeys: opts.signingKeys.length,
     ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
     ...(opts.hashHere !== undefined ? { hashHere: opts.hashHere } : {}),
+    ...(opts.wholeMinBytes !== undefined ? { wholeMinBytes: opts.wholeMinBytes } : {}),
   });
   for (const info of toUpload) planner.add(info.narSize);
   const sign: Signer = planner.signOnThread()

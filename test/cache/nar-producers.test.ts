@@ -18,7 +18,7 @@ import { FileBackend } from '../../src/cache/file-backend.js';
 import type { PutStreamOptions } from '../../src/cache/backend.js';
 import { canProduceWhole } from '../../src/cache/nar-producers.js';
 import { type UploadedNar, uploadNar, uploadSmallNars } from '../../src/cache/nar-upload.js';
-import { SIGN_HERE_MAX, UploadPlanner } from '../../src/cache/plan.js';
+import { SIGN_HERE_MAX, UploadPlanner, WHOLE_MIN_BYTES } from '../../src/cache/plan.js';
 import { ThreadPool } from '../../src/cache/threads/thread-pool.js';
 import { makeNarInfo, narInfoKey, uploadPaths } from '../../src/cache/upload.js';
 import { nix32Encode } from '../../src/hash/nix32.js';
@@ -248,7 +248,7 @@ test('recycled pieces: a NAR of many pieces (zstd, none) is intact through the f
 
 test('planner: small NARs in memory, one large split, several large whole (zstd, one encoder thread only)', () => {
   const plan = (compression: { method: Compression; threads?: number }, sizes: number[], signing = false) => {
-    const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signingKeys: signing ? 1 : 0, smallNarBytes: 100, hashHere: false });
+    const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signingKeys: signing ? 1 : 0, smallNarBytes: 100, hashHere: false, wholeMinBytes: 0 });
     for (const s of sizes) p.add(s);
     return { ways: sizes.map((s) => p.production(s)), threads: p.threads() };
   };
@@ -283,7 +283,7 @@ test('planner: a large xz NAR gets the cores the other large NARs leave idle, un
 
 test('planner: where SHA-256 is fast, one large NAR is hashed here and starts no thread (but several zstd NARs still go whole)', () => {
   const plan = (compression: { method: Compression }, sizes: number[], signingKeys = 0) => {
-    const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signingKeys, smallNarBytes: 100, hashHere: true });
+    const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signingKeys, smallNarBytes: 100, hashHere: true, wholeMinBytes: 0 });
     for (const s of sizes) p.add(s);
     return { ways: sizes.map((s) => p.production(s)), threads: p.threads(), signOnThread: p.signOnThread() };
   };
@@ -291,6 +291,25 @@ test('planner: where SHA-256 is fast, one large NAR is hashed here and starts no
   assert.deepEqual(plan({ method: 'none' }, [101]), { ways: ['inline'], threads: 0, signOnThread: false });
   assert.deepEqual(plan({ method: 'xz' }, [101, 102]).ways, ['inline', 'inline']);
   assert.deepEqual(plan({ method: 'zstd' }, [101, 102]), { ways: ['whole', 'whole'], threads: 2, signOnThread: true });
+});
+
+test('planner: large NARs go whole to worker threads only once they add up to WHOLE_MIN_BYTES; below, they are produced here', () => {
+  const plan = (sizes: number[], hashHere: boolean, wholeMinBytes?: number) => {
+    const p = new UploadPlanner({ compression: { method: 'zstd' }, jobs: 4, cores: 2, signingKeys: 1, smallNarBytes: 100, hashHere, ...(wholeMinBytes !== undefined ? { wholeMinBytes } : {}) });
+    const seen = sizes.map((s) => {
+      p.add(s);
+      return p.threads();
+    });
+    return { ways: sizes.map((s) => p.production(s)), threads: seen, signOnThread: p.signOnThread() };
+  };
+  assert.deepEqual(plan([101, 102], true, 1000), { ways: ['inline', 'inline'], threads: [0, 0], signOnThread: false });
+  assert.deepEqual(plan([101, 102], false, 1000), { ways: ['split', 'split'], threads: [1, 1], signOnThread: true }, 'hashed on the crypto thread where SHA-256 is slow');
+  assert.deepEqual(plan([101, 500, 10, 500], true, 1000), { ways: ['whole', 'whole', 'memory', 'whole'], threads: [0, 0, 0, 2], signOnThread: true }, 'threads start once the sum is reached');
+  assert.deepEqual(plan([600, 500], true, 1000).ways, ['whole', 'whole'], 'exactly at the threshold');
+  const mib = 1024 * 1024;
+  assert.deepEqual(plan([4 * mib, 4 * mib, 4 * mib], true).ways, ['inline', 'inline', 'inline'], 'the default: a typical output of a few MiB stays here');
+  assert.equal(WHOLE_MIN_BYTES, 32 * mib);
+  assert.deepEqual(plan([13 * mib, 13 * mib, 13 * mib], true).ways, ['whole', 'whole', 'whole']);
 });
 
 test('threads only when they pay: a small signed path is signed here and starts no thread; a large NAR starts the crypto thread', async (t) => {

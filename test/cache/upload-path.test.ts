@@ -83,7 +83,8 @@ test('s3: upload a closure, then Nix substitutes it back with signatures require
 });
 
 test('file://: upload with zstd, then Nix substitutes it back with signatures required', async () => {
-  const { top, closure } = await buildClosure(1 << 20);
+  // 31 + 1 MiB of large NARs: enough for worker threads (plan.ts WHOLE_MIN_BYTES).
+  const { top, closure } = await buildClosure(31 << 20);
   const dir = path.join(work, 'file-cache');
   const r = await narpush(['upload-path', '--to', `file://${dir}`, '--compression', 'zstd', '--secret-key-file', secretKey, top], {
     env: env(),
@@ -101,7 +102,7 @@ test('file://: upload with zstd, then Nix substitutes it back with signatures re
   await roundTripThroughNix(closure, top, `file://${dir}`);
 });
 
-// zstd: the two large NARs go whole to worker threads; none: streamed from this one.
+// The two large NARs (7 MiB in all) are streamed from this thread (plan.ts WHOLE_MIN_BYTES).
 for (const compression of ['none', 'zstd']) {
 test(`s3 through a proxy failing 30% of requests: the upload completes and the cache is consistent (${compression})`, async () => {
   const { top, closure } = await buildClosure(6 << 20);

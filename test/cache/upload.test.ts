@@ -159,7 +159,7 @@ test('with several large NARs (each whole on a crypto thread), a corrupted one i
     const backend = new MemoryBackend();
     const a = infos.get('a')!;
     await writeFile(path.join(a.path.path, 'data'), 'tampered after registration');
-    const report = await uploadPaths([...infos.values()], { backend, compression: { method: 'zstd' }, signingKeys: [], threads, jobs: 3, smallNarBytes: 0 });
+    const report = await uploadPaths([...infos.values()], { backend, compression: { method: 'zstd' }, signingKeys: [], threads, jobs: 3, smallNarBytes: 0, wholeMinBytes: 0 });
     assert.deepEqual(report.failed.map((f) => [f.info.path.name, f.error.code]), [['a', 'NAR_HASH_MISMATCH']]);
     assert.match(report.failed[0]!.error.message, /is corrupted/);
     assert.deepEqual(report.uploaded.map((u) => u.info.path.name).sort(), ['b', 'c']);

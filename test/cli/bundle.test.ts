@@ -198,9 +198,9 @@ test('upload-path loads node:zlib only for xz, node:worker_threads only when it 
   try {
     const salt = `${process.pid}-${Date.now()}`;
     const [small] = await nixBuildExpr(`lib.mk { name = "np-bundle-small"; salt = "${salt}"; script = "echo small > $out"; }`);
-    // Two NARs over the in-memory size (plan.ts): each goes whole to a worker thread.
+    // Two NARs over the in-memory size, 34 MB in all (plan.ts WHOLE_MIN_BYTES): each goes whole to a worker thread.
     const large = await Promise.all(
-      [1, 2].map(async (i) => (await nixBuildExpr(`lib.mk { name = "np-bundle-large-${i}"; salt = "${salt}"; script = "head -c 700000 /dev/urandom > $out"; }`))[0]!),
+      [1, 2].map(async (i) => (await nixBuildExpr(`lib.mk { name = "np-bundle-large-${i}"; salt = "${salt}"; script = "head -c 17000000 /dev/urandom > $out"; }`))[0]!),
     );
     const report = path.join(dir, 'loaded.cjs');
     await writeFile(
