@@ -231,3 +231,40 @@ test('stopping early closes the file being read; narStream gives the same bytes'
     assert.deepEqual(await collect(narStream(f)), await nixDump(f));
   });
 });
+
+test('with reuseBuffers, a large file\'s read buffers serve the next NAR once a file was read whole, never while a walk that stopped midway may hold one', async () => {
+  await withTemp(async (dir) => {
+    const big = (name: string, byte: number): Buffer => {
+      const p = path.join(dir, name);
+      fs.writeFileSync(p, Buffer.alloc(64 * 1024, byte));
+      return Buffer.from(p);
+    };
+    const a = big('a', 0x61);
+    const b = big('b', 0x62);
+    const opts = { reuseBuffers: true, smallFileSize: 0, readChunkSize: 4096 };
+    // The file's chunks as the walker lends them (their memory, not copies).
+    const fileChunks = async (root: Buffer, stopAfter = Infinity): Promise<Uint8Array[]> => {
+      const seen: Uint8Array[] = [];
+      const walk = walkNar(root, opts);
+      const ev = walk.next().value as NarEvent;
+      assert.equal(ev.type, 'regular');
+      for await (const c of (ev as { contents: AsyncIterable<Uint8Array> }).contents) {
+        seen.push(c);
+        if (seen.length >= stopAfter) break;
+      }
+      walk.return();
+      return seen;
+    };
+    // Read whole: the next NAR reads into the same memory.
+    const first = new Set((await fileChunks(a)).map((c) => c.buffer));
+    const second = await fileChunks(b);
+    assert.ok(second.some((c) => first.has(c.buffer)), 'the ring went round to the next NAR');
+    // Stopped midway, its last chunk still held: that memory is not read into again.
+    const [held] = await fileChunks(a, 1);
+    const copy = Buffer.from(held!);
+    const after = await fileChunks(b);
+    assert.ok(after.every((c) => c.buffer !== held!.buffer), 'not lent again');
+    assert.ok(Buffer.from(held!).equals(copy), 'the held chunk was not overwritten');
+    assert.deepEqual(await collect(dumpNar(b, opts)), dumpNarSync(b, 1 << 20));
+  });
+});
