@@ -230,6 +230,26 @@ test('zstd by direct calls: with every piece given back, a NAR of many pieces go
   assert.equal(new Set(next.map((p) => p.buffer)).size, next.length, 'every piece its own memory');
 });
 
+test('zstd by direct calls: pieces given back by one NAR\'s compressor are filled by the next one\'s, never while held', async () => {
+  const a = (await createChunkCompressor({ method: 'zstd' }, 16 << 20))!;
+  const given = new Set<ArrayBufferLike>();
+  for (let i = 0; i < 4; i++) {
+    for (const p of a.update(randomBytes(1 << 20))) {
+      given.add(p.buffer);
+      a.recycle(p);
+    }
+  }
+  const held = a.end();
+  const heldCopies = held.map((p) => Buffer.from(p));
+  const b = (await createChunkCompressor({ method: 'zstd' }, 16 << 20))!;
+  const bPieces: Buffer[] = [];
+  while (bPieces.length < 3) bPieces.push(...b.update(randomBytes(1 << 20)));
+  assert.ok(bPieces.some((p) => given.has(p.buffer)), 'a piece given back went round to the next compressor');
+  assert.ok(bPieces.every((p) => held.every((h) => h.buffer !== p.buffer)), 'pieces not given back are never filled again');
+  held.forEach((h, i) => assert.ok(h.equals(heldCopies[i]!), 'a held piece is unchanged'));
+  b.end();
+});
+
 test('zstd by direct calls: compressors one after another, some abandoned mid-frame, each give the bytes a fresh context gives', async () => {
   const { zstdBinding } = await import('../../src/cache/addons.js');
   const zstd = zstdBinding();
