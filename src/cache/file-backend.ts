@@ -303,9 +303,15 @@ export class FileBackend implements CacheBackend {
   }
 
   async stat(key: string): Promise<ObjectStat | undefined> {
+    const file = this.pathOf(key);
     try {
-      const st = await stat(this.pathOf(key));
-      return st.isFile() ? { size: st.size, lastModified: st.mtime } : undefined;
+      // Like exists(): on this thread while such calls are fast (an upload's presence check makes one per path).
+      const st = await this.metadata.run(
+        true,
+        () => fs.statSync(file, { throwIfNoEntry: false }),
+        () => call<fs.Stats>((cb) => fs.stat(file, cb)),
+      );
+      return st?.isFile() ? { size: st.size, lastModified: st.mtime } : undefined;
     } catch (e) {
       if (isMissing(e)) return undefined;
       throw ioError('check', key, this.description, e);
