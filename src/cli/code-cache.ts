@@ -14,7 +14,10 @@
  * Where: `$NODE_COMPILE_CACHE/narpush` when that is set (Node's variable
  * for where compiled code goes), else `$XDG_CACHE_HOME/narpush/code-cache`,
  * else `~/.cache/narpush/code-cache`. `NODE_DISABLE_COMPILE_CACHE=1` (Node's
- * switch for its own cache) turns it off. Nothing here is ever an error:
+ * switch for its own cache) turns it off; so does running no command
+ * (`--version`, `--help`): V8 reads a cache whole, which costs more than
+ * compiling the little such a run needs. Without a cache a bundle is loaded
+ * by Node's own require(). Nothing here is ever an error:
  * a directory that cannot be made or written, a file that cannot be read,
  * a cache V8 refuses: the bundle is compiled from source as without it.
  *
@@ -40,7 +43,6 @@
  */
 import Module, { createRequire } from 'node:module';
 import { Script } from 'node:vm';
-import { hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -48,7 +50,8 @@ import * as path from 'node:path';
 export type CacheUse = 'off' | 'hit' | 'miss' | 'rejected';
 
 interface Loaded {
-  readonly script: Script;
+  /** Undefined: loaded by require(), without a cache. */
+  readonly script: Script | undefined;
   readonly exports: unknown;
   readonly file: string | undefined;
   use: CacheUse;
@@ -80,8 +83,9 @@ export function commandOf(argv: readonly string[]): string {
 
 const RUNTIME_KEY = `${process.version}\0${process.arch}\0${process.execArgv.join('\0')}`;
 
+const nodeRequire = createRequire(import.meta.url);
 /** Node's require.cache (one object, whichever require it is read from). */
-const requireCache = createRequire(import.meta.url).cache;
+const requireCache = nodeRequire.cache;
 
 export class CodeCache {
   private readonly loaded = new Map<string, Loaded>();
@@ -93,6 +97,12 @@ export class CodeCache {
   load(filename: string): unknown {
     const known = this.loaded.get(filename);
     if (known) return known.exports;
+    if (!this.options.dir) {
+      // No cache: Node's own loader, as if there were no such module (it costs less than compiling here).
+      const exports: unknown = createRequire(filename)(filename);
+      this.loaded.set(filename, { script: undefined, exports, file: undefined, use: 'off' });
+      return exports;
+    }
     const source = fs.readFileSync(filename, 'utf8');
     const name = path.basename(filename);
     const file = this.options.dir && path.join(this.options.dir, `${name}.${this.options.command}.${digest(source)}.v8`);
@@ -136,7 +146,7 @@ export class CodeCache {
     const dir = this.options.dir;
     if (!dir) return;
     for (const l of this.loaded.values()) {
-      if (!l.file || (l.use !== 'miss' && l.use !== 'rejected')) continue;
+      if (!l.file || !l.script || (l.use !== 'miss' && l.use !== 'rejected')) continue;
       try {
         fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
         writeDurably(l.file, l.script.createCachedData());
@@ -150,6 +160,9 @@ export class CodeCache {
 }
 
 function digest(source: string): string {
+  // Required here, not imported: node:crypto takes longer to load than `narpush --version` runs,
+  // which has no cache (loadBundle) and must not pay for it.
+  const { hash } = nodeRequire('node:crypto') as typeof import('node:crypto');
   return hash('sha256', `${RUNTIME_KEY}\0${source}`, 'hex').slice(0, 32);
 }
 
@@ -201,6 +214,8 @@ let processCache: CodeCache | undefined;
  * for the command's bundle, share it: this file is required once).
  */
 export function loadBundle(filename: string): unknown {
-  processCache ??= new CodeCache({ dir: codeCacheDir(process.env), command: commandOf(process.argv) });
+  // No command (--version, --help): too little runs for a cache to pay (V8 reads it whole).
+  const command = commandOf(process.argv);
+  processCache ??= new CodeCache({ dir: command === 'none' ? undefined : codeCacheDir(process.env), command });
   return processCache.load(filename);
 }

@@ -226,28 +226,36 @@ test('a bundle that throws while loading is not registered, and the error is the
   });
 });
 
-test('bin/narpush writes its cache once, uses it on the next run, and replaces a damaged one', async () => {
+test('bin/narpush writes its cache once, uses it on the next run, and replaces a damaged one; --version keeps none', async () => {
   await withDir(async (dir) => {
     const env = { ...process.env, XDG_CACHE_HOME: dir, NODE_COMPILE_CACHE: '', NODE_DISABLE_COMPILE_CACHE: '' };
     const cacheDir = path.join(dir, 'narpush', 'code-cache');
-    const version = async (e: NodeJS.ProcessEnv): Promise<void> => {
-      const r = await run(process.execPath, [NARPUSH_BIN, '--version'], { env: e });
+    let n = 0;
+    const generateKey = async (e: NodeJS.ProcessEnv): Promise<void> => {
+      n++;
+      const r = await run(process.execPath, [NARPUSH_BIN, 'generate-key', `k-${n}`, path.join(dir, `sk${n}`), path.join(dir, `pk${n}`)], { env: e });
       assert.equal(r.code, 0, r.stderr);
-      assert.match(r.stdout.toString(), /^\d+\.\d+\.\d+\n$/);
-      assert.equal(r.stderr, '');
+      assert.match(await readFile(path.join(dir, `pk${n}`), 'utf8'), new RegExp(`^k-${n}:`));
     };
-    await version(env);
+    const version = await run(process.execPath, [NARPUSH_BIN, '--version'], { env });
+    assert.equal(version.code, 0, version.stderr);
+    assert.match(version.stdout.toString(), /^\d+\.\d+\.\d+\n$/);
+    await assert.rejects(stat(cacheDir), { code: 'ENOENT' }, '--version: too little runs for a cache to pay');
+    await generateKey(env);
     const files = (await readdir(cacheDir)).sort();
-    assert.deepEqual(files.map((f) => f.replace(/\.[0-9a-f]{32}\./, '.#.')), ['early-store.cjs.none.#.v8', 'narpush.cjs.none.#.v8']);
+    assert.deepEqual(
+      files.map((f) => f.replace(/\.[0-9a-f]{32}\./, '.#.')),
+      ['commands.cjs.generate-key.#.v8', 'early-store.cjs.generate-key.#.v8', 'narpush.cjs.generate-key.#.v8'],
+    );
     const inodes = async (): Promise<number[]> => Promise.all(files.map(async (f) => (await stat(path.join(cacheDir, f))).ino));
     const before = await inodes();
-    await version(env);
+    await generateKey(env);
     assert.deepEqual(await inodes(), before, 'accepted by V8: not written again');
-    await writeFile(path.join(cacheDir, files[1]!), 'garbage');
-    await version(env);
-    assert.ok((await stat(path.join(cacheDir, files[1]!))).size > 1000, 'the damaged cache was replaced');
+    await writeFile(path.join(cacheDir, files[0]!), 'garbage');
+    await generateKey(env);
+    assert.ok((await stat(path.join(cacheDir, files[0]!))).size > 1000, 'the damaged cache was replaced');
     const off = path.join(dir, 'off');
-    await version({ ...env, XDG_CACHE_HOME: off, NODE_DISABLE_COMPILE_CACHE: '1' });
+    await generateKey({ ...env, XDG_CACHE_HOME: off, NODE_DISABLE_COMPILE_CACHE: '1' });
     await assert.rejects(stat(off), { code: 'ENOENT' });
   });
 });
