@@ -104,11 +104,10 @@ export class CodeCache {
       return exports;
     }
     const source = fs.readFileSync(filename, 'utf8');
-    const name = path.basename(filename);
-    const file = this.options.dir && path.join(this.options.dir, `${name}.${this.options.command}.${digest(source)}.v8`);
-    const cachedData = file ? readOwnFile(file) : undefined;
+    const file = path.join(this.options.dir, `${path.basename(filename)}.${this.options.command}.${digest(source)}.v8`);
+    const cachedData = readOwnFile(file);
     const script = new Script(Module.wrap(source), { filename, cachedData });
-    const use: CacheUse = !file ? 'off' : !cachedData ? 'miss' : script.cachedDataRejected ? 'rejected' : 'hit';
+    const use: CacheUse = !cachedData ? 'miss' : script.cachedDataRejected ? 'rejected' : 'hit';
     // Registered like any CommonJS module: require.cache lists it, and a
     // second load (from another bundle) gets the same exports.
     const mod = new Module(filename);
