@@ -16,9 +16,11 @@
  *    NAR job runs), each goes whole to a worker thread, one per core: the
  *    NARs then run side by side as `nix copy` runs them, and this thread
  *    only moves bytes. But only once the large NARs add up to
- *    WHOLE_MIN_BYTES: a worker thread takes 40-65 ms to start here (Node's
- *    own bootstrap), in which this thread reads, hashes and compresses
- *    about 10 MiB; below that the NARs are produced here as one would be.
+ *    WHOLE_MIN_BYTES, unless worker threads are running already (a
+ *    daemon's, kept after its last upload): a worker thread takes 40-65 ms
+ *    to start here (Node's own bootstrap), in which this thread reads,
+ *    hashes and compresses about 10 MiB; below that the NARs are produced
+ *    here as one would be.
  *  - xz uses the cores that fewer large NARs than cores leave idle: each
  *    large NAR's blocks are encoded that many at once (see `compression`).
  *  - Threads only when they pay: a thread's start-up (booting a Node
@@ -65,8 +67,10 @@ export interface UploadWork {
   readonly signingKeys: number;
   /** NARs up to this size are built in memory (SMALL_NAR_BYTES unless set; tests set 0 to force streaming). */
   readonly smallNarBytes?: number;
-  /** Large NARs go whole to worker threads only from this many bytes in all (WHOLE_MIN_BYTES unless set). */
+  /** Large NARs go whole to worker threads only from this many bytes in all (WHOLE_MIN_BYTES unless set)... */
   readonly wholeMinBytes?: number;
+  /** ...unless worker threads are running already (their start-up is paid). */
+  readonly threadsRunning?: number;
   /** Whether a NAR's hash runs here rather than on the crypto thread; measured (sha256IsFast) unless set. */
   readonly hashHere?: boolean;
 }
@@ -118,7 +122,8 @@ export class UploadPlanner {
   }
 
   private wholeNars(): boolean {
-    return this.large >= 2 && this.largeBytes >= (this.work.wholeMinBytes ?? WHOLE_MIN_BYTES) && canProduceWhole(this.work.compression);
+    const minBytes = (this.work.threadsRunning ?? 0) > 0 ? 0 : (this.work.wholeMinBytes ?? WHOLE_MIN_BYTES);
+    return this.large >= 2 && this.largeBytes >= minBytes && canProduceWhole(this.work.compression);
   }
 
   private hashHere(): boolean {

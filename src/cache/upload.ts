@@ -169,6 +169,7 @@ async function runUploads(toUpload: readonly PathInfo[], opts: UploadOptions, em
     compression: opts.compression,
     jobs: opts.jobs,
     cores: opts.threads.maxThreads,
+    threadsRunning: opts.threads.running,
     signingKeys: opts.signingKeys.length,
     ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
     ...(opts.hashHere !== undefined ? { hashHere: opts.hashHere } : {}),

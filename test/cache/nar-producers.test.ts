@@ -293,9 +293,18 @@ test('planner: where SHA-256 is fast, one large NAR is hashed here and starts no
   assert.deepEqual(plan({ method: 'zstd' }, [101, 102]), { ways: ['whole', 'whole'], threads: 2, signOnThread: true });
 });
 
-test('planner: large NARs go whole to worker threads only once they add up to WHOLE_MIN_BYTES; below, they are produced here', () => {
-  const plan = (sizes: number[], hashHere: boolean, wholeMinBytes?: number) => {
-    const p = new UploadPlanner({ compression: { method: 'zstd' }, jobs: 4, cores: 2, signingKeys: 1, smallNarBytes: 100, hashHere, ...(wholeMinBytes !== undefined ? { wholeMinBytes } : {}) });
+test('planner: large NARs go whole to worker threads only once they add up to WHOLE_MIN_BYTES (or threads run already); below, they are produced here', () => {
+  const plan = (sizes: number[], hashHere: boolean, wholeMinBytes?: number, threadsRunning?: number) => {
+    const p = new UploadPlanner({
+      compression: { method: 'zstd' },
+      jobs: 4,
+      cores: 2,
+      signingKeys: 1,
+      smallNarBytes: 100,
+      hashHere,
+      ...(wholeMinBytes !== undefined ? { wholeMinBytes } : {}),
+      ...(threadsRunning !== undefined ? { threadsRunning } : {}),
+    });
     const seen = sizes.map((s) => {
       p.add(s);
       return p.threads();
@@ -306,6 +315,8 @@ test('planner: large NARs go whole to worker threads only once they add up to WH
   assert.deepEqual(plan([101, 102], false, 1000), { ways: ['split', 'split'], threads: [1, 1], signOnThread: true }, 'hashed on the crypto thread where SHA-256 is slow');
   assert.deepEqual(plan([101, 500, 10, 500], true, 1000), { ways: ['whole', 'whole', 'memory', 'whole'], threads: [0, 0, 0, 2], signOnThread: true }, 'threads start once the sum is reached');
   assert.deepEqual(plan([600, 500], true, 1000).ways, ['whole', 'whole'], 'exactly at the threshold');
+  assert.deepEqual(plan([101, 102], true, 1000, 1), { ways: ['whole', 'whole'], threads: [0, 2], signOnThread: true }, 'threads running already (a daemon\'s): no start-up to pay');
+  assert.deepEqual(plan([101, 102], true, 1000, 0).ways, ['inline', 'inline']);
   const mib = 1024 * 1024;
   assert.deepEqual(plan([4 * mib, 4 * mib, 4 * mib], true).ways, ['inline', 'inline', 'inline'], 'the default: a typical output of a few MiB stays here');
   assert.equal(WHOLE_MIN_BYTES, 32 * mib);
@@ -328,4 +339,22 @@ test('threads only when they pay: a small signed path is signed here and starts 
   const big = await uploadPaths([infos.get('big')!], { ...opts, smallNarBytes: 0 });
   assert.equal(big.uploaded.length, 1);
   assert.equal(own.running, 1);
+});
+
+test('threads only when they pay: two large NARs under WHOLE_MIN_BYTES stay on this thread, unless threads run already', async (t) => {
+  const { dir, infos } = await makeStore({ a: [], b: [] }, 1000);
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const upload = async (own: ThreadPool): Promise<void> => {
+    const r = await uploadPaths([...infos.values()], { backend: new MemoryBackend(), compression: { method: 'zstd' }, signingKeys: [key], threads: own, jobs: 2, smallNarBytes: 100, hashHere: true });
+    assert.equal(r.uploaded.length, 2);
+  };
+  const cold = new ThreadPool({ maxThreads: 2 });
+  t.after(() => cold.close());
+  await upload(cold);
+  assert.equal(cold.running, 0, 'produced here, signed here: no thread started');
+  const warm = new ThreadPool({ maxThreads: 2 });
+  t.after(() => warm.close());
+  warm.prewarm(1);
+  await upload(warm);
+  assert.equal(warm.running, 2, 'whole, one thread per core');
 });
