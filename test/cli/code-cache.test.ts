@@ -72,6 +72,16 @@ async function loadOnce(file: string, dir: string | undefined, command = 'upload
   return JSON.parse(r.stdout.toString()) as Loaded;
 }
 
+/** A bundle of moduleSource(n) in `dir` whose cache one run has saved: the files involved. */
+async function cachedBundle(dir: string, n: number): Promise<{ file: string; cacheDir: string; cacheFile: string }> {
+  const file = path.join(dir, 'b.cjs');
+  const cacheDir = path.join(dir, 'cache');
+  await writeFile(file, moduleSource(n));
+  assert.equal((await loadOnce(file, cacheDir)).use, 'miss');
+  const [name] = await readdir(cacheDir);
+  return { file, cacheDir, cacheFile: path.join(cacheDir, name!) };
+}
+
 test('codeCacheDir follows Node\'s variables, then XDG_CACHE_HOME, then HOME', () => {
   assert.equal(codeCacheDir({ HOME: '/home/a' }), '/home/a/.cache/narpush/code-cache');
   assert.equal(codeCacheDir({ HOME: '/home/a', XDG_CACHE_HOME: '/x' }), '/x/narpush/code-cache');
@@ -148,12 +158,7 @@ test('a changed source never uses the old cache, whose file is then removed', as
 
 test('a damaged cache is refused by V8, the bundle still runs, and the cache is written again', async () => {
   await withDir(async (dir) => {
-    const file = path.join(dir, 'b.cjs');
-    const cacheDir = path.join(dir, 'cache');
-    await writeFile(file, moduleSource(3));
-    await loadOnce(file, cacheDir);
-    const [name] = await readdir(cacheDir);
-    const cacheFile = path.join(cacheDir, name!);
+    const { file, cacheDir, cacheFile } = await cachedBundle(dir, 3);
     for (const damage of [Buffer.alloc(0), Buffer.from('not a code cache'), (await readFile(cacheFile)).subarray(0, 200)]) {
       await rm(cacheFile);
       await writeFile(cacheFile, damage, { mode: 0o600 });
@@ -168,12 +173,7 @@ test('a damaged cache is refused by V8, the bundle still runs, and the cache is 
 
 test('a cache file is used only if it is this user\'s own, not a symlink, and writable by no one else', async () => {
   await withDir(async (dir) => {
-    const file = path.join(dir, 'b.cjs');
-    const cacheDir = path.join(dir, 'cache');
-    await writeFile(file, moduleSource(4));
-    await loadOnce(file, cacheDir);
-    const [name] = await readdir(cacheDir);
-    const cacheFile = path.join(cacheDir, name!);
+    const { file, cacheDir, cacheFile } = await cachedBundle(dir, 4);
     const good = await readFile(cacheFile);
     const put = async (mode: number, uid?: number): Promise<void> => {
       await rm(cacheFile, { force: true });
