@@ -259,3 +259,20 @@ test('bin/narpush writes its cache once, uses it on the next run, and replaces a
     await assert.rejects(stat(off), { code: 'ENOENT' });
   });
 });
+
+test('bin/narpush run many times at once with no cache yet: every run works and the cache they leave is used', async () => {
+  await withDir(async (dir) => {
+    const env = { ...process.env, XDG_CACHE_HOME: dir, NODE_COMPILE_CACHE: '', NODE_DISABLE_COMPILE_CACHE: '' };
+    const cacheDir = path.join(dir, 'narpush', 'code-cache');
+    const generateKey = (n: number) =>
+      run(process.execPath, [NARPUSH_BIN, 'generate-key', `k-${n}`, path.join(dir, `sk${n}`), path.join(dir, `pk${n}`)], { env });
+    const runs = await Promise.all([1, 2, 3, 4, 5, 6].map(generateKey));
+    for (const r of runs) assert.equal(r.code, 0, r.stderr);
+    const files = (await readdir(cacheDir)).sort();
+    assert.equal(files.length, 3, `one file a bundle, no temporary file left: ${files.join(', ')}`);
+    const inodes = async (): Promise<number[]> => Promise.all(files.map(async (f) => (await stat(path.join(cacheDir, f))).ino));
+    const before = await inodes();
+    assert.equal((await generateKey(7)).code, 0);
+    assert.deepEqual(await inodes(), before, 'what the racing runs left is accepted by V8');
+  });
+});
