@@ -33,9 +33,10 @@
  * made by another V8 or with other flags, and checks only the source's
  * length itself). It also carries the command (`upload-path`, `daemon`...):
  * the entry bundle runs different functions for each, and the first
- * command's cache would otherwise stay the only one. A refused cache is
- * replaced at exit; files of older builds of the same bundle and command are
- * removed then.
+ * command's cache would otherwise stay the only one. A cache is written (or
+ * a refused one replaced) at exit, and only when the command worked: one
+ * that failed early ran little of its code. Files of older builds of the
+ * same bundle and command are removed then.
  *
  * The module is its own small bundle, loaded with require() (it cannot load
  * itself through its cache); the bundles it loads appear in require.cache
@@ -75,9 +76,11 @@ export function codeCacheDir(env: NodeJS.ProcessEnv): string | undefined {
   return base && path.join(base, 'narpush', 'code-cache');
 }
 
-/** The command word of a narpush command line (argv as node's), as a safe file-name part. */
+/** The command word of a narpush command line (argv as node's), as a safe file-name part; `none` for none, or for its --help. */
 export function commandOf(argv: readonly string[]): string {
-  const word = argv.slice(2).find((a) => !a.startsWith('-'));
+  const args = argv.slice(2);
+  if (args.includes('--help') || args.includes('-h')) return 'none';
+  const word = args.find((a) => !a.startsWith('-'));
   return word !== undefined && /^[a-z][a-z-]{0,31}$/.test(word) ? word : 'none';
 }
 
@@ -118,7 +121,11 @@ export class CodeCache {
     if ((use === 'miss' || use === 'rejected') && !this.savedOnExit) {
       this.savedOnExit = true;
       // After the command: the cache then holds every function that ran.
-      process.once('exit', () => this.save());
+      // Only after one that worked: a run that stopped at a bad flag or a
+      // missing path ran little of the command, and its cache would stay.
+      process.once('exit', (code) => {
+        if (code === 0) this.save();
+      });
     }
     const wrapper = script.runInThisContext() as (...args: unknown[]) => void;
     try {

@@ -98,6 +98,8 @@ test('commandOf names the command, or none, in a file-name-safe word', () => {
   assert.equal(commandOf(['node', 'narpush', '--debug', 'daemon']), 'daemon');
   assert.equal(commandOf(['node', 'narpush', '--version']), 'none');
   assert.equal(commandOf(['node', 'narpush', '../../etc']), 'none');
+  assert.equal(commandOf(['node', 'narpush', 'upload-path', '--help']), 'none', 'help runs little of a command');
+  assert.equal(commandOf(['node', 'narpush', '-h', 'daemon']), 'none');
   assert.equal(commandOf(['node', 'narpush', 'A'.repeat(5)]), 'none');
 });
 
@@ -226,7 +228,7 @@ test('a bundle that throws while loading is not registered, and the error is the
   });
 });
 
-test('bin/narpush writes its cache once, uses it on the next run, and replaces a damaged one; --version keeps none', async () => {
+test('bin/narpush writes its cache after a command that worked, uses it on the next run, and replaces a damaged one; --version and failed commands leave none', async () => {
   await withDir(async (dir) => {
     const env = { ...process.env, XDG_CACHE_HOME: dir, NODE_COMPILE_CACHE: '', NODE_DISABLE_COMPILE_CACHE: '' };
     const cacheDir = path.join(dir, 'narpush', 'code-cache');
@@ -241,6 +243,10 @@ test('bin/narpush writes its cache once, uses it on the next run, and replaces a
     assert.equal(version.code, 0, version.stderr);
     assert.match(version.stdout.toString(), /^\d+\.\d+\.\d+\n$/);
     await assert.rejects(stat(cacheDir), { code: 'ENOENT' }, '--version: too little runs for a cache to pay');
+    // A command that failed (here, at its arguments) ran little of its code: no cache from it.
+    const failed = await run(process.execPath, [NARPUSH_BIN, 'generate-key', 'k-only'], { env });
+    assert.equal(failed.code, 2, failed.stderr);
+    await assert.rejects(stat(cacheDir), { code: 'ENOENT' }, 'a failed command leaves no cache');
     await generateKey(env);
     const files = (await readdir(cacheDir)).sort();
     assert.deepEqual(
