@@ -86,7 +86,7 @@ export interface UploadOptions {
   readonly referenceInfo?: (path: StorePath) => Promise<PathInfo | undefined>;
   /** Tests: whether large NARs are hashed on this thread (see UploadWork.hashHere); measured unless set. */
   readonly hashHere?: boolean;
-  /** Tests: from how many bytes of large NARs they go whole to worker threads (plan.ts WHOLE_MIN_BYTES unless set). */
+  /** From how many bytes of large NARs they go whole to worker threads (plan.ts WHOLE_MIN_BYTES unless set; the daemon and tests set 0). */
   readonly wholeMinBytes?: number;
   /** Existence checks at once (they are small requests). */
   readonly checkConcurrency?: number;

@@ -52,6 +52,8 @@ export interface PipelineOptions {
   readonly refreshAgeMs?: number;
   /** How long a worker thread may have no work before it is stopped (DEFAULT_THREAD_IDLE_MS unless set). */
   readonly threadIdleMs?: number;
+  /** Tests: worker threads of the caller's (closed by the caller); by default the pipeline's own. */
+  readonly threads?: ThreadPool;
 }
 
 export interface Pipeline {
@@ -130,7 +132,7 @@ async function uploadLogs(
 export function createPipeline(opts: PipelineOptions): Pipeline {
   const store = new StoreHandle(opts.openStore);
   // The pipeline's worker threads: stopped while the daemon idles, ended by close.
-  const threads = new ThreadPool(opts.threadIdleMs !== undefined ? { idleMs: opts.threadIdleMs } : {});
+  const threads = opts.threads ?? new ThreadPool(opts.threadIdleMs !== undefined ? { idleMs: opts.threadIdleMs } : {});
   let cacheChecked = false;
 
   const upload: UploadBatch = async (paths: readonly string[], ctx: UploadContext) => {
@@ -205,6 +207,11 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         ...(opts.listing ? { listing: opts.listing } : {}),
         ...(opts.metadataCompression ? { metadataCompression: opts.metadataCompression } : {}),
         threads,
+        // Two or more large NARs go to worker threads however small their sum
+        // (plan.ts WHOLE_MIN_BYTES is for upload-path): this thread answers
+        // the hook, which holds a build up. Produced here, a 24 MiB closure
+        // kept it busy for ~100 ms at a time, and a hook's answer waited for it.
+        wholeMinBytes: 0,
         jobs: opts.jobs,
         ...(opts.upstream ? { upstream: opts.upstream } : {}),
         signal: ctx.signal,
@@ -228,7 +235,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
     upload,
     idle: () => store.reset(),
     close: async () => {
-      await Promise.allSettled([store.close(), opts.backend.close(), threads.close(), opts.upstream?.close()]);
+      await Promise.allSettled([store.close(), opts.backend.close(), opts.threads ? undefined : threads.close(), opts.upstream?.close()]);
     },
   };
 }

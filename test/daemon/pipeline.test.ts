@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { createPipeline } from '../../src/daemon/pipeline.js';
+import { ThreadPool } from '../../src/cache/threads/thread-pool.js';
 import { StoreHandle } from '../../src/daemon/store-handle.js';
 import type { PathOutcome, PipelineEvent } from '../../src/daemon/worker.js';
 import { NarpushError } from '../../src/errors.js';
@@ -57,6 +58,35 @@ test('a .drv (as Nix 2.8.0 sends it) uploads its outputs with their closure; pre
   } finally {
     await pipeline.close();
   }
+});
+
+test('two large NARs go whole to worker threads however small, so that the daemon\'s own thread stays free for the hook', async (t) => {
+  const salt = randomUUID();
+  // Two NARs of 1 MiB: over the in-memory size, far under upload-path's WHOLE_MIN_BYTES.
+  const [top] = await nixBuildExpr(`let big = i: lib.mk { name = "np-pipe-big-\${toString i}"; salt = "${salt}"; script = "head -c 1048576 /dev/urandom > $out"; };
+    in lib.mk { name = "np-pipe-bigs"; salt = "${salt}"; script = "mkdir $out; echo \${big 1} \${big 2} > $out/refs"; }`);
+  const threads = new ThreadPool({ maxThreads: 2 });
+  t.after(() => threads.close());
+  const backend = new MemoryBackend();
+  const pipeline = createPipeline({
+    storeDir: '/nix/store',
+    openStore: () => StoreClient.open({ transport: storeTransportFromEnv(nixEnv()) }),
+    backend,
+    cacheInfo: { storeDir: '/nix/store', wantMassQuery: true },
+    compression: { method: 'zstd' },
+    signingKeys: [],
+    jobs: 2,
+    threads,
+  });
+  try {
+    const out = await pipeline.upload([top!], { signal: new AbortController().signal, onEvent: () => {} });
+    assert.deepEqual(out.get(top!), { kind: 'done' });
+    assert.equal([...backend.objects.keys()].filter((k) => k.endsWith('.narinfo')).length, 3);
+    assert.equal(threads.running, 2, 'one worker thread a core: the NARs went whole to them');
+  } finally {
+    await pipeline.close();
+  }
+  assert.equal(threads.running, 2, "the caller's threads are the caller's to close");
 });
 
 test("a dependency's failure fails the queued path with the dependency's error; invalid paths are dropped", async () => {
