@@ -71,6 +71,8 @@ export interface UploadWork {
   readonly wholeMinBytes?: number;
   /** ...unless worker threads are running already (their start-up is paid). */
   readonly threadsRunning?: number;
+  /** Large NARs go whole to worker threads from this many (2 unless set: one alone is produced here or split; the daemon sets 1). */
+  readonly wholeFromNars?: number;
   /** Whether a NAR's hash runs here rather than on the crypto thread; measured (sha256IsFast) unless set. */
   readonly hashHere?: boolean;
 }
@@ -123,7 +125,7 @@ export class UploadPlanner {
 
   private wholeNars(): boolean {
     const minBytes = (this.work.threadsRunning ?? 0) > 0 ? 0 : (this.work.wholeMinBytes ?? WHOLE_MIN_BYTES);
-    return this.large >= 2 && this.largeBytes >= minBytes && canProduceWhole(this.work.compression);
+    return this.large >= (this.work.wholeFromNars ?? 2) && this.largeBytes >= minBytes && canProduceWhole(this.work.compression);
   }
 
   private hashHere(): boolean {
@@ -142,7 +144,7 @@ export class UploadPlanner {
    * signatures, else none.
    */
   threads(): number {
-    if (this.wholeNars()) return Math.max(1, Math.min(this.work.jobs, this.work.cores));
+    if (this.wholeNars()) return Math.max(1, Math.min(this.work.jobs, this.work.cores, this.large));
     return this.needsThread() || (this.work.signingKeys > 0 && this.signOnThread()) ? 1 : 0;
   }
 }

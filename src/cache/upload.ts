@@ -88,6 +88,8 @@ export interface UploadOptions {
   readonly hashHere?: boolean;
   /** From how many bytes of large NARs they go whole to worker threads (plan.ts WHOLE_MIN_BYTES unless set; the daemon and tests set 0). */
   readonly wholeMinBytes?: number;
+  /** From how many large NARs they go whole to worker threads (2 unless set; the daemon sets 1). */
+  readonly wholeFromNars?: number;
   /** Existence checks at once (they are small requests). */
   readonly checkConcurrency?: number;
   readonly signal?: AbortSignal;
@@ -174,6 +176,7 @@ async function runUploads(toUpload: readonly PathInfo[], opts: UploadOptions, em
     ...(opts.smallNarBytes !== undefined ? { smallNarBytes: opts.smallNarBytes } : {}),
     ...(opts.hashHere !== undefined ? { hashHere: opts.hashHere } : {}),
     ...(opts.wholeMinBytes !== undefined ? { wholeMinBytes: opts.wholeMinBytes } : {}),
+    ...(opts.wholeFromNars !== undefined ? { wholeFromNars: opts.wholeFromNars } : {}),
   });
   for (const info of toUpload) planner.add(info.narSize);
   const sign: Signer = planner.signOnThread()

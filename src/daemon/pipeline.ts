@@ -207,11 +207,13 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         ...(opts.listing ? { listing: opts.listing } : {}),
         ...(opts.metadataCompression ? { metadataCompression: opts.metadataCompression } : {}),
         threads,
-        // Two or more large NARs go to worker threads however small their sum
-        // (plan.ts WHOLE_MIN_BYTES is for upload-path): this thread answers
-        // the hook, which holds a build up. Produced here, a 24 MiB closure
-        // kept it busy for ~100 ms at a time, and a hook's answer waited for it.
+        // Large NARs go to worker threads, even one alone and however small
+        // their sum (plan.ts's rules are for upload-path): this thread
+        // answers the hook, which holds a build up. Produced here, a 24 MiB
+        // closure kept it busy for ~100 ms at a time and a 99 MiB NAR for
+        // ~200 ms, and a hook's answer waited for it (docs/performance.md).
         wholeMinBytes: 0,
+        wholeFromNars: 1,
         jobs: opts.jobs,
         ...(opts.upstream ? { upstream: opts.upstream } : {}),
         signal: ctx.signal,

@@ -317,6 +317,11 @@ test('planner: large NARs go whole to worker threads only once they add up to WH
   assert.deepEqual(plan([600, 500], true, 1000).ways, ['whole', 'whole'], 'exactly at the threshold');
   assert.deepEqual(plan([101, 102], true, 1000, 1), { ways: ['whole', 'whole'], threads: [0, 2], signOnThread: true }, 'threads running already (a daemon\'s): no start-up to pay');
   assert.deepEqual(plan([101, 102], true, 1000, 0).ways, ['inline', 'inline']);
+  const daemon = new UploadPlanner({ compression: { method: 'zstd' }, jobs: 4, cores: 4, signingKeys: 0, smallNarBytes: 100, hashHere: true, wholeMinBytes: 0, wholeFromNars: 1 });
+  daemon.add(101);
+  assert.deepEqual([daemon.production(101), daemon.threads()], ['whole', 1], 'the daemon: one large NAR alone goes whole, to one thread');
+  daemon.add(102);
+  assert.equal(daemon.threads(), 2, 'a thread a large NAR, up to the cores and jobs');
   const mib = 1024 * 1024;
   assert.deepEqual(plan([4 * mib, 4 * mib, 4 * mib], true).ways, ['inline', 'inline', 'inline'], 'the default: a typical output of a few MiB stays here');
   assert.equal(WHOLE_MIN_BYTES, 32 * mib);

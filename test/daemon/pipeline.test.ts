@@ -60,7 +60,7 @@ test('a .drv (as Nix 2.8.0 sends it) uploads its outputs with their closure; pre
   }
 });
 
-test('two large NARs go whole to worker threads however small, so that the daemon\'s own thread stays free for the hook', async (t) => {
+test('large NARs go whole to worker threads, one alone and however small, so that the daemon\'s own thread stays free for the hook', async (t) => {
   const salt = randomUUID();
   // Two NARs of 1 MiB: over the in-memory size, far under upload-path's WHOLE_MIN_BYTES.
   const [top] = await nixBuildExpr(`let big = i: lib.mk { name = "np-pipe-big-\${toString i}"; salt = "${salt}"; script = "head -c 1048576 /dev/urandom > $out"; };
@@ -83,6 +83,26 @@ test('two large NARs go whole to worker threads however small, so that the daemo
     assert.deepEqual(out.get(top!), { kind: 'done' });
     assert.equal([...backend.objects.keys()].filter((k) => k.endsWith('.narinfo')).length, 3);
     assert.equal(threads.running, 2, 'one worker thread a core: the NARs went whole to them');
+    // One large NAR alone goes whole too (upload-path would produce it on its own thread).
+    const [one] = await nixBuildExpr(`lib.mk { name = "np-pipe-one"; salt = "${salt}"; script = "head -c 1048576 /dev/urandom > $out"; }`);
+    const alone = new ThreadPool({ maxThreads: 2 });
+    t.after(() => alone.close());
+    const single = createPipeline({
+      storeDir: '/nix/store',
+      openStore: () => StoreClient.open({ transport: storeTransportFromEnv(nixEnv()) }),
+      backend: new MemoryBackend(),
+      cacheInfo: { storeDir: '/nix/store', wantMassQuery: true },
+      compression: { method: 'zstd' },
+      signingKeys: [],
+      jobs: 2,
+      threads: alone,
+    });
+    try {
+      assert.deepEqual((await single.upload([one!], { signal: new AbortController().signal, onEvent: () => {} })).get(one!), { kind: 'done' });
+      assert.equal(alone.running, 1, 'one NAR, one worker thread');
+    } finally {
+      await single.close();
+    }
   } finally {
     await pipeline.close();
   }
