@@ -19,8 +19,9 @@
  *    WHOLE_MIN_BYTES, unless worker threads are running already (a
  *    daemon's, kept after its last upload): a worker thread takes 40-65 ms
  *    to start here (Node's own bootstrap), in which this thread reads,
- *    hashes and compresses about 10 MiB; below that the NARs are produced
- *    here as one would be.
+ *    hashes and compresses roughly 10-15 MiB (an estimate: zstd and SHA-256
+ *    of the benchmark's 24 MiB closure took 70-86 ms here in profiles);
+ *    below that the NARs are produced here as one would be.
  *  - xz uses the cores that fewer large NARs than cores leave idle: each
  *    large NAR's blocks are encoded that many at once (see `compression`).
  *  - Threads only when they pay: a thread's start-up (booting a Node

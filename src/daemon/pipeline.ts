@@ -210,8 +210,8 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         // Large NARs go to worker threads, even one alone and however small
         // their sum (plan.ts's rules are for upload-path): this thread
         // answers the hook, which holds a build up. Produced here, a 24 MiB
-        // closure kept it busy for ~100 ms at a time and a 99 MiB NAR for
-        // ~200 ms, and a hook's answer waited for it (docs/performance.md).
+        // closure kept it busy for ~100 ms at a stretch, and a hook's answer
+        // waited up to 135 ms (210 ms during a 99 MiB NAR; docs/performance.md).
         wholeMinBytes: 0,
         wholeFromNars: 1,
         jobs: opts.jobs,

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { createPipeline } from '../../src/daemon/pipeline.js';
+import { createPipeline, type PipelineOptions } from '../../src/daemon/pipeline.js';
 import { ThreadPool } from '../../src/cache/threads/thread-pool.js';
 import { StoreHandle } from '../../src/daemon/store-handle.js';
 import type { PathOutcome, PipelineEvent } from '../../src/daemon/worker.js';
@@ -28,7 +28,7 @@ async function buildPair(): Promise<{ top: string; dep: string; drv: string }> {
   return { top: top!, dep: refs.find((r) => r.endsWith('-np-pipe-dep'))!, drv };
 }
 
-function pipelineFor(backend: MemoryBackend) {
+function pipelineFor(backend: MemoryBackend, more: Partial<PipelineOptions> = {}) {
   return createPipeline({
     storeDir: '/nix/store',
     openStore: () => StoreClient.open({ transport: storeTransportFromEnv(nixEnv()) }),
@@ -37,6 +37,7 @@ function pipelineFor(backend: MemoryBackend) {
     compression: { method: 'none' },
     signingKeys: [],
     jobs: 2,
+    ...more,
   });
 }
 
@@ -68,16 +69,7 @@ test('large NARs go whole to worker threads, one alone and however small, so tha
   const threads = new ThreadPool({ maxThreads: 2 });
   t.after(() => threads.close());
   const backend = new MemoryBackend();
-  const pipeline = createPipeline({
-    storeDir: '/nix/store',
-    openStore: () => StoreClient.open({ transport: storeTransportFromEnv(nixEnv()) }),
-    backend,
-    cacheInfo: { storeDir: '/nix/store', wantMassQuery: true },
-    compression: { method: 'zstd' },
-    signingKeys: [],
-    jobs: 2,
-    threads,
-  });
+  const pipeline = pipelineFor(backend, { compression: { method: 'zstd' }, threads });
   try {
     const out = await pipeline.upload([top!], { signal: new AbortController().signal, onEvent: () => {} });
     assert.deepEqual(out.get(top!), { kind: 'done' });
@@ -87,16 +79,7 @@ test('large NARs go whole to worker threads, one alone and however small, so tha
     const [one] = await nixBuildExpr(`lib.mk { name = "np-pipe-one"; salt = "${salt}"; script = "head -c 1048576 /dev/urandom > $out"; }`);
     const alone = new ThreadPool({ maxThreads: 2 });
     t.after(() => alone.close());
-    const single = createPipeline({
-      storeDir: '/nix/store',
-      openStore: () => StoreClient.open({ transport: storeTransportFromEnv(nixEnv()) }),
-      backend: new MemoryBackend(),
-      cacheInfo: { storeDir: '/nix/store', wantMassQuery: true },
-      compression: { method: 'zstd' },
-      signingKeys: [],
-      jobs: 2,
-      threads: alone,
-    });
+    const single = pipelineFor(new MemoryBackend(), { compression: { method: 'zstd' }, threads: alone });
     try {
       assert.deepEqual((await single.upload([one!], { signal: new AbortController().signal, onEvent: () => {} })).get(one!), { kind: 'done' });
       assert.equal(alone.running, 1, 'one NAR, one worker thread');
