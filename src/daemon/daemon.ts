@@ -173,6 +173,7 @@ async function listen(config: DaemonConfig, deps: DaemonDeps, o: Opened, p: Part
       ...(config.idleTimeoutMs !== undefined ? { idleTimeoutMs: config.idleTimeoutMs } : {}),
       handle: (line) => p.intake.handleLine(line),
       log: deps.log,
+      paused: true,
     });
     return { server, ...(metrics ? { metrics } : {}) };
   } catch (e) {
@@ -229,6 +230,11 @@ export async function startDaemon(config: DaemonConfig, deps: DaemonDeps): Promi
     event: 'started',
     detail: `listening on ${server.address}${metrics ? `, metrics at http://${metrics.address}/metrics` : ''}, state in ${config.stateDir}, uploading to ${config.cache}; ${replayed.pending.size} path(s) resumed from the journal`,
   });
+  // Requests are read from here on. The socket listens a few event-loop turns
+  // earlier (its file is then chmod-ed and stat-ed); a client connecting in
+  // between was answered by a daemon that had not yet said it was listening
+  // (seen in CI: a status answered before this line was written).
+  server.open();
   return {
     address: server.address,
     ...(metrics ? { metricsAddress: metrics.address } : {}),

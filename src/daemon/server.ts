@@ -39,12 +39,20 @@ export interface ServerOptions {
   /** Answer one request line. A throw is answered as an internal error. */
   readonly handle: (line: string) => Promise<unknown>;
   readonly log: DaemonLogger;
+  /**
+   * Accept connections but read no request until `open()`: the daemon opens
+   * once it has started (journal replayed, worker running, its "listening"
+   * line written), so no client is answered by a daemon still starting.
+   */
+  readonly paused?: boolean;
 }
 
 export interface SocketServer {
   /** The socket path, or `fd:3` when inherited. */
   readonly address: string;
   readonly connections: number;
+  /** Start reading requests (a server started `paused`); those sent meanwhile are answered now. */
+  open(): void;
   /** Stop accepting, let requests being handled finish (bounded), drop idle clients, remove the socket file. */
   close(timeoutMs?: number): Promise<void>;
 }
@@ -104,8 +112,10 @@ export async function startServer(opts: ServerOptions): Promise<SocketServer> {
   const mode = opts.socketMode ?? 0o660;
   const live = new Map<Socket, { busy: boolean }>();
   let closing = false;
+  // Clients that connected while the server is paused: not read from until open().
+  let waiting: Set<Socket> | undefined = opts.paused ? new Set() : undefined;
 
-  const server = createServer({ allowHalfOpen: false, pauseOnConnect: false }, (socket) => {
+  const server = createServer({ allowHalfOpen: false, pauseOnConnect: true }, (socket) => {
     const state = { busy: false };
     live.set(socket, state);
     const lines = new LineSplitter(maxLine);
@@ -162,7 +172,10 @@ export async function startServer(opts: ServerOptions): Promise<SocketServer> {
     socket.on('close', () => {
       clearTimeout(timer);
       live.delete(socket);
+      waiting?.delete(socket);
     });
+    if (waiting) waiting.add(socket);
+    else socket.resume();
   });
   server.maxConnections = opts.maxConnections ?? 1024;
   server.on('error', (e) => opts.log({ event: 'warning', detail: `socket server: ${e.message}` }));
@@ -186,6 +199,11 @@ export async function startServer(opts: ServerOptions): Promise<SocketServer> {
     address,
     get connections() {
       return live.size;
+    },
+    open() {
+      const w = waiting;
+      waiting = undefined;
+      for (const socket of w ?? []) socket.resume();
     },
     async close(timeoutMs = 5000) {
       closing = true;

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { sendRequest } from '../../src/daemon/client.js';
 import { replayJournal } from '../../src/daemon/journal.js';
 import { encodeLine, MAX_LINE_BYTES } from '../../src/daemon/protocol.js';
+import { startServer } from '../../src/daemon/server.js';
 import { spoolDir, writeSpoolFile } from '../../src/daemon/spool.js';
 import type { DaemonStatus } from '../../src/daemon/daemon.js';
 import { eventually, fakePath, startFakeDaemon, tempDir } from './fakes.js';
@@ -310,5 +311,74 @@ test('socket path: a stale socket is replaced; a live one or a regular file is r
     assert.equal(await readFile(file, 'utf8'), 'precious', 'not deleted');
   } finally {
     await t.remove();
+  }
+});
+
+test('a paused socket server accepts clients but reads no request until open(); then it answers them, in order', async () => {
+  const t = await tempDir();
+  const handled: string[] = [];
+  const server = await startServer({
+    socketPath: path.join(t.dir, 'sock'),
+    paused: true,
+    handle: async (line) => {
+      handled.push(line);
+      return { ok: true, echo: line };
+    },
+    log: () => {},
+  });
+  try {
+    const early = raw(server.address, `${encodeLine({ n: 1 })}${encodeLine({ n: 2 })}`, 5000);
+    await eventually(() => server.connections === 1, 5000, 'the client accepted');
+    // Round trips through the event loop: a server that reads would have answered by now.
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(handled, [], 'nothing read while paused');
+    server.open();
+    await eventually(() => handled.length === 2, 5000, 'both requests handled');
+    const late = await ask(server.address, { n: 3 });
+    assert.deepEqual(late, { ok: true, echo: encodeLine({ n: 3 }).trim() });
+    await server.close(100);
+    const { text } = await early;
+    assert.deepEqual(
+      text.trim().split('\n').map((l) => JSON.parse(l).echo),
+      [encodeLine({ n: 1 }).trim(), encodeLine({ n: 2 }).trim()],
+    );
+  } finally {
+    await server.close(100);
+    await t.remove();
+  }
+});
+
+test('a client that connects while the daemon starts is answered only after the daemon has said it is listening', async () => {
+  // The socket listens a few event-loop turns before the start is done; the
+  // client tries at every turn, over several starts.
+  for (let round = 0; round < 40; round++) {
+    const t = await tempDir();
+    const socket = path.join(t.dir, 'sock');
+    let started = false;
+    let stop = false;
+    const answers: boolean[] = [];
+    const client = (async () => {
+      while (!stop) {
+        try {
+          const a = await sendRequest(socket, { op: 'status' }, { timeoutMs: 5000 });
+          if (a.ok === true) {
+            answers.push(started);
+            return;
+          }
+        } catch {
+          await new Promise((r) => setImmediate(r));
+        }
+      }
+    })();
+    const d = await startFakeDaemon({ dir: t.dir, onLog: (e) => (started ||= e.event === 'started') });
+    try {
+      await client;
+      assert.deepEqual(answers, [true], `round ${round}: answered after the 'started' line`);
+    } finally {
+      stop = true;
+      await client;
+      await d.stop();
+      await t.remove();
+    }
   }
 });

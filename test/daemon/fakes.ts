@@ -63,6 +63,8 @@ export interface FakeDaemonOptions {
   readonly config?: Partial<DaemonConfig>;
   /** GC roots (default: none held). */
   readonly roots?: RootStore;
+  /** Also told every log event, from the first (`logs` is known only once the daemon has started). */
+  readonly onLog?: (e: LogEvent) => void;
 }
 
 /** Start the real daemon (real journal, spool, socket) with a fake store and cache. */
@@ -103,7 +105,10 @@ export async function startFakeDaemon(opts: FakeDaemonOptions): Promise<FakeDaem
       validPaths: async (paths: readonly StorePath[]) => new Set(paths.map((p) => p.path).filter((p) => (opts.valid ? opts.valid(p) : true))),
       upload,
       ...(opts.roots ? { roots: opts.roots } : {}),
-      log: (e) => logs.push(e),
+      log: (e) => {
+        logs.push(e);
+        opts.onLog?.(e);
+      },
     },
   );
   return { daemon, socket, stateDir, logs, uploads, done, stop: () => daemon.stop() };
