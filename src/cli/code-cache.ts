@@ -35,8 +35,15 @@
  * the entry bundle runs different functions for each, and the first
  * command's cache would otherwise stay the only one. A cache is written (or
  * a refused one replaced) at exit, and only when the command worked: one
- * that failed early ran little of its code. Files of older builds of the
- * same bundle and command are removed then.
+ * that failed early ran little of its code.
+ *
+ * Clean-up: a file's modification time says when it was last used (a run
+ * that uses a cache older than a day sets it to now). A cache no run has
+ * used for a week (an older build's) and a temporary file of a run killed
+ * while writing are removed by the next run that writes a cache or sets a
+ * time. Not at once: two installations of different builds may share the
+ * directory (a system's narpush and a checkout's), and each removing the
+ * other's cache would have both compile every time.
  *
  * The module is its own small bundle, loaded with require() (it cannot load
  * itself through its cache); the bundles it loads appear in require.cache
@@ -108,7 +115,7 @@ export class CodeCache {
     }
     const source = fs.readFileSync(filename, 'utf8');
     const file = path.join(this.options.dir, `${path.basename(filename)}.${this.options.command}.${digest(source)}.v8`);
-    const cachedData = readOwnFile(file);
+    const cachedData = readOwnFile(file, Date.now());
     const script = new Script(Module.wrap(source), { filename, cachedData });
     const use: CacheUse = !cachedData ? 'miss' : script.cachedDataRejected ? 'rejected' : 'hit';
     // Registered like any CommonJS module: require.cache lists it, and a
@@ -157,7 +164,7 @@ export class CodeCache {
         fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
         writeDurably(l.file, l.script.createCachedData());
         l.use = 'hit';
-        removeOlder(dir, l.file);
+        sweep(dir, l.file, Date.now());
       } catch {
         // An unwritable cache costs only the compile it would have saved.
       }
@@ -172,15 +179,31 @@ function digest(source: string): string {
   return hash('sha256', `${RUNTIME_KEY}\0${source}`, 'hex').slice(0, 32);
 }
 
-/** The file's bytes if it is a regular file of this user's that no one else can write; else undefined. */
-function readOwnFile(file: string): Buffer | undefined {
+/** A cache file no run has used for this long is removed (see sweep). */
+export const UNUSED_MS = 7 * 24 * 3600 * 1000;
+/** A cache in use has its modification time set to now when it is older than this. */
+export const TOUCH_AFTER_MS = 24 * 3600 * 1000;
+/** A temporary file this old was left by a run killed while writing it (a write takes milliseconds). */
+export const TEMP_STALE_MS = 10 * 60 * 1000;
+
+/**
+ * The file's bytes if it is a regular file of this user's that no one else
+ * can write; else undefined. One used more than a day after its last
+ * modification is marked used now, and the directory swept.
+ */
+function readOwnFile(file: string, now: number): Buffer | undefined {
   let fd: number | undefined;
   try {
     fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     const st = fs.fstatSync(fd);
     // An empty buffer is no cache to V8: it would neither use nor refuse it.
     if (!st.isFile() || st.size === 0 || st.uid !== process.geteuid!() || (st.mode & 0o022) !== 0) return undefined;
-    return fs.readFileSync(fd);
+    const data = fs.readFileSync(fd);
+    if (now - st.mtimeMs > TOUCH_AFTER_MS) {
+      fs.futimesSync(fd, now / 1000, now / 1000);
+      sweep(path.dirname(file), file, now);
+    }
+    return data;
   } catch {
     return undefined;
   } finally {
@@ -203,12 +226,23 @@ function writeDurably(file: string, data: Buffer): void {
   fs.renameSync(tmp, file);
 }
 
-/** Remove the caches of other builds of the same bundle and command (`name.command.*.v8`). */
-function removeOlder(dir: string, keep: string): void {
-  const base = path.basename(keep);
-  const prefix = base.slice(0, base.lastIndexOf('.', base.length - 4) + 1);
-  for (const f of fs.readdirSync(dir)) {
-    if (f !== base && f.startsWith(prefix) && f.endsWith('.v8')) fs.rmSync(path.join(dir, f), { force: true });
+/** Remove the caches unused for a week and the temporary files of killed runs, but never `keep`. */
+function sweep(dir: string, keep: string, now: number): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const f of names) {
+    const limit = f.endsWith('.v8') ? UNUSED_MS : f.endsWith('.tmp') ? TEMP_STALE_MS : undefined;
+    const p = path.join(dir, f);
+    if (limit === undefined || p === keep) continue;
+    try {
+      if (now - fs.lstatSync(p).mtimeMs > limit) fs.rmSync(p, { force: true });
+    } catch {
+      // Gone already (another run swept it).
+    }
   }
 }
 

@@ -3,7 +3,7 @@
 // never for another source, and nothing about it can make a command fail.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, chown, lstat, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdtemp, readdir, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -20,6 +20,14 @@ exports.greet = greet;
 exports.dirname = __dirname;
 exports.required = typeof require('node:path').join;
 `;
+}
+
+const DAY = 24 * 3600_000;
+
+/** Set a file's times `ms` into the past. */
+async function age(file: string, ms: number): Promise<void> {
+  const t = (Date.now() - ms) / 1000;
+  await utimes(file, t, t);
 }
 
 async function withDir(f: (dir: string) => Promise<void>): Promise<void> {
@@ -136,7 +144,7 @@ test('a bundle is compiled from its cache once one was saved, and behaves the sa
   });
 });
 
-test('a changed source never uses the old cache, whose file is then removed', async () => {
+test('a changed source never uses the old cache; the old cache stays while it is in use (another installation), and goes once unused for a week', async () => {
   await withDir(async (dir) => {
     const file = path.join(dir, 'b.cjs');
     const cacheDir = path.join(dir, 'cache');
@@ -151,10 +159,54 @@ test('a changed source never uses the old cache, whose file is then removed', as
     assert.equal(changed.use, 'miss');
     assert.equal(changed.value, 612, 'the new source runs');
     assert.equal(changed.greet, 'hello x 2');
+    const both = await readdir(cacheDir);
+    assert.equal(both.length, 3, 'the other build\'s cache, used just now, is left alone');
+    const newUpload = both.find((f) => f !== oldDaemon && f !== oldUpload)!;
+    // The two builds take turns (two installations): each uses its own cache, none is written again.
+    await writeFile(file, moduleSource(1));
+    assert.equal((await loadOnce(file, cacheDir)).use, 'hit');
+    await writeFile(file, moduleSource(2));
+    assert.equal((await loadOnce(file, cacheDir)).use, 'hit');
+
+    // The first build unused for 8 days; the daemon's cache for 6. The next cache written sweeps.
+    await age(path.join(cacheDir, oldUpload!), 8 * DAY);
+    await age(path.join(cacheDir, oldDaemon!), 6 * DAY);
+    assert.equal((await loadOnce(file, cacheDir, 'path-info')).use, 'miss');
     const now = await readdir(cacheDir);
-    assert.ok(!now.includes(oldUpload!), 'the old build\'s cache for this command is gone');
-    assert.ok(now.includes(oldDaemon!), 'another command\'s cache is left to its own next run');
-    assert.equal(now.length, 2);
+    assert.ok(!now.includes(oldUpload!), 'unused for a week: removed');
+    assert.ok(now.includes(oldDaemon!), 'unused for 6 days: kept');
+    assert.ok(now.includes(newUpload));
+    assert.equal(now.length, 3);
+  });
+});
+
+test('a cache in use is marked used once a day, and that run sweeps what is unused and what killed runs left half-written', async () => {
+  await withDir(async (dir) => {
+    const { file, cacheDir, cacheFile } = await cachedBundle(dir, 4);
+    const other = path.join(cacheDir, 'b.cjs.upload-path.0123456789abcdef0123456789abcdef.v8');
+    const staleTemp = `${cacheFile}.12345.tmp`;
+    const freshTemp = `${cacheFile}.12346.tmp`;
+    const foreign = path.join(cacheDir, 'notes.txt');
+    for (const f of [other, staleTemp, freshTemp, foreign]) await writeFile(f, 'x', { mode: 0o600 });
+    await age(other, 8 * DAY);
+    await age(staleTemp, 11 * 60_000);
+    await age(foreign, 30 * DAY);
+
+    // Used within the day: nothing is written, nothing swept.
+    await age(cacheFile, 23 * 3600_000);
+    const before = (await stat(cacheFile)).mtimeMs;
+    assert.equal((await loadOnce(file, cacheDir)).use, 'hit');
+    assert.equal((await stat(cacheFile)).mtimeMs, before, 'not marked again within the day');
+    assert.equal((await readdir(cacheDir)).length, 5);
+
+    // Last marked more than a day ago: marked now, and the directory swept.
+    await age(cacheFile, 25 * 3600_000);
+    const hit = await loadOnce(file, cacheDir);
+    assert.equal(hit.use, 'hit');
+    assert.equal(hit.value, 614);
+    assert.ok(Date.now() - (await stat(cacheFile)).mtimeMs < 60_000, 'marked used now');
+    assert.deepEqual((await readdir(cacheDir)).sort(), [path.basename(cacheFile), path.basename(freshTemp), 'notes.txt'].sort(),
+      'the week-old cache and the temporary file of a killed run are gone; a temporary file being written and files not of caches stay');
   });
 });
 
