@@ -15,6 +15,9 @@
  * the moment it exists; a stale file from a dead daemon is replaced, a live
  * daemon's socket or a file that is not a socket is left alone. Under
  * systemd socket activation the inherited listening socket is used instead.
+ * The daemon starts the server `paused`: clients that connect while it
+ * starts are accepted (the kernel would queue them anyway) and read from
+ * once it calls `open()`.
  */
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import { type Server, type Socket, createConnection, createServer } from 'node:net';
