@@ -41,7 +41,8 @@
  * that uses a cache older than a day sets it to now). A cache no run has
  * used for a week (an older build's) and a temporary file of a run killed
  * while writing are removed by the next run that writes a cache or sets a
- * time. Not at once: two installations of different builds may share the
+ * time (files of these names and this user's only, in a directory of this
+ * user's that is not a symlink). Not at once: two installations of different builds may share the
  * directory (a system's narpush and a checkout's), and each removing the
  * other's cache would have both compile every time.
  *
@@ -226,20 +227,34 @@ function writeDurably(file: string, data: Buffer): void {
   fs.renameSync(tmp, file);
 }
 
-/** Remove the caches unused for a week and the temporary files of killed runs, but never `keep`. */
+/** This module's file names: `<bundle>.cjs.<command>.<digest>.v8`, and `<that>.<pid>.tmp` while one is written. */
+const CACHE_FILE_NAME = /^[\w.-]+\.cjs\.[a-z][a-z-]{0,31}\.[0-9a-f]{32}\.v8(\.[0-9]+\.tmp)?$/;
+
+/**
+ * Remove the caches unused for a week and the temporary files of killed
+ * runs, but never `keep`. Only files of this module's names that are this
+ * user's own, in a directory of this user's that is not a symlink: a run as
+ * root with another user's HOME must not remove files where that user
+ * points it.
+ */
 function sweep(dir: string, keep: string, now: number): void {
+  const uid = process.geteuid!();
   let names: string[];
   try {
+    const st = fs.lstatSync(dir);
+    if (!st.isDirectory() || st.uid !== uid) return;
     names = fs.readdirSync(dir);
   } catch {
     return;
   }
   for (const f of names) {
-    const limit = f.endsWith('.v8') ? UNUSED_MS : f.endsWith('.tmp') ? TEMP_STALE_MS : undefined;
+    const name = CACHE_FILE_NAME.exec(f);
     const p = path.join(dir, f);
-    if (limit === undefined || p === keep) continue;
+    if (!name || p === keep) continue;
+    const limit = name[1] !== undefined ? TEMP_STALE_MS : UNUSED_MS;
     try {
-      if (now - fs.lstatSync(p).mtimeMs > limit) fs.rmSync(p, { force: true });
+      const st = fs.lstatSync(p);
+      if (st.isFile() && st.uid === uid && now - st.mtimeMs > limit) fs.rmSync(p, { force: true });
     } catch {
       // Gone already (another run swept it).
     }

@@ -3,7 +3,7 @@
 // never for another source, and nothing about it can make a command fail.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, chown, lstat, mkdtemp, readdir, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, lutimes, mkdtemp, readdir, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -180,24 +180,36 @@ test('a changed source never uses the old cache; the old cache stays while it is
   });
 });
 
-test('a cache in use is marked used once a day, and that run sweeps what is unused and what killed runs left half-written', async () => {
+test('a cache in use is marked used once a day, and that run sweeps what is unused and what killed runs left half-written: only its own files, in its own directory', async () => {
   await withDir(async (dir) => {
     const { file, cacheDir, cacheFile } = await cachedBundle(dir, 4);
     const other = path.join(cacheDir, 'b.cjs.upload-path.0123456789abcdef0123456789abcdef.v8');
     const staleTemp = `${cacheFile}.12345.tmp`;
     const freshTemp = `${cacheFile}.12346.tmp`;
     const foreign = path.join(cacheDir, 'notes.txt');
-    for (const f of [other, staleTemp, freshTemp, foreign]) await writeFile(f, 'x', { mode: 0o600 });
-    await age(other, 8 * DAY);
+    const foreignTemp = path.join(cacheDir, 'notes.txt.12347.tmp');
+    const link = path.join(cacheDir, 'b.cjs.daemon.0123456789abcdef0123456789abcdef.v8');
+    for (const f of [other, staleTemp, freshTemp, foreign, foreignTemp]) await writeFile(f, 'x', { mode: 0o600 });
+    await symlink(foreign, link);
+    for (const f of [other, foreign, foreignTemp]) await age(f, 30 * DAY);
     await age(staleTemp, 11 * 60_000);
-    await age(foreign, 30 * DAY);
+    await lutimes(link, new Date(Date.now() - 30 * DAY), new Date(Date.now() - 30 * DAY));
+    // As root: a file of a cache's name that another user owns is that user's business.
+    const othersFile = path.join(cacheDir, 'b.cjs.gc.0123456789abcdef0123456789abcdef.v8');
+    const asRoot = process.geteuid!() === 0;
+    if (asRoot) {
+      await writeFile(othersFile, 'x', { mode: 0o600 });
+      await chown(othersFile, 65534, 65534);
+      await age(othersFile, 30 * DAY);
+    }
+    const kept = [path.basename(cacheFile), path.basename(freshTemp), 'notes.txt', path.basename(foreignTemp), path.basename(link), ...(asRoot ? [path.basename(othersFile)] : [])];
 
     // Used within the day: nothing is written, nothing swept.
     await age(cacheFile, 23 * 3600_000);
     const before = (await stat(cacheFile)).mtimeMs;
     assert.equal((await loadOnce(file, cacheDir)).use, 'hit');
     assert.equal((await stat(cacheFile)).mtimeMs, before, 'not marked again within the day');
-    assert.equal((await readdir(cacheDir)).length, 5);
+    assert.equal((await readdir(cacheDir)).length, kept.length + 2);
 
     // Last marked more than a day ago: marked now, and the directory swept.
     await age(cacheFile, 25 * 3600_000);
@@ -205,8 +217,19 @@ test('a cache in use is marked used once a day, and that run sweeps what is unus
     assert.equal(hit.use, 'hit');
     assert.equal(hit.value, 614);
     assert.ok(Date.now() - (await stat(cacheFile)).mtimeMs < 60_000, 'marked used now');
-    assert.deepEqual((await readdir(cacheDir)).sort(), [path.basename(cacheFile), path.basename(freshTemp), 'notes.txt'].sort(),
-      'the week-old cache and the temporary file of a killed run are gone; a temporary file being written and files not of caches stay');
+    assert.deepEqual((await readdir(cacheDir)).sort(), kept.sort(),
+      'the week-old cache and the temporary file of a killed run are gone; a temporary file being written, files not of caches, a symlink and another user\'s file stay');
+
+    // A cache directory reached through a symlink is used, but nothing is swept there.
+    const viaLink = path.join(dir, 'via-link');
+    await symlink(cacheDir, viaLink);
+    const stale = path.join(cacheDir, 'b.cjs.path-info.0123456789abcdef0123456789abcdef.v8');
+    await writeFile(stale, 'x', { mode: 0o600 });
+    await age(stale, 30 * DAY);
+    await age(cacheFile, 25 * 3600_000);
+    assert.equal((await loadOnce(file, viaLink)).use, 'hit');
+    assert.ok(Date.now() - (await stat(cacheFile)).mtimeMs < 60_000, 'marked used');
+    assert.ok((await readdir(cacheDir)).includes(path.basename(stale)), 'not swept through a symlink');
   });
 });
 
