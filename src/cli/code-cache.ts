@@ -42,9 +42,11 @@
  * used for a week (an older build's) and a temporary file of a run killed
  * while writing are removed by the next run that writes a cache or sets a
  * time (files of these names and this user's only, in a directory of this
- * user's that is not a symlink). Not at once: two installations of different builds may share the
- * directory (a system's narpush and a checkout's), and each removing the
- * other's cache would have both compile every time.
+ * user's that is not a symlink). Not at once: two installations of
+ * different builds may share the directory (a system's narpush and a
+ * checkout's), and each removing the other's cache would have both compile
+ * every time. A cache that cannot be marked (a read-only file system) is
+ * still used.
  *
  * The module is its own small bundle, loaded with require() (it cannot load
  * itself through its cache); the bundles it loads appear in require.cache
@@ -181,11 +183,11 @@ function digest(source: string): string {
 }
 
 /** A cache file no run has used for this long is removed (see sweep). */
-export const UNUSED_MS = 7 * 24 * 3600 * 1000;
+const UNUSED_MS = 7 * 24 * 3600 * 1000;
 /** A cache in use has its modification time set to now when it is older than this. */
-export const TOUCH_AFTER_MS = 24 * 3600 * 1000;
+const TOUCH_AFTER_MS = 24 * 3600 * 1000;
 /** A temporary file this old was left by a run killed while writing it (a write takes milliseconds). */
-export const TEMP_STALE_MS = 10 * 60 * 1000;
+const TEMP_STALE_MS = 10 * 60 * 1000;
 
 /**
  * The file's bytes if it is a regular file of this user's that no one else
@@ -200,16 +202,23 @@ function readOwnFile(file: string, now: number): Buffer | undefined {
     // An empty buffer is no cache to V8: it would neither use nor refuse it.
     if (!st.isFile() || st.size === 0 || st.uid !== process.geteuid!() || (st.mode & 0o022) !== 0) return undefined;
     const data = fs.readFileSync(fd);
-    if (now - st.mtimeMs > TOUCH_AFTER_MS) {
-      fs.futimesSync(fd, now / 1000, now / 1000);
-      sweep(path.dirname(file), file, now);
-    }
+    if (now - st.mtimeMs > TOUCH_AFTER_MS) markUsed(fd, file, now);
     return data;
   } catch {
     return undefined;
   } finally {
     if (fd !== undefined) fs.closeSync(fd);
   }
+}
+
+/** Set a cache's modification time to now and sweep its directory; where it cannot be set, neither. */
+function markUsed(fd: number, file: string, now: number): void {
+  try {
+    fs.futimesSync(fd, now / 1000, now / 1000);
+  } catch {
+    return;
+  }
+  sweep(path.dirname(file), file, now);
 }
 
 function writeDurably(file: string, data: Buffer): void {

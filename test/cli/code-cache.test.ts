@@ -2,6 +2,7 @@
 // a cache is used only when V8 accepts it and it is this user's own file,
 // never for another source, and nothing about it can make a command fail.
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { chmod, chown, lstat, lutimes, mkdtemp, readdir, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
@@ -9,6 +10,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { codeCacheDir, commandOf } from '../../src/cli/code-cache.js';
 import { NARPUSH_BIN, REPO_ROOT, run } from '../helpers/run.js';
+import { mountTmpfs } from '../helpers/tmpfs.js';
 
 /** A CommonJS module with some functions to compile; `n` changes its source, not its length. */
 function moduleSource(n: number): string {
@@ -231,6 +233,24 @@ test('a cache in use is marked used once a day, and that run sweeps what is unus
     assert.ok(Date.now() - (await stat(cacheFile)).mtimeMs < 60_000, 'marked used');
     assert.ok((await readdir(cacheDir)).includes(path.basename(stale)), 'not swept through a symlink');
   });
+});
+
+test('a cache on a read-only file system is used even when it cannot be marked as used', async (t) => {
+  const fsys = await mountTmpfs(t, '8m');
+  if (!fsys) return;
+  const { file, cacheDir, cacheFile } = await cachedBundle(fsys.dir, 5);
+  await age(cacheFile, 25 * 3600_000);
+  const before = (await stat(cacheFile)).mtimeMs;
+  const ro = spawnSync('mount', ['-o', 'remount,ro', fsys.dir], { encoding: 'utf8' });
+  assert.equal(ro.status, 0, ro.stderr);
+  try {
+    const r = await loadOnce(file, cacheDir);
+    assert.equal(r.use, 'hit');
+    assert.equal(r.value, 615);
+    assert.equal((await stat(cacheFile)).mtimeMs, before, 'not marked: read-only');
+  } finally {
+    spawnSync('mount', ['-o', 'remount,rw', fsys.dir]);
+  }
 });
 
 test('a damaged cache is refused by V8, the bundle still runs, and the cache is written again', async () => {
