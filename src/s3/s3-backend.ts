@@ -34,7 +34,7 @@
 import { createRequire } from 'node:module';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { S3Client } from '@aws-sdk/client-s3';
+import type { GetObjectCommandOutput as GetObjectOutput, S3Client } from '@aws-sdk/client-s3';
 import { NarpushError } from '../errors.js';
 import {
   MAX_DELETE_BATCH, MAX_GET_BYTES, abortable, abortedError, checkCacheKey, type CacheBackend, type IncompleteUpload,
@@ -170,35 +170,46 @@ class S3Backend implements CacheBackend {
 
   async get(key: string): Promise<Buffer | undefined> {
     checkCacheKey(key);
+    const got = await this.readObject(key, async (out) => {
+      if ((out.ContentLength ?? 0) > MAX_GET_BYTES) {
+        throw new NarpushError('CACHE_OBJECT_TOO_LARGE', `${key} in ${this.description} is ${out.ContentLength} bytes, more than a metadata file can be`);
+      }
+      return { stored: Buffer.from((await out.Body?.transformToByteArray()) ?? new Uint8Array()), encoding: out.ContentEncoding };
+    });
+    // What Nix wrote with narinfo-compression, ls-compression or log-compression (content-encoding.ts).
+    return got && decodeContent(got.stored, got.encoding, `${key} in ${this.description}`);
+  }
+
+  /**
+   * One GetObject, read whole by `read`; undefined when there is no such key.
+   * The SDK retries the request; a reset while the body streams in happens
+   * after it returned, so the whole read is retried here by the same policy.
+   * A NarpushError from `read` is its verdict on the object, not retried.
+   */
+  private async readObject<T>(key: string, read: (out: GetObjectOutput) => Promise<T>): Promise<T | undefined> {
     const ctx = this.ctx(`read ${key}`);
-    // The SDK retries the request; a reset while the body streams in happens after it returned, so it is retried here.
     let timeouts = 0;
     for (let attempt = 1; ; attempt++) {
-      let out;
+      let out: GetObjectOutput;
       try {
         out = await this.client.send(new this.sdk.GetObjectCommand({ Bucket: this.config.bucket, Key: key }));
       } catch (e) {
         if (isNotFound(e)) return undefined;
         throw s3Error(e, ctx);
       }
-      if ((out.ContentLength ?? 0) > MAX_GET_BYTES) {
-        (out.Body as Readable | undefined)?.destroy?.();
-        throw new NarpushError('CACHE_OBJECT_TOO_LARGE', `${key} in ${this.description} is ${out.ContentLength} bytes, more than a metadata file can be`);
-      }
-      let stored: Buffer;
       try {
-        stored = Buffer.from((await out.Body?.transformToByteArray()) ?? new Uint8Array());
+        return await read(out);
       } catch (e) {
+        if (e instanceof NarpushError) throw e;
         const kind = classifyFailure(e);
         if (isTimeout(e)) timeouts++;
         if (kind === 'permanent' || attempt >= this.policy.maxAttempts || timeouts >= this.policy.maxTimeoutAttempts) throw s3Error(e, ctx);
         const delayMs = backoffDelay(attempt - 1, kind, this.policy, this.random);
         this.opts.onRetry?.({ attempt: attempt + 1, delayMs, kind, error: e });
         await sleep(delayMs);
-        continue;
+      } finally {
+        (out.Body as Readable | undefined)?.destroy?.();
       }
-      // What Nix wrote with narinfo-compression, ls-compression or log-compression (content-encoding.ts).
-      return decodeContent(stored, out.ContentEncoding, `${key} in ${this.description}`);
     }
   }
 
@@ -482,15 +493,14 @@ class S3Backend implements CacheBackend {
       if (head.ContentLength !== expected.size) return false;
       const etag = unquoteEtag(head.ETag);
       if (expected.etag !== undefined && etag === expected.etag) return true;
-      if (expected.parts === undefined || /-\d+$/.test(etag)) return false;
-      const out = await this.client.send(new this.sdk.GetObjectCommand({ Bucket: this.config.bucket, Key: key }));
-      const got = out.Body as (Readable & AsyncIterable<Uint8Array>) | undefined;
-      if (!got) return expected.size === 0;
-      try {
-        return await partsMatch(got, expected.parts);
-      } finally {
-        got.destroy();
-      }
+      const parts = expected.parts;
+      if (parts === undefined || /-\d+$/.test(etag)) return false;
+      // Read back as it streams past; a reset halfway is retried (CI once saw a lost Complete answer and then a cut read).
+      const matched = await this.readObject(key, async (out) => {
+        const got = out.Body as (Readable & AsyncIterable<Uint8Array>) | undefined;
+        return got ? partsMatch(got, parts) : expected.size === 0;
+      });
+      return matched === true;
     } catch {
       return false;
     }

@@ -40,6 +40,12 @@ export interface FaultProxyOptions {
   readonly delayMs?: number;
   /** Only requests this accepts ("POST /bucket/key?uploadId=…") can meet a fault; default all. */
   readonly only?: (requestLine: string) => boolean;
+  /**
+   * Faults met once each, before any drawn at random: the first request
+   * whose line an entry matches meets its fault, and the entry is used up
+   * (a race seen once in a hundred runs, made to happen every time).
+   */
+  readonly once?: readonly { readonly match: (requestLine: string) => boolean; readonly fault: keyof FaultRates }[];
 }
 
 export interface FaultCounts {
@@ -97,6 +103,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     requests: 0, forwarded: 0, slowDown: 0, slowDownWithRetryAfter: 0, internalError: 0, resetBefore: 0, resetAfter: 0, delay: 0, hang: 0,
   };
   const log: string[] = [];
+  const once = [...(opts.once ?? [])];
   const upstream = new http.Agent({ keepAlive: true });
   const sockets = new Set<Socket>();
 
@@ -155,7 +162,8 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
       return;
     }
     const line = `${req.method} ${req.url}`;
-    const fault = opts.only && !opts.only(line) ? 'forward' : choose();
+    const planned = once.findIndex((o) => o.match(line));
+    const fault = planned >= 0 ? once.splice(planned, 1)[0]!.fault : opts.only && !opts.only(line) ? 'forward' : choose();
     if (fault !== 'forward') log.push(`${fault} ${line}`);
     switch (fault) {
       case 'resetBefore':

@@ -134,6 +134,42 @@ test('a CompleteMultipartUpload whose answer is lost is recognised as done by it
   }
 });
 
+test('a lost Complete answer is recognised even when reading the object back is cut off too', async () => {
+  // CI once saw this in the 30% test: the Complete took effect but its answer was lost, its
+  // retries met s3rver's 500 (the upload is gone), and the GET that checks the object was
+  // reset halfway through the body. That read is retried like any other; the upload is done.
+  const key = 'nar/lost-answer-cut-check.nar';
+  proxy = await startFaultProxy({
+    targetPort: s3.port,
+    seed: 1,
+    once: [
+      { match: (l) => /^POST .*uploadId=/.test(l), fault: 'resetAfter' },
+      { match: (l) => l === `GET /${s3.bucket}/${key}` || l.startsWith(`GET /${s3.bucket}/${key}?`), fault: 'resetAfter' },
+    ],
+  });
+  const retries: RetryEvent[] = [];
+  const backend = await openS3Backend(cfgFor(proxy.endpoint), {
+    credentials: S3RVER_CREDENTIALS,
+    retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 5 },
+    onRetry: (e) => retries.push(e),
+  });
+  try {
+    const data = randomBytes(6 * MiB);
+    const r = await backend.putStream(key, chunked(data, Math.random), 'application/x-nix-nar', { sizeHint: data.length });
+    assert.equal(r.bytes, data.length);
+    assert.deepEqual(
+      proxy.log.map((l) => l.replace(/\?.*/, '')),
+      ['resetAfter POST /' + s3.bucket + '/' + key, 'resetAfter GET /' + s3.bucket + '/' + key],
+      'both planned faults happened',
+    );
+    assert.equal(proxy.requests.filter((q) => q.line.startsWith(`GET /${s3.bucket}/${key}`)).length, 2, 'the check read twice');
+    assert.equal(sha((await direct(key))!), sha(data));
+  } finally {
+    await backend.close();
+    await proxy.stop();
+  }
+});
+
 test('an older object under the key does not pass for a failed upload', async () => {
   // Completes never arrive; the key already holds other bytes of the same length.
   proxy = await startFaultProxy({ targetPort: s3.port, seed: 1, rates: { resetBefore: 1 }, only: (l) => /^POST .*uploadId=/.test(l) });
