@@ -64,6 +64,30 @@ export function compressionThreads(parallel: boolean | undefined): { threads?: n
   return { threads: parallel ? availableParallelism() : 1 };
 }
 
+/**
+ * zstd compresses a NAR from this size in its multithreaded format: the
+ * input is cut into jobs of ZSTD_JOB_BYTES, each compressed on one of zstd's
+ * own native threads (nbWorkers, at least one), while this JavaScript thread
+ * goes on reading and hashing (ZSTD_compressStream2 copies a job's input and
+ * returns). No Node thread has to start for it (40-65 ms each here). The
+ * format, and so the bytes, depend on the NAR's size and level alone, never
+ * on how many workers run: zstd gives the same output for any nbWorkers from
+ * 1 (test/cache/compression.test.ts), so the same NAR gives the same object
+ * whatever else is uploaded beside it. Measured on two cores, alternating
+ * with one thread: a 99 MiB NAR 0.84-0.89x the time; a 13 MiB one 0.95x and
+ * 4 MiB ones 1.0x (each NAR's last job is waited for), where a Node worker
+ * thread per NAR does better (plan.ts); 2 MiB jobs cost no ratio measurably
+ * (docs/performance.md).
+ */
+export const ZSTD_ASYNC_FROM = 32 * (1 << 20);
+export const ZSTD_JOB_BYTES = 2 * (1 << 20);
+
+/** zstd's threading for a NAR of `sizeHint` bytes: see ZSTD_ASYNC_FROM. */
+function zstdThreading(threads: number, sizeHint: number | undefined): { nbWorkers: number; jobSize?: number } {
+  if (sizeHint === undefined || sizeHint < ZSTD_ASYNC_FROM) return { nbWorkers: 0 };
+  return { nbWorkers: Math.max(1, threads), jobSize: ZSTD_JOB_BYTES };
+}
+
 /** Below this size a NAR is compressed on one thread: starting encoder threads costs more than it saves. */
 export const SINGLE_THREAD_BELOW = 1 << 20;
 const MIB = 1 << 20;
@@ -98,9 +122,8 @@ function encoderThreads(opts: CompressionOptions, sizeHint: number | undefined):
 /**
  * A fresh compressing Transform stream. One thread per NAR unless
  * `opts.threads` says otherwise (Nix's `parallel-compression`): paths
- * compress in parallel anyway, and on two cores zstd's worker threads cost
- * more in hand-offs than they save; the cores are better spent on hashing (see
- * threads/thread-pool.ts). xz is narpush's own encoder (xz-encoder.ts), which
+ * compress in parallel anyway. zstd uses its own threads for a NAR from
+ * ZSTD_ASYNC_FROM (at least one, `threads` if more), never below. xz is narpush's own encoder (xz-encoder.ts), which
  * skips incompressible data and caps liblzma encoders at one per core; its
  * blocks (xzBlockSize) are encoded up to `threads` at once, which the
  * planner sets from idle cores (plan.ts). `sizeHint` (the NAR size) keeps
@@ -118,8 +141,7 @@ export async function createCompressor(opts: CompressionOptions, sizeHint?: numb
     }
     case 'zstd': {
       const zstd = zstdNapi();
-      // nbWorkers > 0 moves compression off the JavaScript thread into zstd's own workers.
-      return new zstd.CompressStream({ compressionLevel: level, nbWorkers: threads === 1 ? 0 : threads, checksumFlag: true });
+      return new zstd.CompressStream({ compressionLevel: level, ...zstdThreading(threads, sizeHint), checksumFlag: true });
     }
   }
 }
@@ -170,12 +192,15 @@ export async function createChunkCompressor(opts: CompressionOptions, sizeHint?:
   const threads = encoderThreads(opts, sizeHint);
   const level = compressionLevel('zstd', opts.level);
   const zstd = zstdBinding();
-  const reusable = threads === 1 && level <= REUSED_CONTEXT_MAX_LEVEL;
+  const { nbWorkers, jobSize } = zstdThreading(threads, sizeHint);
+  // One thread's contexts only: a multithreaded one holds zstd's threads and their buffers (9 MiB more, measured).
+  const reusable = nbWorkers === 0 && level <= REUSED_CONTEXT_MAX_LEVEL;
   const newContext = (): ZstdContext => {
     const c = new zstd.CCtx();
     c.setParameter(zstd.CParameter.compressionLevel, level);
     c.setParameter(zstd.CParameter.checksumFlag, 1);
-    if (threads > 1) c.setParameter(zstd.CParameter.nbWorkers, threads);
+    if (nbWorkers > 0) c.setParameter(zstd.CParameter.nbWorkers, nbWorkers);
+    if (jobSize !== undefined) c.setParameter(zstd.CParameter.jobSize, jobSize);
     return c;
   };
   const ctx = (reusable ? takeIdleContext(level) : undefined) ?? newContext();

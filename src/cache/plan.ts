@@ -22,6 +22,14 @@
  *    hashes and compresses roughly 10-15 MiB (an estimate: zstd and SHA-256
  *    of the benchmark's 24 MiB closure took 70-86 ms here in profiles);
  *    below that the NARs are produced here as one would be.
+ *  - A zstd NAR from ZSTD_ASYNC_FROM (32 MiB) is compressed on zstd's own
+ *    native thread (compression.ts), beside this thread's reading and
+ *    hashing, with no Node thread to start: upload-path produces it here
+ *    (or split), whatever else is uploaded, and it does not count toward
+ *    the worker threads above. Two 48 MiB NARs: 0.93x the time of two
+ *    worker threads; one 99 MiB NAR: 0.89x the time on one thread. Where
+ *    the caller keeps this thread free (the daemon: wholeFromNars 1) it
+ *    still goes whole, and zstd's thread then works beside the worker's.
  *  - xz uses the cores that fewer large NARs than cores leave idle: each
  *    large NAR's blocks are encoded that many at once (see `compression`).
  *  - Threads only when they pay: a thread's start-up (booting a Node
@@ -30,7 +38,7 @@
  *    (which needs the crypto thread anyway), are made here and no thread
  *    is started for them.
  */
-import type { CompressionOptions } from './compression.js';
+import { ZSTD_ASYNC_FROM, type CompressionOptions } from './compression.js';
 import { sha256IsFast } from '../hash/hash-speed.js';
 import { canProduceWhole } from './nar-producers.js';
 
@@ -80,8 +88,11 @@ export interface UploadWork {
 
 /** Paths are added as they become known; the plan for them follows. */
 export class UploadPlanner {
+  /** Large NARs that may go whole to worker threads, and their bytes. */
   private large = 0;
   private largeBytes = 0;
+  /** Large NARs produced here whatever else is uploaded (zstd's own thread compresses them). */
+  private largeHere = 0;
   private paths = 0;
   private readonly small: number;
 
@@ -92,16 +103,19 @@ export class UploadPlanner {
   /** Count a path to upload. */
   add(narSize: number): void {
     this.paths++;
-    if (narSize > this.small) {
-      this.large++;
-      this.largeBytes += narSize;
+    if (narSize <= this.small) return;
+    if (this.zstdThreadAlone(narSize)) {
+      this.largeHere++;
+      return;
     }
+    this.large++;
+    this.largeBytes += narSize;
   }
 
   /** How a NAR of `narSize` bytes is produced, given the paths added so far. */
   production(narSize: number): NarProduction {
     if (narSize <= this.small) return 'memory';
-    if (this.wholeNars()) return 'whole';
+    if (!this.zstdThreadAlone(narSize) && this.wholeNars()) return 'whole';
     return this.hashHere() ? 'inline' : 'split';
   }
 
@@ -129,13 +143,18 @@ export class UploadPlanner {
     return this.large >= (this.work.wholeFromNars ?? 2) && this.largeBytes >= minBytes && canProduceWhole(this.work.compression);
   }
 
+  /** Whether a NAR of `narSize` is produced here, zstd compressing it on its own thread (see above). */
+  private zstdThreadAlone(narSize: number): boolean {
+    return this.work.compression.method === 'zstd' && narSize >= ZSTD_ASYNC_FROM && (this.work.wholeFromNars ?? 2) >= 2;
+  }
+
   private hashHere(): boolean {
     return this.work.hashHere ?? sha256IsFast();
   }
 
   /** Whether a large NAR needs a thread anyway (whole, or split). */
   private needsThread(): boolean {
-    return this.large > 0 && (this.wholeNars() || !this.hashHere());
+    return (this.large > 0 && this.wholeNars()) || (this.large + this.largeHere > 0 && !this.hashHere());
   }
 
   /**

@@ -13,6 +13,7 @@ import {
   createCompressor,
   createDecompressor,
   narExtension,
+  ZSTD_ASYNC_FROM,
   parseCompression,
   type Compression,
 } from '../../src/cache/compression.js';
@@ -76,8 +77,10 @@ test('zstd by direct calls: consumes each chunk before returning (lent buffers),
       fc.array(fc.oneof(fc.integer({ min: 0, max: 4096 }), fc.integer({ min: 200_000, max: 3_000_000 })), { maxLength: 8 }),
       fc.boolean(),
       fc.constantFrom(1, 2),
-      async (sizes, text, threads) => {
-        const c = (await createChunkCompressor({ method: 'zstd', threads }, 8 << 20))!;
+      // A hint from ZSTD_ASYNC_FROM: zstd's own threads take the input (they must copy it before update returns).
+      fc.constantFrom(8 << 20, ZSTD_ASYNC_FROM),
+      async (sizes, text, threads, sizeHint) => {
+        const c = (await createChunkCompressor({ method: 'zstd', threads }, sizeHint))!;
         const lent = Buffer.alloc(3_000_000);
         const input: Buffer[] = [];
         const pieces: Buffer[] = [];
@@ -103,6 +106,40 @@ test('zstd by direct calls: consumes each chunk before returning (lent buffers),
     ),
     { numRuns: 25 },
   );
+});
+
+test('zstd from ZSTD_ASYNC_FROM: the same bytes whatever the threads (direct calls and stream), and other bytes than one thread makes below it', async () => {
+  // 9 MiB of text and noise in 1 MiB chunks: several of zstd's 2 MiB jobs.
+  const text = Buffer.from('narpush uploads the quick brown fox\n'.repeat(140_000));
+  const input = Buffer.concat([text, randomBytes(2 << 20), text]);
+  const chunks: Buffer[] = [];
+  for (let off = 0; off < input.length; off += 1 << 20) chunks.push(input.subarray(off, off + (1 << 20)));
+  const direct = async (threads: number | undefined, sizeHint: number): Promise<Buffer> => {
+    const c = (await createChunkCompressor({ method: 'zstd', ...(threads !== undefined ? { threads } : {}) }, sizeHint))!;
+    const out: Buffer[] = [];
+    for (const chunk of chunks) out.push(...c.update(chunk).map((p) => Buffer.from(p)));
+    out.push(...c.end().map((p) => Buffer.from(p)));
+    return Buffer.concat(out);
+  };
+  const streamed = async (threads: number, sizeHint: number): Promise<Buffer> => {
+    const out: Buffer[] = [];
+    await pipeline(Readable.from(chunks), await createCompressor({ method: 'zstd', threads }, sizeHint), async (src) => {
+      for await (const c of src) out.push(c as Buffer);
+    });
+    return Buffer.concat(out);
+  };
+  const reference = await direct(undefined, ZSTD_ASYNC_FROM);
+  assert.ok((await decompress('zstd', reference)).equals(input));
+  for (const threads of [1, 2, 4]) {
+    assert.ok((await direct(threads, ZSTD_ASYNC_FROM)).equals(reference), `direct calls, ${threads} thread(s)`);
+    assert.ok((await streamed(threads, ZSTD_ASYNC_FROM)).equals(reference), `stream, ${threads} thread(s)`);
+  }
+  const below = await direct(undefined, ZSTD_ASYNC_FROM - 1);
+  assert.ok(!below.equals(reference), 'one thread below the line');
+  for (const threads of [2, 4]) {
+    assert.ok((await direct(threads, ZSTD_ASYNC_FROM - 1)).equals(below), `below the line, ${threads} threads make one thread's bytes`);
+    assert.ok((await streamed(threads, ZSTD_ASYNC_FROM - 1)).equals(below), `below the line, the stream with ${threads} threads too`);
+  }
 });
 
 test('direct calls are for zstd only: xz and none use streams', async () => {

@@ -73,16 +73,18 @@ test('every producer lists every fixture as Nix does', async () => {
 });
 
 // hashHere: whether a large NAR streamed alone is hashed on this thread ('inline') or the crypto thread ('split'); measured from the CPU unless set.
-for (const [how, method, smallNarBytes, hashHere] of [
-  ['in memory', 'xz', undefined, undefined],
-  ['split', 'xz', 0, false],
-  ['inline', 'xz', 0, true],
-  ['whole', 'zstd', 0, undefined],
+// wholeMinBytes 0: the fixtures but the 40 MiB one (zstd's own thread, produced here) add up to less than WHOLE_MIN_BYTES.
+for (const [how, method, smallNarBytes, hashHere, wholeMinBytes] of [
+  ['in memory', 'xz', undefined, undefined, undefined],
+  ['split', 'xz', 0, false, undefined],
+  ['inline', 'xz', 0, true, undefined],
+  ['whole', 'zstd', 0, undefined, 0],
 ] as const) {
   test(`uploadPaths (${how}): each .ls is Nix's and is written before its narinfo`, async () => {
     const planner = new UploadPlanner({
       compression: { method }, jobs: 4, cores: threads.maxThreads, signingKeys: 0,
       ...(smallNarBytes !== undefined ? { smallNarBytes } : {}), ...(hashHere !== undefined ? { hashHere } : {}),
+      ...(wholeMinBytes !== undefined ? { wholeMinBytes } : {}),
     });
     for (const i of infos) planner.add(i.narSize);
     const chosen = new Set(infos.map((i) => planner.production(i.narSize)));
@@ -91,6 +93,7 @@ for (const [how, method, smallNarBytes, hashHere] of [
     const report = await uploadPaths(infos, {
       backend, compression: { method }, signingKeys: [], threads, jobs: 4, listing,
       ...(smallNarBytes !== undefined ? { smallNarBytes } : {}), ...(hashHere !== undefined ? { hashHere } : {}),
+      ...(wholeMinBytes !== undefined ? { wholeMinBytes } : {}),
     });
     assert.deepEqual(report.failed, []);
     assert.equal(report.uploaded.length, infos.length);

@@ -13,7 +13,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
-import { COMPRESSED_PIECE_BYTES, type Compression, createDecompressor } from '../../src/cache/compression.js';
+import { COMPRESSED_PIECE_BYTES, type Compression, ZSTD_ASYNC_FROM, createChunkCompressor, createDecompressor } from '../../src/cache/compression.js';
 import { FileBackend } from '../../src/cache/file-backend.js';
 import type { PutStreamOptions } from '../../src/cache/backend.js';
 import { canProduceWhole } from '../../src/cache/nar-producers.js';
@@ -246,6 +246,35 @@ test('recycled pieces: a NAR of many pieces (zstd, none) is intact through the f
   }
 });
 
+test('a zstd NAR from ZSTD_ASYNC_FROM (zstd\'s own thread): split, inline and whole give the same object and record, not the one-thread bytes', async () => {
+  const root = await mkdtemp(path.join(tmpdir(), 'narpush-zstd-async-'));
+  try {
+    const mib = 1024 * 1024;
+    const { info, nar } = await manyChunkPath(root, ZSTD_ASYNC_FROM - 8 * mib, (i) => 'narpush '.repeat(140_000 + i));
+    assert.ok(nar.length >= ZSTD_ASYNC_FROM);
+    const made: { how: string; nar: UploadedNar; body: Buffer }[] = [];
+    for (const production of ['split', 'inline', 'whole'] as const) {
+      const backend = new MemoryBackend();
+      const r = await uploadNar(backend, info, { compression: { method: 'zstd' }, threads, production });
+      made.push({ how: production, nar: r, body: backend.objects.get(r.url)!.body });
+    }
+    const [first, ...rest] = made;
+    assert.ok((await decompress('zstd', first!.body)).equals(nar));
+    for (const m of rest) {
+      assert.deepEqual(m.nar, first!.nar, `${m.how} and split: the record`);
+      assert.ok(m.body.equals(first!.body), `${m.how} and split: the bytes`);
+    }
+    // What one thread makes of the same NAR (a size hint under the line): other bytes, so the line is what decides.
+    const one = (await createChunkCompressor({ method: 'zstd' }, ZSTD_ASYNC_FROM - 1))!;
+    const pieces: Buffer[] = [];
+    for (let off = 0; off < nar.length; off += mib) pieces.push(...one.update(nar.subarray(off, off + mib)).map((p) => Buffer.from(p)));
+    pieces.push(...one.end().map((p) => Buffer.from(p)));
+    assert.ok(!Buffer.concat(pieces).equals(first!.body), 'zstd\'s multithreaded format, not the one-thread one');
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
 test('planner: small NARs in memory, one large split, several large whole (zstd, one encoder thread only)', () => {
   const plan = (compression: { method: Compression; threads?: number }, sizes: number[], signing = false) => {
     const p = new UploadPlanner({ compression, jobs: 4, cores: 2, signingKeys: signing ? 1 : 0, smallNarBytes: 100, hashHere: false, wholeMinBytes: 0 });
@@ -326,6 +355,34 @@ test('planner: large NARs go whole to worker threads only once they add up to WH
   assert.deepEqual(plan([4 * mib, 4 * mib, 4 * mib], true).ways, ['inline', 'inline', 'inline'], 'the default: a typical output of a few MiB stays here');
   assert.equal(WHOLE_MIN_BYTES, 32 * mib);
   assert.deepEqual(plan([13 * mib, 13 * mib, 13 * mib], true).ways, ['whole', 'whole', 'whole']);
+});
+
+test('planner: a zstd NAR from ZSTD_ASYNC_FROM is produced here (zstd compresses it on its own thread) whatever else is uploaded; the daemon still sends it whole', () => {
+  const mib = 1024 * 1024;
+  const Z = ZSTD_ASYNC_FROM;
+  const plan = (sizes: number[], opts: { hashHere?: boolean; method?: Compression; wholeFromNars?: number } = {}) => {
+    const p = new UploadPlanner({
+      compression: { method: opts.method ?? 'zstd' },
+      jobs: 4,
+      cores: 2,
+      signingKeys: 1,
+      hashHere: opts.hashHere ?? true,
+      ...(opts.wholeFromNars !== undefined ? { wholeFromNars: opts.wholeFromNars, wholeMinBytes: 0 } : {}),
+    });
+    const seen = sizes.map((s) => {
+      p.add(s);
+      return p.threads();
+    });
+    return { ways: sizes.map((s) => p.production(s)), threads: seen };
+  };
+  assert.equal(Z, 32 * mib);
+  assert.deepEqual(plan([Z, 3 * Z]), { ways: ['inline', 'inline'], threads: [0, 0] }, 'two of them: no worker thread');
+  assert.deepEqual(plan([Z, 13 * mib, 13 * mib, 13 * mib]), { ways: ['inline', 'whole', 'whole', 'whole'], threads: [0, 0, 0, 2] }, 'the others go whole once they add up, as before');
+  assert.deepEqual(plan([Z, 13 * mib]).ways, ['inline', 'inline'], 'and alone one is produced here');
+  assert.deepEqual(plan([Z - 1, Z - 1]).ways, ['whole', 'whole'], 'below it, as before');
+  assert.deepEqual(plan([Z], { hashHere: false }), { ways: ['split'], threads: [1] }, 'hashed on the crypto thread where SHA-256 is slow');
+  assert.deepEqual(plan([Z, 2 * Z], { method: 'xz' }).ways, ['inline', 'inline'], 'xz: unchanged');
+  assert.deepEqual(plan([Z, Z], { wholeFromNars: 1 }), { ways: ['whole', 'whole'], threads: [1, 2] }, 'the daemon keeps its thread free: whole');
 });
 
 test('threads only when they pay: a small signed path is signed here and starts no thread; a large NAR starts the crypto thread', async (t) => {
