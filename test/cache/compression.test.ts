@@ -14,6 +14,7 @@ import {
   createDecompressor,
   narExtension,
   ZSTD_ASYNC_FROM,
+  ZSTD_JOB_BYTES,
   parseCompression,
   type Compression,
 } from '../../src/cache/compression.js';
@@ -182,7 +183,8 @@ test('xz block size: from the NAR size alone; one block under 16 MiB, else an ev
 
 for (const method of ['xz', 'zstd'] as const) {
   test(`${method}: small NARs (single-threaded) and large ones (multi-threaded) both round trip`, async () => {
-    for (const sizeHint of [100, 4 << 20]) {
+    // zstd takes its own threads from ZSTD_ASYNC_FROM.
+    for (const sizeHint of [100, 4 << 20, ZSTD_ASYNC_FROM]) {
       const input = [Buffer.from('abc'.repeat(1000)), randomBytes(50_000)];
       const out: Buffer[] = [];
       await pipeline(Readable.from(input), await createCompressor({ method }, sizeHint), async (src) => {
@@ -290,11 +292,15 @@ test('zstd by direct calls: pieces given back by one NAR\'s compressor are fille
 test('zstd by direct calls: compressors one after another, some abandoned mid-frame, each give the bytes a fresh context gives', async () => {
   const { zstdBinding } = await import('../../src/cache/addons.js');
   const zstd = zstdBinding();
-  // The reference: a context of its own, fed the same chunks.
-  const fresh = (level: number, chunks: Buffer[]): Buffer => {
+  // The reference: a context of its own, fed the same chunks; for a NAR from ZSTD_ASYNC_FROM, zstd's multithreaded format.
+  const fresh = (level: number, chunks: Buffer[], large: boolean): Buffer => {
     const cctx = new zstd.CCtx();
     cctx.setParameter(zstd.CParameter.compressionLevel, level);
     cctx.setParameter(zstd.CParameter.checksumFlag, 1);
+    if (large) {
+      cctx.setParameter(zstd.CParameter.nbWorkers, 1);
+      cctx.setParameter(zstd.CParameter.jobSize, ZSTD_JOB_BYTES);
+    }
     const out: Buffer[] = [];
     const buf = Buffer.alloc(1 << 20);
     const feed = (input: Buffer, op: number): void => {
@@ -318,6 +324,8 @@ test('zstd by direct calls: compressors one after another, some abandoned mid-fr
           seed: fc.integer({ min: 0, max: 255 }),
           // Abandoned after this many chunks (an error or a cancel), or ended.
           abandonAfter: fc.option(fc.integer({ min: 0, max: 4 }), { nil: undefined }),
+          // The NAR's size (the hint): one thread's contexts are kept for the next NAR; zstd's multithreaded ones are not.
+          large: fc.boolean(),
         }),
         { minLength: 1, maxLength: 6 },
       ),
@@ -328,7 +336,7 @@ test('zstd by direct calls: compressors one after another, some abandoned mid-fr
             for (let k = 0; k < n; k++) b[k] = (k * 7 + i + job.seed) % 251 < 200 ? 97 + ((k + job.seed) % 5) : (k * 131 + job.seed) & 0xff;
             return b;
           });
-          const c = (await createChunkCompressor({ method: 'zstd', level: job.level }, 64 << 20))!;
+          const c = (await createChunkCompressor({ method: 'zstd', level: job.level }, job.large ? ZSTD_ASYNC_FROM : ZSTD_ASYNC_FROM - 1))!;
           const pieces: Buffer[] = [];
           let fed = 0;
           for (const chunk of chunks) {
@@ -338,7 +346,7 @@ test('zstd by direct calls: compressors one after another, some abandoned mid-fr
           }
           if (job.abandonAfter !== undefined && job.abandonAfter <= chunks.length) continue;
           pieces.push(...c.end().map((p) => Buffer.from(p)));
-          assert.ok(Buffer.concat(pieces).equals(fresh(job.level, chunks)), `level ${job.level}, ${chunks.length} chunks`);
+          assert.ok(Buffer.concat(pieces).equals(fresh(job.level, chunks, job.large)), `level ${job.level}, ${chunks.length} chunks, large ${job.large}`);
           assert.throws(() => c.update(Buffer.from('more')), /has ended/);
         }
       },
