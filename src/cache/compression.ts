@@ -123,10 +123,11 @@ function encoderThreads(opts: CompressionOptions, sizeHint: number | undefined):
  * A fresh compressing Transform stream. One thread per NAR unless
  * `opts.threads` says otherwise (Nix's `parallel-compression`): paths
  * compress in parallel anyway. zstd uses its own threads for a NAR from
- * ZSTD_ASYNC_FROM (at least one, `threads` if more), never below. xz is narpush's own encoder (xz-encoder.ts), which
- * skips incompressible data and caps liblzma encoders at one per core; its
- * blocks (xzBlockSize) are encoded up to `threads` at once, which the
- * planner sets from idle cores (plan.ts). `sizeHint` (the NAR size) keeps
+ * ZSTD_ASYNC_FROM (at least one, `threads` if more), never below. xz is
+ * narpush's own encoder (xz-encoder.ts), which skips incompressible data
+ * and caps liblzma encoders at one per core; its blocks (xzBlockSize) are
+ * encoded up to `threads` at once, which the planner sets from idle cores
+ * (plan.ts). `sizeHint` (the NAR size) keeps
  * small NARs on one thread and sizes xz's dictionary and blocks.
  */
 export async function createCompressor(opts: CompressionOptions, sizeHint?: number): Promise<Transform> {
