@@ -2,7 +2,9 @@
  * The one place that decides how an upload uses threads: per path, how its
  * NAR is produced (nar-producers.ts), and how many worker threads are worth
  * starting ahead of the work. Decided from the work alone (NAR sizes,
- * compression, cores); nothing else in the upload chooses a thread.
+ * compression, cores); nothing else in the upload chooses a thread (zstd's
+ * own native thread for a NAR from 32 MiB comes with that NAR's format,
+ * chosen by its size in compression.ts; see below).
  *
  *  - A NAR up to `smallNarBytes` is built in memory and batched: for the
  *    many tiny paths of a typical closure, a stream, a hash thread and a
