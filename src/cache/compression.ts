@@ -75,7 +75,7 @@ export function compressionThreads(parallel: boolean | undefined): { threads?: n
  * 1 (test/cache/compression.test.ts), so the same NAR gives the same object
  * whatever else is uploaded beside it. Measured on two cores, alternating
  * with one thread: a 99 MiB NAR 0.84-0.89x the time; a 13 MiB one 0.95x and
- * 4 MiB ones 1.0x (each NAR's last job is waited for), where a Node worker
+ * 4 MiB ones 1.0-1.08x (each NAR's last job is waited for), where a Node worker
  * thread per NAR does better (plan.ts); 2 MiB jobs cost no ratio measurably
  * (docs/performance.md).
  */

@@ -28,7 +28,7 @@
  *    native thread (compression.ts), beside this thread's reading and
  *    hashing, with no Node thread to start: upload-path produces it here
  *    (or split), whatever else is uploaded, and it does not count toward
- *    the worker threads above. Two 48 MiB NARs: 0.93-0.99x the time of
+ *    the worker threads above. Two 48 MiB NARs: 0.93-1.03x the time of
  *    two worker threads; one 99 MiB NAR: 0.84-0.89x the time on one
  *    thread (docs/performance.md). Where the caller keeps this thread
  *    free (the daemon: wholeFromNars 1) it still goes whole, and zstd's

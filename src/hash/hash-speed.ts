@@ -10,10 +10,10 @@ import { createHash } from 'node:crypto';
  * Bytes per millisecond (750 MiB/s) above which hashing a NAR here is
  * taken to cost this thread less than copying and posting it to a thread
  * (about 0.9 ms per MiB) and starting that thread. The line falls between
- * the two kinds of CPU, far from both: OpenSSL hashes at about 400
- * MiB/s without SHA extensions (380 on an earlier machine of these
- * benchmarks), and this probe reads 1,140-1,400 MiB/s on
- * a CPU with them, busy or not. Drawn at the break-even of hashing against
+ * the two kinds of CPU, far from both: OpenSSL hashes at about 400 MiB/s
+ * without SHA extensions (380 on an earlier machine of these benchmarks),
+ * and this probe reads 1,140-1,400 MiB/s on a CPU with them, busy or not.
+ * Drawn at the break-even of hashing against
  * posting alone (1,100 MiB/s), it came within 4% of that CPU's readings
  * under load, and a process (a daemon measures once) could take the slower
  * way for good (the figures: docs/performance.md).
