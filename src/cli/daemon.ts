@@ -15,6 +15,7 @@ import { startDaemon } from '../daemon/daemon.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR } from '../daemon/hook.js';
 import { idleCollector } from '../daemon/idle-gc.js';
 import { type ListenAddress, parseListenAddress } from '../daemon/listen-address.js';
+import { DirSyncer } from '../daemon/fs-util.js';
 import { nixAutoRootsDir, registerIndirectRoots } from '../daemon/gc-roots.js';
 import { formatLogEvent, type LogEvent } from '../daemon/log.js';
 import { DEFAULT_THREAD_IDLE_MS } from '../cache/threads/thread-pool.js';
@@ -106,7 +107,9 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
   await queries.get();
 
   // Nix's side of the roots (registerIndirectRoots); a failure to sync it is said once.
+  // Its directory stays open for those syncs (one per request), until the daemon stops.
   const autoRootsDir = nixAutoRootsDir(env);
+  const autoRootsSync = new DirSyncer();
   let autoRootsWarned = false;
   // GC roots for queued work, registered on the query connection. No
   // temporary roots: while the hook waits for the acknowledgement, the build
@@ -122,7 +125,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     register: (links) =>
       queries.use(
         async (s) => {
-          const why = await registerIndirectRoots(s, links, autoRootsDir);
+          const why = await registerIndirectRoots(s, links, autoRootsDir, autoRootsSync.sync);
           if (why !== undefined && !autoRootsWarned) {
             autoRootsWarned = true;
             log({ event: 'warning', detail: `${why}: after a power cut, GC roots registered in the seconds before it may be missing until the daemon runs again` });
@@ -142,7 +145,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     onUnavailable: (cache, reason) =>
       log({ event: 'warning', detail: `upstream ${cache} cannot be used (${reason}); the paths it might serve are uploaded` }),
   }).catch(async (e: unknown) => {
-    await Promise.allSettled([queries.close(), backend.close()]);
+    await Promise.allSettled([queries.close(), backend.close(), autoRootsSync.close()]);
     throw e;
   });
   const pipeline = createPipeline({
@@ -204,7 +207,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
   } catch (e) {
     process.off('SIGTERM', listener);
     process.off('SIGINT', listener);
-    await Promise.allSettled([queries.close(), pipeline.close()]);
+    await Promise.allSettled([queries.close(), pipeline.close(), autoRootsSync.close()]);
     throw e;
   }
 
@@ -218,7 +221,7 @@ export async function daemon(ctx: CliContext, flags: DaemonFlags): Promise<numbe
     if (signalled) onSignal(signalled);
   });
   idleGc.cancel();
-  await Promise.allSettled([queries.close(), pipeline.close()]);
+  await Promise.allSettled([queries.close(), pipeline.close(), autoRootsSync.close()]);
   // Whatever handle a library left open must not keep a stopped daemon alive.
   setTimeout(() => process.exit(0), 2000).unref();
   return 0;

@@ -200,7 +200,7 @@ function stopper(config: DaemonConfig, log: DaemonLogger, o: Opened, p: Parts, s
       await p.spool.settled();
       await p.worker.stop(config.shutdownGraceMs ?? 10_000);
       await s.metrics?.close();
-      await p.roots?.settled();
+      await p.roots?.close();
       await o.journal.close();
       await releaseStateDir(o.layout);
       log({ event: 'stopped', detail: `${p.queue.size} path(s) left in the queue for the next start` });

@@ -38,15 +38,37 @@ export function rootLinkPath(dir: string, storePath: string): string {
  * The directories are made when missing.
  */
 export async function makeRootLinks(dir: string, storePaths: readonly string[]): Promise<string[]> {
+  const placed = await placeRootLinks(dir, storePaths);
+  if (placed.changed) await fsyncDir(dir);
+  return placed.links;
+}
+
+/** What placeRootLinks did. */
+export interface PlacedLinks {
+  /** The links' absolute paths, in the order of the store paths. */
+  readonly links: string[];
+  /** Whether any link was made or replaced: the directory needs a sync for them to survive a crash. */
+  readonly changed: boolean;
+  /** Whether `dir` (or its parent) had to be made: a descriptor of it kept from before is stale. */
+  readonly madeDir: boolean;
+}
+
+/**
+ * makeRootLinks without the sync, for a caller that syncs `dir` itself (the
+ * daemon, while Nix registers the links): the links exist, and the
+ * collector sees them, once this resolves; they are durable only after that
+ * sync.
+ */
+export async function placeRootLinks(dir: string, storePaths: readonly string[]): Promise<PlacedLinks> {
   const links: string[] = [];
   let changed = false;
+  const made = { dir: false };
   for (const target of storePaths) {
     const link = rootLinkPath(dir, target);
     links.push(link);
-    if (await placeLink(dir, target, link)) changed = true;
+    if (await placeLink(dir, target, link, made)) changed = true;
   }
-  if (changed) await fsyncDir(dir);
-  return links;
+  return { links, changed, madeDir: made.dir };
 }
 
 /**
@@ -55,16 +77,17 @@ export async function makeRootLinks(dir: string, storePaths: readonly string[]):
  * whole, so it needs no temporary name. A name already taken is replaced
  * through one, so that the collector never finds it missing.
  */
-async function placeLink(dir: string, target: string, link: string, madeDirs = false): Promise<boolean> {
+async function placeLink(dir: string, target: string, link: string, made: { dir: boolean }, retried = false): Promise<boolean> {
   try {
     await symlink(target, link);
     return true;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' && !madeDirs) {
+    if (code === 'ENOENT' && !retried) {
+      made.dir = true;
       await ensureDir(nodePath.dirname(dir));
       await ensureDir(dir);
-      return placeLink(dir, target, link, true);
+      return placeLink(dir, target, link, made, true);
     }
     if (code !== 'EEXIST') throw e;
   }

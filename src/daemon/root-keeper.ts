@@ -7,7 +7,9 @@
  *
  * Invariants:
  * - `hold` resolves only once the links exist and are synced; the daemon
- *   acknowledges a path only after that (no window for the collector).
+ *   acknowledges a path only after that (no window for the collector). The
+ *   sync of the links' directory runs while Nix registers them: both only
+ *   need the links to exist.
  * - Links are created and removed one operation at a time (a lock), so a
  *   release never removes a link that a concurrent hold has just adopted.
  * - A link whose registration failed (the nix-daemon was unreachable) is
@@ -15,7 +17,8 @@
  *
  * The store is injected (`expand`, `register`), so the tests use fakes.
  */
-import { listRootLinks, makeRootLinks, removeRootLinks, removeStaleRootTemps } from './gc-roots.js';
+import { DirSyncer } from './fs-util.js';
+import { listRootLinks, placeRootLinks, removeRootLinks, removeStaleRootTemps } from './gc-roots.js';
 import type { DaemonLogger } from './log.js';
 
 export interface RootStore {
@@ -39,17 +42,22 @@ export class RootKeeper {
   /** Store paths whose link exists but whose registration failed. */
   private readonly unregistered = new Set<string>();
   private lock: Promise<unknown> = Promise.resolve();
+  /** The latest sync of the links' directory, started after the links it covers (see hold), and whether it failed. */
+  private syncing: Promise<void> = Promise.resolve();
+  private syncFailed = false;
 
   /**
    * `inUse(path)`: whether the queue has `path` again, or a request is
    * queueing it now; such a path keeps its roots whatever `release` is told
    * (a path uploaded and queued again at once must not lose its new root).
+   * `dirs` syncs the links' directory, kept open (one sync per request).
    */
   constructor(
     readonly dir: string,
     private readonly store: RootStore,
     private readonly log: DaemonLogger,
     private readonly inUse: (path: string) => boolean = () => false,
+    private readonly dirs: DirSyncer = new DirSyncer(),
   ) {}
 
   /** Queued paths that own roots. */
@@ -77,6 +85,7 @@ export class RootKeeper {
     );
     const fresh: string[] = [];
     const all = new Set<string>();
+    let synced!: Promise<void>;
     await this.exclusive(async () => {
       for (const [p, kept] of expanded) {
         if (!this.owned.has(p)) fresh.push(p);
@@ -84,13 +93,29 @@ export class RootKeeper {
         for (const k of kept) all.add(k);
       }
       try {
-        await makeRootLinks(this.dir, [...all]);
+        const placed = await placeRootLinks(this.dir, [...all]);
+        if (placed.madeDir) this.dirs.forget(this.dir);
+        // Started under the lock, after the links: it covers them, and every link placed before.
+        // Links found in place may be another hold's, still being synced: that sync is waited for,
+        // or a new one started when it failed (that hold failed; this one's links are still unsynced).
+        if (placed.changed || this.syncFailed) this.startSync();
+        synced = this.syncing;
       } catch (e) {
         for (const p of fresh) this.owned.delete(p);
         throw e;
       }
     });
-    await this.registerOrDefer([...all]);
+    const registered = this.registerOrDefer([...all]);
+    try {
+      await synced;
+    } catch (e) {
+      await registered;
+      await this.exclusive(async () => {
+        for (const p of fresh) this.owned.delete(p);
+      });
+      throw e;
+    }
+    await registered;
     return fresh;
   }
 
@@ -145,6 +170,12 @@ export class RootKeeper {
     await this.lock.catch(() => {});
   }
 
+  /** Give back the directory's descriptor; later changes sync it as without one. */
+  async close(): Promise<void> {
+    await this.settled();
+    await this.dirs.close();
+  }
+
   private async registerOrDefer(storePaths: readonly string[], quiet = false): Promise<void> {
     const links = storePaths.map((k) => `${this.dir}/${baseName(k)}`);
     try {
@@ -155,6 +186,15 @@ export class RootKeeper {
         this.log({ event: 'warning', detail: `cannot register ${links.length} GC root(s) with the Nix daemon (${message(e)}); the links are in ${this.dir}, registering again later` });
       }
     }
+  }
+
+  private startSync(): void {
+    const sync = this.dirs.sync(this.dir);
+    this.syncing = sync;
+    this.syncFailed = false;
+    sync.catch(() => {
+      if (this.syncing === sync) this.syncFailed = true;
+    });
   }
 
   private ownedStorePaths(): Set<string> {

@@ -4,8 +4,9 @@
 // when it cannot. The real collector is the referee in gc-roots.serial.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { lstat, lutimes, mkdir, readFile, readdir, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
+import { type FileHandle, lstat, lutimes, mkdir, open, readFile, readdir, readlink, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
+import { DirSyncer } from '../../src/daemon/fs-util.js';
 import { gcRootsDir, makeRootLinks, nixAutoRootsDir, registerIndirectRoots } from '../../src/daemon/gc-roots.js';
 import { runHook } from '../../src/daemon/hook.js';
 import type { HookRootStore } from '../../src/daemon/hook-roots.js';
@@ -369,6 +370,113 @@ test("registerIndirectRoots: registers every link, then syncs Nix's gcroots/auto
     assert.deepEqual(events, [], 'no sync after a failed registration');
     assert.equal(nixAutoRootsDir({}), '/nix/var/nix/gcroots/auto');
     assert.equal(nixAutoRootsDir({ NIX_STATE_DIR: '/srv/nix/var' }), '/srv/nix/var/gcroots/auto');
+  } finally {
+    await t.remove();
+  }
+});
+
+/** A DirSyncer whose directory handles are counted: opens, syncs (and which inode each synced), closes; `failSyncs` makes the next syncs fail. */
+function countingSyncer() {
+  const seen = { opens: 0, syncs: [] as number[], closes: 0, failSyncs: 0, gate: Promise.resolve() };
+  const syncer = new DirSyncer(async (dir) => {
+    seen.opens++;
+    const h = await open(dir, 'r');
+    const ino = (await h.stat()).ino;
+    return {
+      sync: async () => {
+        await seen.gate;
+        if (seen.failSyncs > 0) {
+          seen.failSyncs--;
+          throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+        }
+        await h.sync();
+        seen.syncs.push(ino);
+      },
+      close: async () => {
+        seen.closes++;
+        await h.close();
+      },
+    } as unknown as FileHandle;
+  });
+  return { syncer, seen };
+}
+
+test('DirSyncer: one open per directory for any number of syncs; a forgotten directory, or one whose sync failed, is opened again; close gives the handles back', async () => {
+  const t = await tempDir();
+  try {
+    const [a, b] = [path.join(t.dir, 'a'), path.join(t.dir, 'b')];
+    await mkdir(a);
+    await mkdir(b);
+    const { syncer, seen } = countingSyncer();
+    await Promise.all([syncer.sync(a), syncer.sync(a), syncer.sync(b)]);
+    await syncer.sync(a);
+    assert.equal(seen.opens, 2, 'each directory opened once');
+    assert.equal(seen.syncs.length, 4);
+    // Made again: the kept handle would sync the old directory until it is forgotten.
+    await rm(a, { recursive: true });
+    await mkdir(a);
+    const inoA = (await lstat(a)).ino;
+    syncer.forget(a);
+    await syncer.sync(a);
+    assert.equal(seen.opens, 3);
+    assert.equal(seen.syncs.at(-1), inoA, 'the new directory is synced');
+    // A sync that fails is an error, and the next one opens the directory again.
+    seen.failSyncs = 1;
+    await assert.rejects(syncer.sync(b), { code: 'EIO' });
+    await syncer.sync(b);
+    assert.equal(seen.opens, 4);
+    await assert.rejects(syncer.sync(path.join(t.dir, 'missing')), { code: 'ENOENT' });
+    await syncer.sync(path.join(t.dir, 'b'));
+    assert.equal(seen.opens, 5, 'a directory that could not be opened is not kept');
+    await syncer.close();
+    assert.equal(seen.closes, 4, 'every handle opened (four: the missing one never was) closed once, the forgotten and failed ones included');
+    await syncer.sync(a);
+    assert.equal(seen.opens, 5, 'after close: synced without keeping a handle');
+  } finally {
+    await t.remove();
+  }
+});
+
+test("RootKeeper: syncs the links' directory once per change through one kept handle, and the new directory when it had to be made again", async () => {
+  const t = await tempDir();
+  try {
+    const stateDir = path.join(t.dir, 'state');
+    const [a, b, c] = [fakePath('a'), fakePath('b'), fakePath('c')];
+    const roots = fakeRoots(stateDir);
+    const { syncer, seen } = countingSyncer();
+    const keeper = new RootKeeper(roots.dir, roots.store, () => {}, () => false, syncer);
+    await keeper.hold([a]);
+    await keeper.hold([b]);
+    assert.deepEqual([seen.opens, seen.syncs.length], [1, 2], 'two changes, two syncs, one open');
+    await keeper.hold([a]);
+    assert.equal(seen.syncs.length, 2, 'nothing changed, nothing synced');
+    // The state directory removed under the running daemon: made again, and the new gcroots/ synced.
+    await rm(stateDir, { recursive: true });
+    await keeper.hold([c]);
+    assert.equal(seen.opens, 2);
+    assert.equal(seen.syncs.at(-1), (await lstat(roots.dir)).ino);
+    assert.deepEqual([...(await links(roots.dir)).keys()], [path.basename(c)]);
+    // A sync that fails: hold throws, the path is not held, and its registration has run (the link exists).
+    seen.failSyncs = 1;
+    const d = fakePath('d');
+    await assert.rejects(keeper.hold([d]), { code: 'EIO' });
+    assert.ok(roots.store.registered.includes(path.join(roots.dir, path.basename(d))));
+    assert.deepEqual(await keeper.hold([d]), [d], 'not held before: fresh again');
+    // A hold that finds its link already made by another hold still being synced waits for that sync.
+    let open!: () => void;
+    seen.gate = new Promise<void>((r) => (open = r));
+    const e = fakePath('e');
+    let first = false;
+    let second = false;
+    const p1 = keeper.hold([e]).then(() => void (first = true));
+    const p2 = keeper.hold([e]).then(() => void (second = true));
+    await eventually(async () => (await links(roots.dir)).has(path.basename(e)), 5000, 'the link made');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual([first, second], [false, false], 'neither resolves before the link is synced');
+    open();
+    await Promise.all([p1, p2]);
+    await keeper.close();
+    assert.equal(seen.closes, seen.opens, 'every handle closed');
   } finally {
     await t.remove();
   }
