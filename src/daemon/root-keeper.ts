@@ -8,8 +8,8 @@
  * Invariants:
  * - `hold` resolves only once the links exist and are synced; the daemon
  *   acknowledges a path only after that (no window for the collector). The
- *   sync of the links' directory runs while Nix registers them: both only
- *   need the links to exist.
+ *   sync of the links' directory (under the lock) runs while Nix registers
+ *   them: both only need the links to exist.
  * - Links are created and removed one operation at a time (a lock), so a
  *   release never removes a link that a concurrent hold has just adopted.
  * - A link whose registration failed (the nix-daemon was unreachable) is
@@ -42,8 +42,7 @@ export class RootKeeper {
   /** Store paths whose link exists but whose registration failed. */
   private readonly unregistered = new Set<string>();
   private lock: Promise<unknown> = Promise.resolve();
-  /** The latest sync of the links' directory, started after the links it covers (see hold), and whether it failed. */
-  private syncing: Promise<void> = Promise.resolve();
+  /** Whether the last sync of the links' directory failed: links made then are not known to be durable. */
   private syncFailed = false;
 
   /**
@@ -85,7 +84,7 @@ export class RootKeeper {
     );
     const fresh: string[] = [];
     const all = new Set<string>();
-    let synced!: Promise<void>;
+    let registered: Promise<void> | undefined;
     await this.exclusive(async () => {
       for (const [p, kept] of expanded) {
         if (!this.owned.has(p)) fresh.push(p);
@@ -95,26 +94,21 @@ export class RootKeeper {
       try {
         const placed = await placeRootLinks(this.dir, [...all]);
         if (placed.madeDir) this.dirs.forget(this.dir);
-        // Started under the lock, after the links: it covers them, and every link placed before.
-        // Links found in place may be another hold's, still being synced: that sync is waited for,
-        // or a new one started when it failed (that hold failed; this one's links are still unsynced).
-        if (placed.changed || this.syncFailed) this.startSync();
-        synced = this.syncing;
+        // The links exist: Nix registers them while their directory is synced.
+        registered = this.registerOrDefer([...all]);
+        // Links found in place were synced by the hold that made them (under this lock), unless
+        // that sync failed: then this hold syncs them again.
+        if (placed.changed || this.syncFailed) {
+          this.syncFailed = true;
+          await this.dirs.sync(this.dir);
+          this.syncFailed = false;
+        }
       } catch (e) {
+        // A registration under way goes on (it never throws): the link stays until reconciled.
         for (const p of fresh) this.owned.delete(p);
         throw e;
       }
     });
-    const registered = this.registerOrDefer([...all]);
-    try {
-      await synced;
-    } catch (e) {
-      await registered;
-      await this.exclusive(async () => {
-        for (const p of fresh) this.owned.delete(p);
-      });
-      throw e;
-    }
     await registered;
     return fresh;
   }
@@ -186,15 +180,6 @@ export class RootKeeper {
         this.log({ event: 'warning', detail: `cannot register ${links.length} GC root(s) with the Nix daemon (${message(e)}); the links are in ${this.dir}, registering again later` });
       }
     }
-  }
-
-  private startSync(): void {
-    const sync = this.dirs.sync(this.dir);
-    this.syncing = sync;
-    this.syncFailed = false;
-    sync.catch(() => {
-      if (this.syncing === sync) this.syncFailed = true;
-    });
   }
 
   private ownedStorePaths(): Set<string> {

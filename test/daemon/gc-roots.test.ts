@@ -456,12 +456,17 @@ test("RootKeeper: syncs the links' directory once per change through one kept ha
     assert.equal(seen.opens, 2);
     assert.equal(seen.syncs.at(-1), (await lstat(roots.dir)).ino);
     assert.deepEqual([...(await links(roots.dir)).keys()], [path.basename(c)]);
-    // A sync that fails: hold throws, the path is not held, and its registration has run (the link exists).
+    // A sync that fails: hold throws and the path is not held; its link, which exists, is still
+    // registered. The next hold of it syncs the directory again, though the link is in place.
     seen.failSyncs = 1;
     const d = fakePath('d');
     await assert.rejects(keeper.hold([d]), { code: 'EIO' });
-    assert.ok(roots.store.registered.includes(path.join(roots.dir, path.basename(d))));
+    await eventually(() => roots.store.registered.includes(path.join(roots.dir, path.basename(d))), 5000, 'the link registered');
+    const syncs = seen.syncs.length;
     assert.deepEqual(await keeper.hold([d]), [d], 'not held before: fresh again');
+    assert.equal(seen.syncs.length, syncs + 1, 'synced again after the failed sync');
+    await keeper.hold([d]);
+    assert.equal(seen.syncs.length, syncs + 1, 'and then not again');
     // A hold that finds its link already made by another hold still being synced waits for that sync.
     let open!: () => void;
     seen.gate = new Promise<void>((r) => (open = r));
